@@ -1,0 +1,22 @@
+// ponder._C: the CPU kernels. This file only declares and exports; see cpu/ops.h.
+#include <pybind11/pybind11.h>
+
+#include "cpu/ops.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "ponder CPU kernels (C++17, OpenMP). Called through ponder.ops, not directly.";
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("ula_step", &ponder::cpu::ula_step, nogil);
+  // mala_propose is ula_step at temperature 1: the same launcher.
+  m.def("mala_propose", &ponder::cpu::ula_step, nogil);
+  m.def("proximal_step", &ponder::cpu::proximal_step, nogil);
+  m.def("uld_step", &ponder::cpu::uld_step, nogil);
+  m.def("mala_accept", &ponder::cpu::mala_accept, nogil);
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+}

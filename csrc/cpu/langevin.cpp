@@ -1,0 +1,233 @@
+// CPU launchers for ponder.ops.langevin: validate -> dispatch dtype -> OpenMP over chunks of
+// elements (or over chains for mala_accept) -> the shared per-element math of
+// ponder/langevin.h. Each launcher reads its inputs and writes its outputs once.
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/dtype.h"
+#include "cpu/ops.h"
+#include "ponder/check.h"
+#include "ponder/langevin.h"
+#include "ponder/random.h"
+
+namespace ponder {
+namespace cpu {
+namespace {
+
+// Elements per task. A multiple of 4, so every chunk starts on a Philox block and the numbers
+// drawn never depend on how the work is split among threads.
+constexpr int64_t kChunk = 2048;
+// Below this many elements the OpenMP fork costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 15;
+
+template <class Body>
+void for_each_chunk(int64_t n, int threads, Body body) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int nt = n < kParallelMin ? 1 : threads;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t begin = chunk * kChunk;
+    body(begin, std::min(kChunk, n - begin));
+  }
+}
+
+// xi[0, count) = the normals of elements [begin, begin + count) of stream `stream`: from the
+// explicit noise buffer when one is given, else from the counter-based generator.
+template <class T, class Acc>
+void load_or_draw(Acc* xi, const T* noise, int64_t begin, int64_t count, uint32_t stream,
+                  uint64_t seed) {
+  if (noise != nullptr) {
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) xi[i] = load(noise[begin + i]);
+    return;
+  }
+  const int64_t blocks = (count + 3) / 4;  // xi has room for whole blocks
+  const uint64_t first = static_cast<uint64_t>(begin) / 4;
+#pragma omp simd
+  for (int64_t b = 0; b < blocks; ++b) {
+    Acc four[4];
+    random::normal4(first + b, stream, seed, four);
+    xi[4 * b] = four[0];
+    xi[4 * b + 1] = four[1];
+    xi[4 * b + 2] = four[2];
+    xi[4 * b + 3] = four[3];
+  }
+}
+
+template <class F>
+void dispatch_dtype(int dtype, const char* op, F f) {
+  switch (dtype) {
+    case kFloat32: f(float{}); break;
+    case kFloat64: f(double{}); break;
+    case kFloat16: f(Half{}); break;
+    case kBFloat16: f(BFloat16{}); break;
+    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
+  }
+}
+
+void check_common(const char* op, int64_t n, int threads, uint64_t seed) {
+  PONDER_CHECK(n >= 0, op << ": element count must be >= 0, got " << n);
+  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
+  (void)seed;
+}
+
+void check_ptr(const char* op, const char* name, uintptr_t ptr, int64_t n) {
+  PONDER_CHECK(n == 0 || ptr != 0, op << ": " << name << " is a null pointer for " << n
+                                      << " elements");
+}
+
+}  // namespace
+
+void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, int64_t n,
+              int dtype, double drift, double noise_scale, uint64_t seed, int threads) {
+  check_common("ula_step", n, threads, seed);
+  check_ptr("ula_step", "out", out, n);
+  check_ptr("ula_step", "x", x, n);
+  check_ptr("ula_step", "grad_logp", grad_logp, n);
+  dispatch_dtype(dtype, "ula_step", [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    T* o = reinterpret_cast<T*>(out);
+    const T* xp = reinterpret_cast<const T*>(x);
+    const T* gp = reinterpret_cast<const T*>(grad_logp);
+    const T* np = reinterpret_cast<const T*>(noise);
+    const langevin::UlaCoef<Acc> c{Acc(drift), Acc(noise_scale)};
+    for_each_chunk(n, threads, [&](int64_t begin, int64_t count) {
+      Acc xi[kChunk];
+      load_or_draw(xi, np, begin, count, langevin::kStreamMain, seed);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t k = begin + i;
+        store(o[k], langevin::ula_step(c, load(xp[k]), load(gp[k]), xi[i]));
+      }
+    });
+  });
+}
+
+void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp, uintptr_t noise,
+                   int64_t n, int dtype, double keep, double pull, double drift,
+                   double noise_scale, uint64_t seed, int threads) {
+  check_common("proximal_step", n, threads, seed);
+  check_ptr("proximal_step", "out", out, n);
+  check_ptr("proximal_step", "z", z, n);
+  check_ptr("proximal_step", "y", y, n);
+  check_ptr("proximal_step", "grad_logp", grad_logp, n);
+  dispatch_dtype(dtype, "proximal_step", [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    T* o = reinterpret_cast<T*>(out);
+    const T* zp = reinterpret_cast<const T*>(z);
+    const T* yp = reinterpret_cast<const T*>(y);
+    const T* gp = reinterpret_cast<const T*>(grad_logp);
+    const T* np = reinterpret_cast<const T*>(noise);
+    const langevin::ProximalCoef<Acc> c{Acc(keep), Acc(pull), Acc(drift), Acc(noise_scale)};
+    for_each_chunk(n, threads, [&](int64_t begin, int64_t count) {
+      Acc xi[kChunk];
+      load_or_draw(xi, np, begin, count, langevin::kStreamMain, seed);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t k = begin + i;
+        store(o[k], langevin::proximal_step(c, load(zp[k]), load(yp[k]), load(gp[k]), xi[i]));
+      }
+    });
+  });
+}
+
+void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintptr_t grad_logp,
+              uintptr_t noise, int64_t n, int dtype, double a, double b, double e, double sv,
+              double sxv, double sx, uint64_t seed, int threads) {
+  check_common("uld_step", n, threads, seed);
+  check_ptr("uld_step", "x_out", x_out, n);
+  check_ptr("uld_step", "v_out", v_out, n);
+  check_ptr("uld_step", "x", x, n);
+  check_ptr("uld_step", "v", v, n);
+  check_ptr("uld_step", "grad_logp", grad_logp, n);
+  dispatch_dtype(dtype, "uld_step", [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    T* xo = reinterpret_cast<T*>(x_out);
+    T* vo = reinterpret_cast<T*>(v_out);
+    const T* xp = reinterpret_cast<const T*>(x);
+    const T* vp = reinterpret_cast<const T*>(v);
+    const T* gp = reinterpret_cast<const T*>(grad_logp);
+    const T* noise_v = reinterpret_cast<const T*>(noise);
+    const T* noise_x = noise_v == nullptr ? nullptr : noise_v + n;
+    const langevin::UldCoef<Acc> c{Acc(a), Acc(b), Acc(e), Acc(sv), Acc(sxv), Acc(sx)};
+    for_each_chunk(n, threads, [&](int64_t begin, int64_t count) {
+      Acc nv[kChunk], nx[kChunk];
+      load_or_draw(nv, noise_v, begin, count, langevin::kStreamMain, seed);
+      load_or_draw(nx, noise_x, begin, count, langevin::kStreamSecond, seed);
+#pragma omp simd
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t k = begin + i;
+        Acc x_new, v_new;
+        langevin::uld_step(c, load(xp[k]), load(vp[k]), load(gp[k]), nv[i], nx[i], x_new, v_new);
+        store(xo[k], x_new);
+        store(vo[k], v_new);
+      }
+    });
+  });
+}
+
+void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintptr_t accepted,
+                 uintptr_t x, uintptr_t logp, uintptr_t grad_logp, uintptr_t x_prop,
+                 uintptr_t logp_prop, uintptr_t grad_logp_prop, uintptr_t uniforms,
+                 int64_t chains, int64_t dim, int dtype, double step_size, uint64_t seed,
+                 int threads) {
+  const char* op = "mala_accept";
+  PONDER_CHECK(chains >= 0 && dim >= 0,
+               op << ": chains and dim must be >= 0, got " << chains << " and " << dim);
+  check_common(op, chains * dim, threads, seed);
+  check_ptr(op, "logp_out", logp_out, chains);
+  check_ptr(op, "accepted", accepted, chains);
+  check_ptr(op, "logp", logp, chains);
+  check_ptr(op, "logp_prop", logp_prop, chains);
+  const int64_t n = chains * dim;
+  check_ptr(op, "x_out", x_out, n);
+  check_ptr(op, "grad_out", grad_out, n);
+  check_ptr(op, "x", x, n);
+  check_ptr(op, "grad_logp", grad_logp, n);
+  check_ptr(op, "x_prop", x_prop, n);
+  check_ptr(op, "grad_logp_prop", grad_logp_prop, n);
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    T* xo = reinterpret_cast<T*>(x_out);
+    T* go = reinterpret_cast<T*>(grad_out);
+    double* lo = reinterpret_cast<double*>(logp_out);
+    bool* acc = reinterpret_cast<bool*>(accepted);
+    const T* x0 = reinterpret_cast<const T*>(x);
+    const T* g0 = reinterpret_cast<const T*>(grad_logp);
+    const T* x1 = reinterpret_cast<const T*>(x_prop);
+    const T* g1 = reinterpret_cast<const T*>(grad_logp_prop);
+    const double* l0 = reinterpret_cast<const double*>(logp);
+    const double* l1 = reinterpret_cast<const double*>(logp_prop);
+    const double* u = reinterpret_cast<const double*>(uniforms);
+    const Acc h = Acc(step_size);
+    const int nt = n < kParallelMin ? 1 : threads;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < chains; ++c) {
+      const int64_t row = c * dim;
+      // Sum in double: the test compares log u with a difference of large numbers.
+      double ratio = 0.0;
+#pragma omp simd reduction(+ : ratio)
+      for (int64_t j = 0; j < dim; ++j) {
+        ratio += static_cast<double>(langevin::mala_log_ratio_term(
+            h, load(x0[row + j]), load(g0[row + j]), load(x1[row + j]), load(g1[row + j])));
+      }
+      const double log_alpha = l1[c] - l0[c] + ratio;
+      const double uc = u != nullptr ? u[c] : random::uniform_at(c, langevin::kStreamMain, seed);
+      // A NaN log alpha (e.g. a NaN log-density at the proposal) compares false: rejected.
+      const bool take = std::log(uc) < log_alpha;
+      acc[c] = take;
+      lo[c] = take ? l1[c] : l0[c];
+      const T* xs = take ? x1 : x0;
+      const T* gs = take ? g1 : g0;
+      std::copy(xs + row, xs + row + dim, xo + row);
+      std::copy(gs + row, gs + row + dim, go + row);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace ponder

@@ -1,0 +1,303 @@
+// CUDA launchers for ponder.ops.langevin. Same five steps in every launcher: validate -> set the
+// device -> take torch's stream -> dispatch the dtype -> launch and check the error. The
+// per-element math and the random numbers come from the headers the CPU launchers use.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <sstream>
+#include <stdexcept>
+
+#include "cuda/ops.h"
+#include "ponder/check.h"
+#include "ponder/langevin.h"
+#include "ponder/random.h"
+
+namespace ponder {
+namespace cuda {
+namespace {
+
+template <class T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <class T> using acc_t = typename AccOf<T>::type;
+
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ double load(double x) { return x; }
+__device__ __forceinline__ float load(__half x) { return __half2float(x); }
+__device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ void store(float& d, float x) { d = x; }
+__device__ __forceinline__ void store(double& d, double x) { d = x; }
+__device__ __forceinline__ void store(__half& d, float x) { d = __float2half_rn(x); }
+__device__ __forceinline__ void store(__nv_bfloat16& d, float x) { d = __float2bfloat16_rn(x); }
+
+constexpr int kThreads = 256;
+
+void check_cuda(cudaError_t err, const char* op, const char* what) {
+  if (err != cudaSuccess) {
+    std::ostringstream msg;
+    msg << "ponder._cuda." << op << ": " << what << " failed: " << cudaGetErrorString(err);
+    throw std::runtime_error(msg.str());
+  }
+}
+
+// Each thread owns groups of 4 consecutive elements: one Philox block of normals.
+int64_t grid_for(int64_t n) {
+  const int64_t groups = (n + 3) / 4;
+  const int64_t blocks = (groups + kThreads - 1) / kThreads;
+  return blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535;
+}
+
+template <class T, class Acc>
+__device__ __forceinline__ void draw4(const T* noise, int64_t k0, int64_t n, uint32_t stream,
+                                      uint64_t seed, Acc xi[4]) {
+  if (noise != nullptr) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) xi[j] = k0 + j < n ? Acc(load(noise[k0 + j])) : Acc(0);
+  } else {
+    random::normal4(static_cast<uint64_t>(k0) / 4, stream, seed, xi);
+  }
+}
+
+#define PONDER_GROUP_LOOP(n)                                                        \
+  for (int64_t grp = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; grp * 4 < (n); \
+       grp += int64_t(gridDim.x) * blockDim.x)
+
+template <class T>
+__global__ void ula_step_kernel(T* out, const T* x, const T* g, const T* noise, int64_t n,
+                                langevin::UlaCoef<acc_t<T>> c, uint64_t seed) {
+  using Acc = acc_t<T>;
+  PONDER_GROUP_LOOP(n) {
+    const int64_t k0 = grp * 4;
+    Acc xi[4];
+    draw4(noise, k0, n, langevin::kStreamMain, seed, xi);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t k = k0 + j;
+      if (k < n) store(out[k], langevin::ula_step(c, Acc(load(x[k])), Acc(load(g[k])), xi[j]));
+    }
+  }
+}
+
+template <class T>
+__global__ void proximal_step_kernel(T* out, const T* z, const T* y, const T* g, const T* noise,
+                                     int64_t n, langevin::ProximalCoef<acc_t<T>> c,
+                                     uint64_t seed) {
+  using Acc = acc_t<T>;
+  PONDER_GROUP_LOOP(n) {
+    const int64_t k0 = grp * 4;
+    Acc xi[4];
+    draw4(noise, k0, n, langevin::kStreamMain, seed, xi);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t k = k0 + j;
+      if (k < n) {
+        store(out[k], langevin::proximal_step(c, Acc(load(z[k])), Acc(load(y[k])),
+                                              Acc(load(g[k])), xi[j]));
+      }
+    }
+  }
+}
+
+template <class T>
+__global__ void uld_step_kernel(T* x_out, T* v_out, const T* x, const T* v, const T* g,
+                                const T* noise, int64_t n, langevin::UldCoef<acc_t<T>> c,
+                                uint64_t seed) {
+  using Acc = acc_t<T>;
+  const T* noise_x = noise == nullptr ? nullptr : noise + n;
+  PONDER_GROUP_LOOP(n) {
+    const int64_t k0 = grp * 4;
+    Acc nv[4], nx[4];
+    draw4(noise, k0, n, langevin::kStreamMain, seed, nv);
+    draw4(noise_x, k0, n, langevin::kStreamSecond, seed, nx);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t k = k0 + j;
+      if (k < n) {
+        Acc xn, vn;
+        langevin::uld_step(c, Acc(load(x[k])), Acc(load(v[k])), Acc(load(g[k])), nv[j], nx[j],
+                           xn, vn);
+        store(x_out[k], xn);
+        store(v_out[k], vn);
+      }
+    }
+  }
+}
+
+// One block per chain: a block-wide double reduction of the proposal term, then the block
+// copies the selected row.
+template <class T>
+__global__ void mala_accept_kernel(T* x_out, double* logp_out, T* g_out, bool* accepted,
+                                   const T* x0, const double* l0, const T* g0, const T* x1,
+                                   const double* l1, const T* g1, const double* uniforms,
+                                   int64_t dim, acc_t<T> h, uint64_t seed) {
+  using Acc = acc_t<T>;
+  __shared__ double partial[kThreads];
+  __shared__ bool take_shared;
+  const int64_t c = blockIdx.x;
+  const int64_t row = c * dim;
+  double sum = 0.0;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+    sum += static_cast<double>(langevin::mala_log_ratio_term(
+        h, Acc(load(x0[row + j])), Acc(load(g0[row + j])), Acc(load(x1[row + j])),
+        Acc(load(g1[row + j]))));
+  }
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const double log_alpha = l1[c] - l0[c] + partial[0];
+    const double u = uniforms != nullptr ? uniforms[c]
+                                         : random::uniform_at(c, langevin::kStreamMain, seed);
+    const bool take = log(u) < log_alpha;  // NaN log alpha: rejected
+    take_shared = take;
+    accepted[c] = take;
+    logp_out[c] = take ? l1[c] : l0[c];
+  }
+  __syncthreads();
+  const T* xs = take_shared ? x1 : x0;
+  const T* gs = take_shared ? g1 : g0;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+    x_out[row + j] = xs[row + j];
+    g_out[row + j] = gs[row + j];
+  }
+}
+
+template <class F>
+void dispatch_dtype(int dtype, const char* op, F f) {
+  switch (dtype) {
+    case kFloat32: f(float{}); break;
+    case kFloat64: f(double{}); break;
+    case kFloat16: f(__half{}); break;
+    case kBFloat16: f(__nv_bfloat16{}); break;
+    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
+  }
+}
+
+void check_ptr(const char* op, const char* name, uintptr_t ptr, int64_t n) {
+  PONDER_CHECK(n == 0 || ptr != 0, op << ": " << name << " is a null pointer for " << n
+                                      << " elements");
+}
+
+cudaStream_t prepare(const char* op, int64_t n, int device, uintptr_t stream) {
+  PONDER_CHECK(n >= 0, op << ": element count must be >= 0, got " << n);
+  PONDER_CHECK(device >= 0, op << ": device index must be >= 0, got " << device);
+  check_cuda(cudaSetDevice(device), op, "cudaSetDevice");
+  return reinterpret_cast<cudaStream_t>(stream);
+}
+
+}  // namespace
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device / no driver" error
+    return 0;
+  }
+  return count;
+}
+
+void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, int64_t n,
+              int dtype, double drift, double noise_scale, uint64_t seed, int device,
+              uintptr_t stream) {
+  const char* op = "ula_step";
+  check_ptr(op, "out", out, n);
+  check_ptr(op, "x", x, n);
+  check_ptr(op, "grad_logp", grad_logp, n);
+  cudaStream_t s = prepare(op, n, device, stream);
+  if (n == 0) return;
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    ula_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
+        reinterpret_cast<T*>(out), reinterpret_cast<const T*>(x),
+        reinterpret_cast<const T*>(grad_logp), reinterpret_cast<const T*>(noise), n,
+        langevin::UlaCoef<Acc>{Acc(drift), Acc(noise_scale)}, seed);
+  });
+  check_cuda(cudaGetLastError(), op, "kernel launch");
+}
+
+void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp, uintptr_t noise,
+                   int64_t n, int dtype, double keep, double pull, double drift,
+                   double noise_scale, uint64_t seed, int device, uintptr_t stream) {
+  const char* op = "proximal_step";
+  check_ptr(op, "out", out, n);
+  check_ptr(op, "z", z, n);
+  check_ptr(op, "y", y, n);
+  check_ptr(op, "grad_logp", grad_logp, n);
+  cudaStream_t s = prepare(op, n, device, stream);
+  if (n == 0) return;
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    proximal_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
+        reinterpret_cast<T*>(out), reinterpret_cast<const T*>(z), reinterpret_cast<const T*>(y),
+        reinterpret_cast<const T*>(grad_logp), reinterpret_cast<const T*>(noise), n,
+        langevin::ProximalCoef<Acc>{Acc(keep), Acc(pull), Acc(drift), Acc(noise_scale)}, seed);
+  });
+  check_cuda(cudaGetLastError(), op, "kernel launch");
+}
+
+void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintptr_t grad_logp,
+              uintptr_t noise, int64_t n, int dtype, double a, double b, double e, double sv,
+              double sxv, double sx, uint64_t seed, int device, uintptr_t stream) {
+  const char* op = "uld_step";
+  check_ptr(op, "x_out", x_out, n);
+  check_ptr(op, "v_out", v_out, n);
+  check_ptr(op, "x", x, n);
+  check_ptr(op, "v", v, n);
+  check_ptr(op, "grad_logp", grad_logp, n);
+  cudaStream_t s = prepare(op, n, device, stream);
+  if (n == 0) return;
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    uld_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
+        reinterpret_cast<T*>(x_out), reinterpret_cast<T*>(v_out), reinterpret_cast<const T*>(x),
+        reinterpret_cast<const T*>(v), reinterpret_cast<const T*>(grad_logp),
+        reinterpret_cast<const T*>(noise), n,
+        langevin::UldCoef<Acc>{Acc(a), Acc(b), Acc(e), Acc(sv), Acc(sxv), Acc(sx)}, seed);
+  });
+  check_cuda(cudaGetLastError(), op, "kernel launch");
+}
+
+void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintptr_t accepted,
+                 uintptr_t x, uintptr_t logp, uintptr_t grad_logp, uintptr_t x_prop,
+                 uintptr_t logp_prop, uintptr_t grad_logp_prop, uintptr_t uniforms,
+                 int64_t chains, int64_t dim, int dtype, double step_size, uint64_t seed,
+                 int device, uintptr_t stream) {
+  const char* op = "mala_accept";
+  PONDER_CHECK(chains >= 0 && dim >= 0,
+               op << ": chains and dim must be >= 0, got " << chains << " and " << dim);
+  PONDER_CHECK(chains < (int64_t(1) << 31), op << ": at most 2^31 - 1 chains, got " << chains);
+  const int64_t n = chains * dim;
+  check_ptr(op, "logp_out", logp_out, chains);
+  check_ptr(op, "accepted", accepted, chains);
+  check_ptr(op, "logp", logp, chains);
+  check_ptr(op, "logp_prop", logp_prop, chains);
+  check_ptr(op, "x_out", x_out, n);
+  check_ptr(op, "grad_out", grad_out, n);
+  check_ptr(op, "x", x, n);
+  check_ptr(op, "grad_logp", grad_logp, n);
+  check_ptr(op, "x_prop", x_prop, n);
+  check_ptr(op, "grad_logp_prop", grad_logp_prop, n);
+  cudaStream_t s = prepare(op, n, device, stream);
+  if (chains == 0) return;
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    mala_accept_kernel<T><<<static_cast<unsigned>(chains), kThreads, 0, s>>>(
+        reinterpret_cast<T*>(x_out), reinterpret_cast<double*>(logp_out),
+        reinterpret_cast<T*>(grad_out), reinterpret_cast<bool*>(accepted),
+        reinterpret_cast<const T*>(x), reinterpret_cast<const double*>(logp),
+        reinterpret_cast<const T*>(grad_logp), reinterpret_cast<const T*>(x_prop),
+        reinterpret_cast<const double*>(logp_prop), reinterpret_cast<const T*>(grad_logp_prop),
+        reinterpret_cast<const double*>(uniforms), dim, Acc(step_size), seed);
+  });
+  check_cuda(cudaGetLastError(), op, "kernel launch");
+}
+
+}  // namespace cuda
+}  // namespace ponder
