@@ -10,8 +10,13 @@
 #include "ponder/langevin.h"
 #include "ponder/random.h"
 
+#ifndef PONDER_CPU_ISA
+#define PONDER_CPU_ISA isa_default
+#endif
+
 namespace ponder {
 namespace cpu {
+namespace PONDER_CPU_ISA {
 namespace {
 
 // Elements per task. A multiple of 4, so every chunk starts on a Philox block and the numbers
@@ -45,12 +50,11 @@ void load_or_draw(Acc* xi, const T* noise, int64_t begin, int64_t count, uint32_
   const uint64_t first = static_cast<uint64_t>(begin) / 4;
 #pragma omp simd
   for (int64_t b = 0; b < blocks; ++b) {
-    Acc four[4];
-    random::normal4(first + b, stream, seed, four);
-    xi[4 * b] = four[0];
-    xi[4 * b + 1] = four[1];
-    xi[4 * b + 2] = four[2];
-    xi[4 * b + 3] = four[3];
+    const random::Normal4<Acc> four = random::normal4<Acc>(first + b, stream, seed);
+    xi[4 * b] = four.n0;
+    xi[4 * b + 1] = four.n1;
+    xi[4 * b + 2] = four.n2;
+    xi[4 * b + 3] = four.n3;
   }
 }
 
@@ -229,5 +233,6 @@ void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintpt
   });
 }
 
+}  // namespace PONDER_CPU_ISA
 }  // namespace cpu
 }  // namespace ponder

@@ -54,7 +54,12 @@ __device__ __forceinline__ void draw4(const T* noise, int64_t k0, int64_t n, uin
 #pragma unroll
     for (int j = 0; j < 4; ++j) xi[j] = k0 + j < n ? Acc(load(noise[k0 + j])) : Acc(0);
   } else {
-    random::normal4(static_cast<uint64_t>(k0) / 4, stream, seed, xi);
+    const random::Normal4<Acc> four = random::normal4<Acc>(static_cast<uint64_t>(k0) / 4, stream,
+                                                           seed);
+    xi[0] = four.n0;
+    xi[1] = four.n1;
+    xi[2] = four.n2;
+    xi[3] = four.n3;
   }
 }
 

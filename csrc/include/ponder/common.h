@@ -11,6 +11,17 @@
 #define PONDER_HD inline
 #endif
 
+// Fully unroll short fixed-count loops so that the loops around them vectorise.
+#if defined(__CUDACC__)
+#define PONDER_UNROLL _Pragma("unroll")
+#elif defined(__clang__)
+#define PONDER_UNROLL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define PONDER_UNROLL _Pragma("GCC unroll 16")
+#else
+#define PONDER_UNROLL
+#endif
+
 namespace ponder {
 
 // Dtype codes passed from Python (ponder/_backend.py: DTYPE_CODES) as plain integers.
