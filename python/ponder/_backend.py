@@ -102,7 +102,7 @@ def _status_cpu() -> BackendStatus:
     mod, reason = _cpu_module()
     if mod is None:
         return BackendStatus("cpu", False, reason, ())
-    detail = f"OpenMP {'on' if getattr(mod, 'openmp', False) else 'off'}"
+    detail = f"OpenMP {'on' if mod.openmp else 'off'}, instruction set {mod.active_isa()}"
     return BackendStatus("cpu", True, "", ("cpu",), detail)
 
 
