@@ -9,8 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._backend import BackendStatus, BackendUnavailableError, available_backends
 from . import ops
+from ._backend import BackendStatus, BackendUnavailableError, available_backends
 
 __all__ = [
     "__version__",

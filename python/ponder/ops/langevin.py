@@ -27,6 +27,7 @@ from .. import _backend
 from ._common import (
     FLOAT_DTYPES,
     acc_dtype,
+    call_op,
     check_backend_dtype,
     check_real,
     check_tensor,
@@ -61,8 +62,9 @@ def _series(s: float, first: int, coef: Callable[[int], float], terms: int = 14)
     return sum(coef(k) * (-s) ** k / math.factorial(k) for k in range(first, first + terms))
 
 
-def uld_coefficients(step_size: float, friction: float) -> tuple[float, float, float, float,
-                                                                 float, float]:
+def uld_coefficients(
+    step_size: float, friction: float
+) -> tuple[float, float, float, float, float, float]:
     """Coefficients of the exact-OU underdamped Langevin step (unit mass, unit temperature).
 
     With ``a = exp(-gamma h)``, ``b = (1 - a) / gamma`` and ``e = (h - b) / gamma``::
@@ -127,8 +129,13 @@ def mala_propose_reference(
 
 
 def mala_log_alpha_reference(
-    x: Tensor, logp: Tensor, grad_logp: Tensor, x_prop: Tensor, logp_prop: Tensor,
-    grad_logp_prop: Tensor, step_size: float,
+    x: Tensor,
+    logp: Tensor,
+    grad_logp: Tensor,
+    x_prop: Tensor,
+    logp_prop: Tensor,
+    grad_logp_prop: Tensor,
+    step_size: float,
 ) -> Tensor:
     """Per-chain log acceptance ratio, float64: ``logp' - logp + log q(x|x') - log q(x'|x)``
     with ``log q(a|b) = -|a - b - h grad_logp(b)|^2 / (4 h)``. Shapes: x [C, d] -> [C]."""
@@ -140,8 +147,15 @@ def mala_log_alpha_reference(
 
 
 def mala_accept_reference(
-    x: Tensor, logp: Tensor, grad_logp: Tensor, x_prop: Tensor, logp_prop: Tensor,
-    grad_logp_prop: Tensor, step_size: float, *, uniforms: Tensor,
+    x: Tensor,
+    logp: Tensor,
+    grad_logp: Tensor,
+    x_prop: Tensor,
+    logp_prop: Tensor,
+    grad_logp_prop: Tensor,
+    step_size: float,
+    *,
+    uniforms: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Metropolis-Hastings: accept chain c where ``log u_c < log alpha_c`` (a NaN log alpha is
     rejected), and return the selected ``(x, logp, grad_logp)`` and ``accepted``."""
@@ -211,8 +225,9 @@ def _run_elementwise(
     ``noise`` is None or its normals (``[n_streams, *shape]`` for several streams)."""
     first = inputs[0]
     if first.numel() == 0:
-        return [torch.empty(first.shape, dtype=first.dtype, device=first.device)
-                for _ in range(n_out)]
+        return [
+            torch.empty(first.shape, dtype=first.dtype, device=first.device) for _ in range(n_out)
+        ]
     if backend == "torch":
         n_streams = 2 if n_out == 2 else 1
         if noise is None:
@@ -236,16 +251,28 @@ def _empty_like_contiguous(x: Tensor) -> Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-@torch.library.custom_op("ponder::ula_step", mutates_args=())
-def _ula_step_op(
-    x: Tensor, grad_logp: Tensor, step_size: float, temperature: float,
-    noise: Optional[Tensor], seed: int, backend: str,
+def _ula_step_impl(
+    x: Tensor,
+    grad_logp: Tensor,
+    step_size: float,
+    temperature: float,
+    noise: Optional[Tensor],
+    seed: int,
+    backend: str,
 ) -> Tensor:
     coefs = (step_size, math.sqrt(2.0 * step_size * temperature))
     return _run_elementwise(
-        "ula_step", backend, [x, grad_logp], noise, coefs, seed,
+        "ula_step",
+        backend,
+        [x, grad_logp],
+        noise,
+        coefs,
+        seed,
         lambda t, xi: ula_step_reference(t[0], t[1], step_size, temperature, noise=xi),
     )[0]
+
+
+_ula_step_op = torch.library.custom_op("ponder::ula_step", _ula_step_impl, mutates_args=())
 
 
 @_ula_step_op.register_fake
@@ -253,16 +280,29 @@ def _(x, grad_logp, step_size, temperature, noise, seed, backend):
     return _empty_like_contiguous(x)
 
 
-@torch.library.custom_op("ponder::mala_propose", mutates_args=())
-def _mala_propose_op(
-    x: Tensor, grad_logp: Tensor, step_size: float, noise: Optional[Tensor], seed: int,
+def _mala_propose_impl(
+    x: Tensor,
+    grad_logp: Tensor,
+    step_size: float,
+    noise: Optional[Tensor],
+    seed: int,
     backend: str,
 ) -> Tensor:
     coefs = (step_size, math.sqrt(2.0 * step_size))
     return _run_elementwise(
-        "mala_propose", backend, [x, grad_logp], noise, coefs, seed,
+        "mala_propose",
+        backend,
+        [x, grad_logp],
+        noise,
+        coefs,
+        seed,
         lambda t, xi: mala_propose_reference(t[0], t[1], step_size, noise=xi),
     )[0]
+
+
+_mala_propose_op = torch.library.custom_op(
+    "ponder::mala_propose", _mala_propose_impl, mutates_args=()
+)
 
 
 @_mala_propose_op.register_fake
@@ -270,17 +310,32 @@ def _(x, grad_logp, step_size, noise, seed, backend):
     return _empty_like_contiguous(x)
 
 
-@torch.library.custom_op("ponder::proximal_step", mutates_args=())
-def _proximal_step_op(
-    z: Tensor, y: Tensor, grad_logp: Tensor, step_size: float, eta: float,
-    noise: Optional[Tensor], seed: int, backend: str,
+def _proximal_step_impl(
+    z: Tensor,
+    y: Tensor,
+    grad_logp: Tensor,
+    step_size: float,
+    eta: float,
+    noise: Optional[Tensor],
+    seed: int,
+    backend: str,
 ) -> Tensor:
     tau = step_size
     coefs = (1.0 - tau / eta, tau / eta, tau, math.sqrt(2.0 * tau))
     return _run_elementwise(
-        "proximal_step", backend, [z, y, grad_logp], noise, coefs, seed,
+        "proximal_step",
+        backend,
+        [z, y, grad_logp],
+        noise,
+        coefs,
+        seed,
         lambda t, xi: proximal_step_reference(t[0], t[1], t[2], tau, eta, noise=xi),
     )[0]
+
+
+_proximal_step_op = torch.library.custom_op(
+    "ponder::proximal_step", _proximal_step_impl, mutates_args=()
+)
 
 
 @_proximal_step_op.register_fake
@@ -288,19 +343,32 @@ def _(z, y, grad_logp, step_size, eta, noise, seed, backend):
     return _empty_like_contiguous(z)
 
 
-@torch.library.custom_op("ponder::uld_step", mutates_args=())
-def _uld_step_op(
-    x: Tensor, v: Tensor, grad_logp: Tensor, step_size: float, friction: float,
-    noise: Optional[Tensor], seed: int, backend: str,
+def _uld_step_impl(
+    x: Tensor,
+    v: Tensor,
+    grad_logp: Tensor,
+    step_size: float,
+    friction: float,
+    noise: Optional[Tensor],
+    seed: int,
+    backend: str,
 ) -> tuple[Tensor, Tensor]:
     coefs = uld_coefficients(step_size, friction)
     # Native launchers write (x_out, v_out); the reference returns (x_new, v_new) too.
     x_new, v_new = _run_elementwise(
-        "uld_step", backend, [x, v, grad_logp], noise, coefs, seed,
+        "uld_step",
+        backend,
+        [x, v, grad_logp],
+        noise,
+        coefs,
+        seed,
         lambda t, xi: uld_step_reference(t[0], t[1], t[2], step_size, friction, noise=xi),
         n_out=2,
     )
     return x_new, v_new
+
+
+_uld_step_op = torch.library.custom_op("ponder::uld_step", _uld_step_impl, mutates_args=())
 
 
 @_uld_step_op.register_fake
@@ -308,10 +376,16 @@ def _(x, v, grad_logp, step_size, friction, noise, seed, backend):
     return _empty_like_contiguous(x), _empty_like_contiguous(x)
 
 
-@torch.library.custom_op("ponder::mala_accept", mutates_args=())
-def _mala_accept_op(
-    x: Tensor, logp: Tensor, grad_logp: Tensor, x_prop: Tensor, logp_prop: Tensor,
-    grad_logp_prop: Tensor, step_size: float, uniforms: Optional[Tensor], seed: int,
+def _mala_accept_impl(
+    x: Tensor,
+    logp: Tensor,
+    grad_logp: Tensor,
+    x_prop: Tensor,
+    logp_prop: Tensor,
+    grad_logp_prop: Tensor,
+    step_size: float,
+    uniforms: Optional[Tensor],
+    seed: int,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     chains, dim = x.shape
@@ -319,8 +393,7 @@ def _mala_accept_op(
         if uniforms is None:
             gen = seeded_generator(seed, x.device)
             # (0, 1]: never exactly 0, so log u is finite.
-            uniforms = 1.0 - torch.rand(chains, generator=gen, dtype=torch.float64,
-                                        device=x.device)
+            uniforms = 1.0 - torch.rand(chains, generator=gen, dtype=torch.float64, device=x.device)
         x_new, logp_new, g_new, accepted = mala_accept_reference(
             x, logp, grad_logp, x_prop, logp_prop, grad_logp_prop, step_size, uniforms=uniforms
         )
@@ -336,14 +409,28 @@ def _mala_accept_op(
     logp_out = torch.empty(chains, dtype=torch.float64, device=x.device)
     accepted = torch.empty(chains, dtype=torch.bool, device=x.device)
     if chains > 0:
-        tensors = [x_out, logp_out, g_out, accepted, x, l0, grad_logp, x_prop, l1,
-                   grad_logp_prop, u]
+        tensors = [
+            x_out,
+            logp_out,
+            g_out,
+            accepted,
+            x,
+            l0,
+            grad_logp,
+            x_prop,
+            l1,
+            grad_logp_prop,
+            u,
+        ]
         if backend == "triton":
             _backend.triton_kernels("langevin").mala_accept(*tensors, step_size, seed)
         else:
             code = _backend.DTYPE_CODES[x.dtype]
             launch_native(backend, "mala_accept", tensors, chains, dim, code, step_size, seed)
     return x_out, logp_out.to(logp.dtype), g_out, accepted
+
+
+_mala_accept_op = torch.library.custom_op("ponder::mala_accept", _mala_accept_impl, mutates_args=())
 
 
 @_mala_accept_op.register_fake
@@ -368,10 +455,12 @@ def _prepare(op: str, x: object, backend: str | None, arg: str = "x") -> str:
     return name
 
 
-def _check_like(op: str, name: str, t: object, x: Tensor, shape: Sequence[int] | None = None
-                ) -> Tensor:
-    return check_tensor(op, name, t, dtype=x.dtype, device=x.device,
-                        shape=x.shape if shape is None else shape)
+def _check_like(
+    op: str, name: str, t: object, x: Tensor, shape: Sequence[int] | None = None
+) -> Tensor:
+    return check_tensor(
+        op, name, t, dtype=x.dtype, device=x.device, shape=x.shape if shape is None else shape
+    )
 
 
 def _seed(op: str, noise: Tensor | None, generator: object, device: torch.device) -> int:
@@ -416,7 +505,7 @@ def ula_step(
     if noise is not None:
         _check_like(op, "noise", noise, x)
     seed = _seed(op, noise, generator, x.device)
-    return torch.ops.ponder.ula_step(x, grad_logp, h, t, noise, seed, name)
+    return call_op(torch.ops.ponder.ula_step, _ula_step_impl, x, grad_logp, h, t, noise, seed, name)
 
 
 def mala_propose(
@@ -446,7 +535,9 @@ def mala_propose(
     if noise is not None:
         _check_like(op, "noise", noise, x)
     seed = _seed(op, noise, generator, x.device)
-    return torch.ops.ponder.mala_propose(x, grad_logp, h, noise, seed, name)
+    return call_op(
+        torch.ops.ponder.mala_propose, _mala_propose_impl, x, grad_logp, h, noise, seed, name
+    )
 
 
 def mala_accept(
@@ -495,15 +586,25 @@ def mala_accept(
     if uniforms is not None:
         if generator is not None:
             raise ValueError(f"{op}: pass uniforms or generator, not both")
-        check_tensor(op, "uniforms", uniforms, dtype=FLOAT_DTYPES, device=x.device,
-                     shape=(chains,))
+        check_tensor(op, "uniforms", uniforms, dtype=FLOAT_DTYPES, device=x.device, shape=(chains,))
         if chains and not bool(((uniforms > 0) & (uniforms <= 1)).all()):
             raise ValueError(f"{op}: uniforms must lie in (0, 1]")
         seed = 0
     else:
         seed = resolve_seed(op, generator, x.device)
-    return torch.ops.ponder.mala_accept(
-        x, logp, grad_logp, x_prop, logp_prop, grad_logp_prop, h, uniforms, seed, name
+    return call_op(
+        torch.ops.ponder.mala_accept,
+        _mala_accept_impl,
+        x,
+        logp,
+        grad_logp,
+        x_prop,
+        logp_prop,
+        grad_logp_prop,
+        h,
+        uniforms,
+        seed,
+        name,
     )
 
 
@@ -545,7 +646,9 @@ def uld_step(
     if noise is not None:
         _check_like(op, "noise", noise, x, shape=(2, *x.shape))
     seed = _seed(op, noise, generator, x.device)
-    return torch.ops.ponder.uld_step(x, v, grad_logp, h, gamma, noise, seed, name)
+    return call_op(
+        torch.ops.ponder.uld_step, _uld_step_impl, x, v, grad_logp, h, gamma, noise, seed, name
+    )
 
 
 def proximal_step(
@@ -582,4 +685,15 @@ def proximal_step(
     if noise is not None:
         _check_like(op, "noise", noise, z)
     seed = _seed(op, noise, generator, z.device)
-    return torch.ops.ponder.proximal_step(z, y, grad_logp, tau, eta_, noise, seed, name)
+    return call_op(
+        torch.ops.ponder.proximal_step,
+        _proximal_step_impl,
+        z,
+        y,
+        grad_logp,
+        tau,
+        eta_,
+        noise,
+        seed,
+        name,
+    )
