@@ -13,16 +13,18 @@ import triton
 import triton.language as tl
 
 BLOCK = 1024
-# A second, independent Philox key for ops that need two normals per element.
+# Independent Philox keys derived from the seed: a second normal per element (uld_step), and
+# mala_accept's uniforms (so the same seed for propose and accept does not couple them).
 _SECOND_STREAM = 0x5851F42D4C957F2D
+_ACCEPT_STREAM = 0x2545F4914F6CDD1D
 
 
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _second_seed(seed: int) -> int:
-    return (seed ^ _SECOND_STREAM) & (2**63 - 1)
+def _derived_seed(seed: int, stream: int) -> int:
+    return (seed ^ stream) & (2**63 - 1)
 
 
 @triton.jit
@@ -145,7 +147,7 @@ def proximal_step(out, z, y, grad_logp, noise, keep, pull, drift, noise_scale, s
 def uld_step(x_out, v_out, x, v, grad_logp, noise, a, b, e, sv, sxv, sx, seed):
     n = x.numel()
     _uld_step_kernel[_grid(n)](x_out, v_out, x, v, grad_logp, _dummy(noise, x), n, a, b, e, sv,
-                               sxv, sx, seed, _second_seed(seed), HAS_NOISE=noise is not None,
+                               sxv, sx, seed, _derived_seed(seed, _SECOND_STREAM), HAS_NOISE=noise is not None,
                                ACC=_acc(x.dtype), BLOCK=BLOCK)
 
 
@@ -155,6 +157,6 @@ def mala_accept(x_out, logp_out, g_out, accepted, x, logp, grad_logp, x_prop, lo
     block_d = min(triton.next_power_of_2(max(dim, 1)), 1024)
     _mala_accept_kernel[(chains,)](
         x_out, logp_out, g_out, accepted, x, logp, grad_logp, x_prop, logp_prop, grad_logp_prop,
-        _dummy(uniforms, logp), dim, step_size, seed, HAS_U=uniforms is not None,
+        _dummy(uniforms, logp), dim, step_size, _derived_seed(seed, _ACCEPT_STREAM), HAS_U=uniforms is not None,
         ACC=_acc(x.dtype), BLOCK_D=block_d,
     )

@@ -220,7 +220,7 @@ void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintpt
             h, load(x0[row + j]), load(g0[row + j]), load(x1[row + j]), load(g1[row + j])));
       }
       const double log_alpha = l1[c] - l0[c] + ratio;
-      const double uc = u != nullptr ? u[c] : random::uniform_at(c, langevin::kStreamMain, seed);
+      const double uc = u != nullptr ? u[c] : random::uniform_at(c, langevin::kStreamAccept, seed);
       // A NaN log alpha (e.g. a NaN log-density at the proposal) compares false: rejected.
       const bool take = std::log(uc) < log_alpha;
       acc[c] = take;

@@ -155,7 +155,7 @@ __global__ void mala_accept_kernel(T* x_out, double* logp_out, T* g_out, bool* a
   if (threadIdx.x == 0) {
     const double log_alpha = l1[c] - l0[c] + partial[0];
     const double u = uniforms != nullptr ? uniforms[c]
-                                         : random::uniform_at(c, langevin::kStreamMain, seed);
+                                         : random::uniform_at(c, langevin::kStreamAccept, seed);
     const bool take = log(u) < log_alpha;  // NaN log alpha: rejected
     take_shared = take;
     accepted[c] = take;

@@ -158,9 +158,20 @@ def available_backends() -> dict[str, BackendStatus]:
     }
 
 
-@functools.cache
+# A plain dict rather than functools.cache: torch.compile traces through dict lookups, while it
+# warns about (and breaks the graph at) lru_cache-wrapped calls.
+_STATUS: dict[str, BackendStatus] = {}
+
+
+@torch.compiler.disable
+def _load_status() -> None:
+    _STATUS.update(available_backends())
+
+
 def _cached_status(name: str) -> BackendStatus:
-    return available_backends()[name]
+    if not _STATUS:
+        _load_status()  # once per process: imports and device queries, never traced
+    return _STATUS[name]
 
 
 def default_backend(device: torch.device) -> str:
@@ -202,5 +213,6 @@ def resolve_backend(op: str, device: torch.device, backend: str | None) -> str:
 
 def clear_cache() -> None:
     """Forget cached backend facts (after changing TRITON_INTERPRET in tests, say)."""
-    for fn in (_cpu_module, _cuda_module, _triton_module, _cached_status):
+    for fn in (_cpu_module, _cuda_module, _triton_module):
         fn.cache_clear()
+    _STATUS.clear()

@@ -107,12 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "steps", 1) < 2 or getattr(args, "chains", 1) < 1:
-        print("ponder: --steps must be >= 2 and --chains >= 1", file=sys.stderr)
-        return 2
-    if getattr(args, "step_size", 1.0) <= 0 or not math.isfinite(getattr(args, "step_size", 1.0)):
-        print("ponder: --step-size must be a finite number > 0", file=sys.stderr)
-        return 2
+    if args.command == "sample":
+        if args.steps < 2 or args.chains < 1 or args.dim < 1:
+            print("ponder sample: --steps must be >= 2, --chains and --dim >= 1", file=sys.stderr)
+            return 2
+        if not (math.isfinite(args.step_size) and args.step_size > 0):
+            print("ponder sample: --step-size must be a finite number > 0", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

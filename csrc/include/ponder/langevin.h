@@ -9,10 +9,13 @@
 namespace ponder {
 namespace langevin {
 
-// Random streams: each op draws its normals from (seed, stream) so that ops that need two
-// independent normals per element (uld_step) use two streams of the same seed.
+// Random streams: each op draws from (seed, stream). uld_step needs two independent normals per
+// element (two streams); mala_accept's uniforms have a stream of their own, so that a user who
+// passes the same seed to mala_propose and mala_accept does not get a uniform that is a function
+// of the chain's own proposal noise.
 constexpr uint32_t kStreamMain = 0;
 constexpr uint32_t kStreamSecond = 1;
+constexpr uint32_t kStreamAccept = 2;
 
 // ula_step and mala_propose: x + drift * grad_logp + noise_scale * xi
 // (drift = h, noise_scale = sqrt(2 h T)).

@@ -234,7 +234,9 @@ def _run_elementwise(
             shape = (2, *first.shape) if n_streams == 2 else first.shape
             noise = _draw_noise(shape, first, seed)
         result = reference(inputs, noise)
-        return list(result) if isinstance(result, tuple) else [result]
+        # The reference keeps a permuted input's strides; the op promises contiguous outputs.
+        results = result if isinstance(result, tuple) else (result,)
+        return [r.contiguous() for r in results]
     inputs = [t.contiguous() for t in inputs]
     noise = None if noise is None else noise.contiguous()
     outs = [torch.empty(first.shape, dtype=first.dtype, device=first.device) for _ in range(n_out)]
