@@ -15,7 +15,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("uld_step", &ponder::cpu::uld_step, nogil);
   m.def("mala_accept", &ponder::cpu::mala_accept, nogil);
   m.def("active_isa", &ponder::cpu::active_isa,
-        "The instruction set the CPU kernels use here: 'avx2' or 'default'.");
+        "The instruction set the CPU kernels use here: 'avx512', 'avx2' or 'default'.");
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

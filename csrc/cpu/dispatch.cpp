@@ -1,6 +1,7 @@
 // Run-time choice of the instruction set for the CPU launchers: cpu/langevin.cpp is compiled for
-// baseline x86-64 (or the host's baseline elsewhere) and, on x86-64, again with AVX2 + FMA; the
-// entry points call the widest copy this CPU supports, so one wheel is fast everywhere.
+// baseline x86-64 (or the host's baseline elsewhere) and, on x86-64, again with AVX2 + FMA and
+// with AVX-512; the entry points call the widest copy this CPU supports, so one wheel is fast
+// everywhere. PONDER_CPU_ISA=default|avx2 caps the choice.
 #include <cstdlib>
 #include <cstring>
 
@@ -10,14 +11,24 @@ namespace ponder {
 namespace cpu {
 namespace {
 
-enum class Isa { kDefault, kAvx2 };
+enum class Isa { kDefault, kAvx2, kAvx512 };
 
 Isa detect() {
-  const char* cap = std::getenv("PONDER_CPU_ISA");
-  if (cap != nullptr && std::strcmp(cap, "default") == 0) return Isa::kDefault;
-#if defined(PONDER_HAVE_AVX2) && (defined(__x86_64__) || defined(_M_X64))
+  Isa cap = Isa::kAvx512;
+  if (const char* env = std::getenv("PONDER_CPU_ISA")) {
+    if (std::strcmp(env, "default") == 0) cap = Isa::kDefault;
+    if (std::strcmp(env, "avx2") == 0) cap = Isa::kAvx2;
+  }
+#if defined(PONDER_HAVE_X86_ISAS) && (defined(__x86_64__) || defined(_M_X64))
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512bw");
+  if (avx512 && cap == Isa::kAvx512) return Isa::kAvx512;
+  if (avx2 && cap != Isa::kDefault) return Isa::kAvx2;
+#else
+  (void)cap;
 #endif
   return Isa::kDefault;
 }
@@ -29,15 +40,22 @@ Isa isa() {
 
 }  // namespace
 
-#if defined(PONDER_HAVE_AVX2)
-#define PONDER_ISA_CALL(fn, ...)                                 \
-  if (isa() == Isa::kAvx2) return isa_avx2::fn(__VA_ARGS__);     \
+#if defined(PONDER_HAVE_X86_ISAS)
+#define PONDER_ISA_CALL(fn, ...)                                   \
+  if (isa() == Isa::kAvx512) return isa_avx512::fn(__VA_ARGS__);   \
+  if (isa() == Isa::kAvx2) return isa_avx2::fn(__VA_ARGS__);       \
   return isa_default::fn(__VA_ARGS__)
 #else
 #define PONDER_ISA_CALL(fn, ...) return isa_default::fn(__VA_ARGS__)
 #endif
 
-const char* active_isa() { return isa() == Isa::kAvx2 ? "avx2" : "default"; }
+const char* active_isa() {
+  switch (isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "default";
+  }
+}
 
 void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, int64_t n,
               int dtype, double drift, double noise_scale, uint64_t seed, int threads) {
