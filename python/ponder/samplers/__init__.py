@@ -1,0 +1,1 @@
+"""Langevin-family samplers on ponder's fused step kernels (filled in below as modules land)."""
