@@ -1,7 +1,8 @@
 """The ``ponder`` command.
 
-    ponder info                      versions and backends (same as ``python -m ponder``)
-    ponder sample [options]          a short MALA / ULA / ULD run on a Gaussian target
+    ponder info                                   versions and backends (= python -m ponder)
+    ponder sample [SAMPLER] [--target NAME] ...   run a sampler and report what it did
+    ponder experiments samplers [--quick]         regenerate the SPS / RTK tables and plots
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ import time
 
 import torch
 
+LANGEVIN_SAMPLERS = ("mala", "ula", "sgld", "uld", "sps-sgld", "sps-mala")
+DIFFUSION_SAMPLERS = ("ddpm", "rtk-mala", "rtk-uld")
+# A step size that works for each built-in target at its default settings.
+DEFAULT_STEP = {"gaussian": 0.5, "correlated-gaussian": 0.1, "mixture": 0.3, "logistic": 2e-4,
+                "double-well": 0.05}
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import info
@@ -21,100 +28,159 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sample(args: argparse.Namespace) -> int:
-    """Sample N(mean, scale^2 I) with the fused kernels and report what happened."""
-    from tqdm import tqdm
+def _build_langevin(args: argparse.Namespace, target, step: float):
+    from . import samplers as s
 
-    from .ops import langevin
+    common = dict(generator=args.seed, backend=args.backend)
+    batch = args.batch_size if args.sampler in ("sgld", "sps-sgld", "sps-mala") else None
+    if args.sampler in ("ula", "sgld"):
+        return s.ULA(target, step, batch_size=batch, **common)
+    if args.sampler == "mala":
+        return s.MALA(target, step, **common)
+    if args.sampler == "uld":
+        return s.ULD(target, step, args.friction, **common)
+    cls = s.SPS_SGLD if args.sampler == "sps-sgld" else s.SPS_MALA
+    return cls(target, args.eta, step, args.inner_steps, batch_size=batch, **common)
+
+
+def _report_samples(target, x: torch.Tensor, seed: int) -> None:
+    from .samplers import mmd_rbf
+
+    try:
+        exact = target.sample(x.shape[0], generator=seed + 1).to(x)
+        floor_ref = target.sample(x.shape[0], generator=seed + 2).to(x)
+    except NotImplementedError:
+        true_w = getattr(target, "true_weights", None)
+        print(f"mean         {[round(v, 3) for v in x.double().mean(0).tolist()]}")
+        if true_w is not None:
+            print(f"true weights {[round(v, 3) for v in true_w.tolist()]} (posterior mean should "
+                  "be near them)")
+        return
+    err = (x.double().mean(0) - exact.double().mean(0)).norm().item()
+    print(f"mean error   {err:.4f} (|mean - exact-sample mean|)")
+    mmd = mmd_rbf(x, exact, bandwidth=1.0)
+    floor = mmd_rbf(floor_ref, exact, bandwidth=1.0)
+    print(f"MMD^2        {mmd:.5f} to exact samples (two exact sample sets: {floor:.5f})")
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .samplers import make_target
 
     torch.manual_seed(args.seed)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     device = torch.device(args.device)
-    mean, scale = args.mean, args.scale
-    chains, dim = args.chains, args.dim
+    dim = 3 if args.target == "logistic" and args.dim is None else (args.dim or 2)
+    target = make_target(args.target, dim=dim).to(device=device, dtype=dtype)
+    step = args.step_size if args.step_size is not None else DEFAULT_STEP[args.target]
+    print(f"sampler      {args.sampler} on {args.target} (d={target.dim}), {args.dtype} on "
+          f"{device}, seed {args.seed}")
+    if args.sampler in DIFFUSION_SAMPLERS:
+        from . import samplers as s
 
-    def logp_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = (x - mean) / scale
-        return -0.5 * (z * z).sum(-1), -z / scale
-
-    x = torch.randn(chains, dim, dtype=dtype, device=device)
-    v = torch.zeros_like(x)
-    logp, grad = logp_and_grad(x)
-    accepted_total = 0
-    kept = []
-    burn_in = args.steps // 2
-    start = time.perf_counter()
-    for step in tqdm(range(args.steps), desc=f"{args.sampler}", disable=args.quiet):
-        if args.sampler == "mala":
-            x_prop = langevin.mala_propose(x, grad, args.step_size, backend=args.backend)
-            logp_prop, grad_prop = logp_and_grad(x_prop)
-            x, logp, grad, acc = langevin.mala_accept(
-                x, logp, grad, x_prop, logp_prop, grad_prop, args.step_size, backend=args.backend
-            )
-            accepted_total += int(acc.sum())
-        elif args.sampler == "ula":
-            x = langevin.ula_step(x, grad, args.step_size, backend=args.backend)
-            _, grad = logp_and_grad(x)
+        common = dict(generator=args.seed, backend=args.backend, dtype=dtype, device=device)
+        if args.sampler == "ddpm":
+            sampler = s.DDPM(target, args.steps, **common)
         else:
-            x, v = langevin.uld_step(x, v, grad, args.step_size, args.friction,
-                                     backend=args.backend)
-            _, grad = logp_and_grad(x)
-        if step >= burn_in:
-            kept.append(x.double().mean(0).mean().item())
-            kept.append(x.double().var(0).mean().item())
+            cls = s.RTK_MALA if args.sampler == "rtk-mala" else s.RTK_ULD
+            sampler = cls(target, args.segments, args.inner_steps, **common)
+        result = sampler.sample(args.chains, progress=not args.quiet)
+        print(f"samples      {args.chains}, {result.nfe} score evaluations each, "
+              f"{result.seconds:.3f} s")
+        if result.acceptance is not None:
+            print(f"acceptance   {result.acceptance:.3f} (inner MALA)")
+        _report_samples(target, result.samples, args.seed)
+        return 0
+    sampler = _build_langevin(args, target, step)
+    x0 = torch.randn(args.chains, target.dim, dtype=dtype, device=device)
+    start = time.perf_counter()
+    trace = sampler.run(x0, args.steps, burn_in=args.steps // 2, progress=not args.quiet)
     elapsed = time.perf_counter() - start
-    means, variances = kept[0::2], kept[1::2]
-    est_mean = sum(means) / len(means)
-    est_var = sum(variances) / len(variances)
-    print(f"sampler      {args.sampler} on N({mean}, {scale}^2 I), {chains} chains x d={dim}, "
-          f"{args.dtype} on {device}")
-    print(f"steps        {args.steps} (second half kept), step size {args.step_size}")
+    stats = trace.stats
+    print(f"chains       {args.chains} x {args.steps} steps (second half kept), step size {step}")
+    print(f"gradients    {int(stats['grad_calls'])} calls per chain "
+          f"({int(stats['data_grads'])} per-datum gradients)")
     print(f"time         {elapsed:.3f} s, {1e6 * elapsed / args.steps:.1f} us/step "
           "(gradient evaluation included)")
-    if args.sampler == "mala":
-        print(f"acceptance   {accepted_total / (chains * args.steps):.3f}")
-    print(f"mean         {est_mean:.4f} (target {mean})")
-    print(f"variance     {est_var:.4f} (target {scale * scale:.4f})")
-    ok = abs(est_mean - mean) < 0.1 * scale and abs(est_var / scale**2 - 1) < 0.15
-    print("result       " + ("moments match the target" if ok else
-                            "moments are off (ULA/ULD are biased at large step sizes)"))
-    return 0 if ok or args.sampler != "mala" else 1
+    if "acceptance" in stats:
+        print(f"acceptance   {stats['acceptance']:.3f}")
+    _report_samples(target, trace.state.x, args.seed)
+    return 0
+
+
+def _cmd_experiments(args: argparse.Namespace) -> int:
+    from .samplers.experiments import run_all
+
+    path = run_all(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {path} and its plots")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .samplers import TARGETS
+
     parser = argparse.ArgumentParser(prog="ponder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="versions and backends")
     p_info.set_defaults(func=_cmd_info)
-    p = sub.add_parser("sample", help="a short sampler run on a Gaussian target")
-    p.add_argument("--sampler", choices=["mala", "ula", "uld"], default="mala")
-    p.add_argument("--chains", type=int, default=1024)
-    p.add_argument("--dim", type=int, default=100)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--step-size", type=float, default=0.5)
+
+    p = sub.add_parser("sample", help="run a sampler on a built-in target")
+    p.add_argument("sampler", nargs="?", default="mala",
+                   choices=LANGEVIN_SAMPLERS + DIFFUSION_SAMPLERS)
+    p.add_argument("--target", default="gaussian", choices=sorted(TARGETS))
+    p.add_argument("--dim", type=int, default=None, help="default 2 (3 for logistic)")
+    p.add_argument("--chains", type=int, default=1024, help="chains (samples for diffusion)")
+    p.add_argument("--steps", type=int, default=1000, help="steps (DDPM: reverse steps)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="h (SPS: the inner tau); default depends on the target")
     p.add_argument("--friction", type=float, default=1.0, help="ULD friction gamma")
-    p.add_argument("--mean", type=float, default=1.0)
-    p.add_argument("--scale", type=float, default=2.0)
+    p.add_argument("--eta", type=float, default=1.0, help="SPS outer proximal step")
+    p.add_argument("--inner-steps", type=int, default=5, help="SPS / RTK inner steps")
+    p.add_argument("--segments", type=int, default=10, help="RTK segments K")
+    p.add_argument("--batch-size", type=int, default=32, help="SGLD / SPS minibatch (logistic)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=["cpu", "cuda", "triton", "torch"], default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sample)
+
+    p_exp = sub.add_parser("experiments", help="regenerate experiment tables and plots")
+    p_exp.add_argument("which", choices=["samplers"])
+    p_exp.add_argument("--out", default="bench/samplers")
+    p_exp.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    p_exp.add_argument("--seed", type=int, default=0)
+    p_exp.add_argument("--quiet", action="store_true")
+    p_exp.set_defaults(func=_cmd_experiments)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sample":
-        if args.steps < 2 or args.chains < 1 or args.dim < 1:
-            print("ponder sample: --steps must be >= 2, --chains and --dim >= 1", file=sys.stderr)
+        problems = []
+        if args.steps < 2:
+            problems.append("--steps must be >= 2")
+        if args.chains < 2:
+            problems.append("--chains must be >= 2")
+        if args.dim is not None and args.dim < 1:
+            problems.append("--dim must be >= 1")
+        if args.step_size is not None and not (math.isfinite(args.step_size)
+                                               and args.step_size > 0):
+            problems.append("--step-size must be a finite number > 0")
+        if args.sampler in ("sgld", "sps-sgld", "sps-mala") and args.target != "logistic":
+            args.batch_size = None  # minibatches need a finite-sum target
+        if args.sampler in DIFFUSION_SAMPLERS and args.target in ("logistic", "double-well"):
+            problems.append(f"{args.sampler} needs a target with an exact score "
+                            "(gaussian, correlated-gaussian, mixture)")
+        if problems:
+            print("ponder sample: " + "; ".join(problems), file=sys.stderr)
             return 2
-        if not (math.isfinite(args.step_size) and args.step_size > 0):
-            print("ponder sample: --step-size must be a finite number > 0", file=sys.stderr)
-            return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as err:
+        print(f"ponder {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

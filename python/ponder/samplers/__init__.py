@@ -1,1 +1,52 @@
-"""Langevin-family samplers on ponder's fused step kernels (filled in below as modules land)."""
+"""Langevin-family samplers on ponder's fused step kernels, with targets and metrics.
+
+Samplers (batched over chains, any device, seeded, counting gradient / score calls):
+
+- :class:`ULA` (SGLD with ``batch_size``), :class:`MALA`, :class:`ULD`: ``run(x0, n_steps)``;
+- :class:`SPS_SGLD`, :class:`SPS_MALA`: stochastic proximal samplers (arXiv 2405.16734);
+- :class:`DDPM`, :class:`RTK_MALA`, :class:`RTK_ULD`: diffusion inference for the OU process
+  (reverse transition kernels, arXiv 2405.16387): ``sample(n)``.
+
+Targets (:class:`Target` and friends, :func:`make_target`) and metrics (MMD, TV, sliced
+Wasserstein, KS, ESS) live in :mod:`ponder.samplers.targets` and :mod:`ponder.samplers.metrics`.
+
+    from ponder.samplers import MALA, make_target
+    trace = MALA(make_target("mixture", dim=2), 0.3, generator=0).run(torch.randn(1024, 2), 2000)
+    trace.samples  # [T, C, d]
+"""
+
+from ._core import Sampler, State, Trace, as_tensor
+from .diffusion import DDPM, RTK_MALA, RTK_ULD, DiffusionResult
+from .langevin import MALA, ULA, ULD
+from .metrics import (
+    effective_sample_size,
+    ks_per_coordinate,
+    mmd_rbf,
+    sliced_wasserstein,
+    tv_histogram,
+)
+from .sps import SPS_MALA, SPS_SGLD
+from .targets import (
+    TARGETS,
+    BayesianLogisticRegression,
+    CorrelatedGaussian,
+    DiffusionTarget,
+    DoubleWell,
+    FiniteSumTarget,
+    Gaussian,
+    GaussianMixture,
+    Target,
+    checked_logp_and_grad,
+    make_target,
+)
+
+__all__ = [
+    "Sampler", "State", "Trace", "as_tensor",
+    "ULA", "MALA", "ULD", "SPS_SGLD", "SPS_MALA", "DDPM", "RTK_MALA", "RTK_ULD",
+    "DiffusionResult",
+    "Target", "FiniteSumTarget", "DiffusionTarget", "Gaussian", "CorrelatedGaussian",
+    "GaussianMixture", "BayesianLogisticRegression", "DoubleWell", "TARGETS", "make_target",
+    "checked_logp_and_grad",
+    "mmd_rbf", "tv_histogram", "sliced_wasserstein", "ks_per_coordinate",
+    "effective_sample_size",
+]
