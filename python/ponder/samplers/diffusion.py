@@ -133,7 +133,7 @@ class _RTK(_DiffusionSampler):
         self.friction = check_real(self.name, "friction", friction, positive=True)
         if energy not in ("exact", "simpson"):
             raise ValueError(f"{self.name}: energy must be 'exact' or 'simpson', got {energy!r}")
-        if energy == "exact" and not hasattr(target, "logp_t"):
+        if energy == "exact" and not getattr(target, "has_logp", True):
             raise ValueError(f"{self.name}: energy='exact' needs target.logp_t; use 'simpson'")
         self.energy = energy
         if inner_init not in ("mean", "next"):
