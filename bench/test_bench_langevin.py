@@ -245,6 +245,21 @@ def torch_mala_stepper(target: str, impl: str, device: torch.device
             return accepted
         return step
 
+    if impl == "ponder-sampler":
+        # The ponder.samplers.MALA class around the same target functions: the kernels plus the
+        # sampler's bookkeeping and its checks of the user's gradient (shape, finiteness).
+        from ponder.samplers import MALA, Target
+
+        sampler = MALA(Target.from_functions(DIM, logp_and_grad=logp_and_grad), h,
+                       generator=SEED)
+        sampler_state = [sampler.init(x)]
+
+        def step() -> Tensor:
+            before = sampler_state[0].accepted.clone()
+            sampler_state[0] = sampler.step(sampler_state[0])
+            return sampler_state[0].accepted != before
+        return step
+
     backend = impl.removeprefix("ponder-")
     gen = torch.Generator(device=device).manual_seed(SEED)  # a fresh seed per call, drawn from it
 
@@ -306,7 +321,7 @@ def _bench_mala(measure, benchmark, target: str, impl: str, device: torch.device
         info["threads"] = "XLA CPU default"
         info["peer_version"] = f"blackjax {blackjax.__version__}, jax {jax.__version__}"
     else:
-        if impl.startswith("ponder-"):
+        if impl.startswith("ponder-") and impl != "ponder-sampler":
             require_backend(impl.removeprefix("ponder-"))
         step = torch_mala_stepper(target, impl, device)
     group = f"mala e2e {target} {device.type}"
@@ -317,7 +332,8 @@ def _bench_mala(measure, benchmark, target: str, impl: str, device: torch.device
     benchmark.extra_info["accept_rate"] = accepted / ACCEPT_STEPS
 
 
-@pytest.mark.parametrize("impl", ["ponder-cpu", "ponder-torch", "eager-torch", "blackjax"])
+@pytest.mark.parametrize("impl", ["ponder-cpu", "ponder-sampler", "ponder-torch", "eager-torch",
+                                  "blackjax"])
 @pytest.mark.parametrize("target", list(TORCH_TARGETS))
 def test_mala_end_to_end(measure, benchmark, target, impl):
     _bench_mala(measure, benchmark, target, impl, CPU)

@@ -8,8 +8,10 @@ MALA (SPS-MALA: the fused MALA kernels on the RGO, one minibatch per outer step)
 ``eta < 1/L`` the RGO is strongly log-concave and well conditioned even when p is not.
 
 Unconfirmed in the paper text, chosen here and exposed as parameters: the inner loop starts at
-the current x (``inner_init="x"``; ``"y"`` starts at the proximal centre), and the inner step size
-and count are the user's (the experiments sweep them).
+the proximal centre y (``inner_init="y"``; ``"x"`` starts at the current point, which for
+SPS-MALA on the multimodal experiments stays in the current mode: MMD 0.1 instead of 0.0003 after
+2000 gradient calls), and the inner step size and count are the user's (the experiments sweep
+them).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class _SPS(_LangevinBase):
     inner = "sgld"
 
     def __init__(self, target: Target, eta: float, inner_step_size: float, inner_steps: int, *,
-                 batch_size: int | None = None, inner_init: str = "x",
+                 batch_size: int | None = None, inner_init: str = "y",
                  generator: torch.Generator | int | None = None, backend: str | None = None):
         super().__init__(target, inner_step_size, batch_size=batch_size, generator=generator,
                          backend=backend, step_name="inner_step_size")
