@@ -175,6 +175,29 @@ def rtk_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def findings(sps_rows: list[Row], rtk_rows: list[Row]) -> str:
+    """Plain statements computed from the rows: per dimension, the fewest gradient calls (SPS) or
+    score evaluations (RTK) each sampler needed to reach the MMD level, best setting."""
+    out = []
+    for exp, rows, unit in (("sps", sps_rows, "gradient calls"), ("rtk", rtk_rows, "NFE")):
+        for dim in sorted({r.dim for r in rows}):
+            sub = [r for r in rows if r.dim == dim]
+            floor = next(r for r in sub if r.sampler == "floor")
+            level = max(2 * floor.mmd, 0.005)
+            best: dict[str, int | None] = {}
+            for r in sub:
+                if r.sampler == "floor":
+                    continue
+                best.setdefault(r.sampler, None)
+                if r.mmd <= level and (best[r.sampler] is None or r.cost < best[r.sampler]):
+                    best[r.sampler] = r.cost
+            parts = [f"{name} {cost if cost is not None else 'never (within the budget)'}"
+                     for name, cost in best.items()]
+            out.append(f"- {exp.upper()}, d = {dim}: fewest {unit} to MMD^2 <= {level:.4f}: "
+                       + "; ".join(parts) + ".")
+    return "\n".join(out)
+
+
 def _best_runs(rows: list[Row]) -> dict[tuple[int, str], list[Row]]:
     """Per (dim, sampler): the setting with the lowest final MMD."""
     best: dict[tuple[int, str], list[Row]] = {}
@@ -258,6 +281,10 @@ def run_all(out: str | Path = "bench/samplers", *, quick: bool = False, seed: in
         + ("QUICK RUN: small sizes, a smoke test, not the reported numbers. " if quick else "")
         + "Settings and their reasons: `ponder/samplers/experiments.py` (module docstring).",
         "",
+        "## Findings (computed from the tables below)",
+        "",
+        findings(sps_rows, rtk_rows),
+        "",
         "## SPS vs SGLD vs MALA: MMD^2 against gradient calls",
         "",
         "Target: equal-weight modes at +-5 e_j (j < min(d, 4)), unit std; all chains start in "
@@ -281,4 +308,5 @@ def run_all(out: str | Path = "bench/samplers", *, quick: bool = False, seed: in
     return md
 
 
-__all__ = ["Row", "sps_experiment", "rtk_experiment", "run_all", "sps_table", "rtk_table", "plot"]
+__all__ = ["Row", "sps_experiment", "rtk_experiment", "run_all", "sps_table", "rtk_table", "plot",
+           "findings"]
