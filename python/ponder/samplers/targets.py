@@ -513,7 +513,9 @@ def _validate_pair(
             raise ValueError(
                 f"{who_logp} returned logp on {logp.device}, expected {x.device} (like x)"
             )
-        if check_finite and bool(torch.isposinf(logp).any()):
+        # One reduction first: only a non-finite sum can hide a +inf.
+        if (check_finite and not bool(torch.isfinite(logp.sum()))
+                and bool(torch.isposinf(logp).any())):
             raise ValueError(f"{who_logp} returned logp = +inf")
     if not isinstance(grad, Tensor) or not grad.is_floating_point():
         raise TypeError(f"{who_grad} must return {grad_name} as a floating torch.Tensor")
@@ -523,7 +525,9 @@ def _validate_pair(
         )
     if grad.device != x.device:
         raise ValueError(f"{who_grad} returned {grad_name} on {grad.device}, expected {x.device}")
-    if check_finite:
+    # Fast path: one reduction. A NaN or inf anywhere makes the sum non-finite; only then (or
+    # when finite values overflow the sum, which the full check clears) look chain by chain.
+    if check_finite and not bool(torch.isfinite(grad.sum())):
         bad = ~torch.isfinite(grad).all(dim=-1)
         if logp is not None and not grad_used_everywhere:
             bad &= torch.isfinite(logp)
