@@ -4,6 +4,7 @@ conversion, and evaluation counting."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from typing import Any, Callable
 
@@ -41,8 +42,12 @@ def make_generator(generator: torch.Generator | int | None, device: torch.device
     g = torch.Generator(device=device)
     if generator is None:
         g.seed()
-    else:
+    elif isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
         g.manual_seed(int(generator))
+    else:
+        raise TypeError(
+            f"generator must be None, an int seed or a torch.Generator, got {generator!r}"
+        )
     return g
 
 
@@ -102,12 +107,12 @@ class Sampler:
         Keeps every ``thin``-th state after ``burn_in`` steps in ``Trace.samples: [T, C, d]``;
         ``progress`` shows a tqdm bar; ``callback(state)`` runs after every step.
         """
-        if int(n_steps) != n_steps or n_steps < 0:
-            raise ValueError(f"{self.name}: n_steps must be an integer >= 0, got {n_steps}")
-        if int(thin) != thin or thin < 1:
-            raise ValueError(f"{self.name}: thin must be an integer >= 1, got {thin}")
-        if int(burn_in) != burn_in or burn_in < 0:
-            raise ValueError(f"{self.name}: burn_in must be an integer >= 0, got {burn_in}")
+        for name, value, minimum in (("n_steps", n_steps, 0), ("thin", thin, 1),
+                                     ("burn_in", burn_in, 0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{self.name}: {name} must be an integer >= {minimum}, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"{self.name}: {name} must be an integer >= {minimum}, got {value}")
         state = self.init(x0)
         kept = []
         start = time.perf_counter()

@@ -3,6 +3,7 @@ from :mod:`ponder.ops.langevin` plus the user's log-density / gradient."""
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 from ..ops import langevin as ops
 from ..ops._common import check_real
 from ._core import Sampler, State, as_tensor, check_step_size, make_generator
-from .targets import FiniteSumTarget, Target, checked_logp_and_grad
+from .targets import FiniteSumTarget, Target, checked_grad_logp, checked_logp_and_grad
 
 
 def check_target(owner: str, target: Any) -> Target:
@@ -23,12 +24,25 @@ def check_target(owner: str, target: Any) -> Target:
     return target
 
 
+def check_count(owner: str, name: str, value: object, minimum: int = 1) -> int:
+    """An integer >= minimum (not a bool, not a float), or a TypeError / ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
 def check_batch_size(owner: str, target: Target, batch_size: int | None) -> int | None:
     if batch_size is None:
         return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(
+            f"{owner}: batch_size must be an integer in [1, {target.n_data}], got {batch_size!r}"
+        )
     if not isinstance(target, FiniteSumTarget):
         raise ValueError(f"{owner}: batch_size needs a FiniteSumTarget, got {type(target).__name__}")
-    if int(batch_size) != batch_size or not 1 <= batch_size <= target.n_data:
+    if not 1 <= batch_size <= target.n_data:
         raise ValueError(
             f"{owner}: batch_size must be an integer in [1, {target.n_data}], got {batch_size}"
         )
@@ -50,15 +64,26 @@ class _GradientOracle:
         idx = torch.randperm(n, generator=self.generator, device=self.generator.device)
         return idx[: self.batch_size].to(device)
 
-    def __call__(self, x: Tensor, state: State, batch: Tensor | None = None
-                 ) -> tuple[Tensor, Tensor]:
+    def _count(self, state: State, batch: Tensor | None) -> None:
         state.grad_calls += 1
         if batch is None:
             state.data_grads += getattr(self.target, "n_data", 1)
         else:
             state.data_grads += int(batch.numel())
+
+    def __call__(self, x: Tensor, state: State, batch: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor]:
+        """(logp, grad) for MALA-type samplers: a NaN logp is allowed (the proposal is
+        rejected), so its gradient is not checked."""
+        self._count(state, batch)
         # Validated: a wrong shape or a non-finite gradient is a ValueError naming the function.
         return checked_logp_and_grad(self.target, x, batch)
+
+    def grad(self, x: Tensor, state: State, batch: Tensor | None = None) -> Tensor:
+        """The gradient alone, for gradient-only samplers (ULA/SGLD, ULD, SPS-SGLD): works for
+        gradient-only targets, and every chain's gradient must be finite."""
+        self._count(state, batch)
+        return checked_grad_logp(self.target, x, batch)
 
 
 class _LangevinBase(Sampler):
@@ -109,7 +134,7 @@ class ULA(_LangevinBase):
         return State(x=self._start(x0))
 
     def step(self, state: State) -> State:
-        _, grad = self.oracle(state.x, state, self.oracle.draw_batch(state.x.device))
+        grad = self.oracle.grad(state.x, state, self.oracle.draw_batch(state.x.device))
         state.x = ops.ula_step(state.x, grad, self.step_size, temperature=self.temperature,
                                generator=self.generator, backend=self.backend)
         state.step += 1
@@ -134,6 +159,13 @@ class MALA(_LangevinBase):
         x = self._start(x0)
         state = State(x=x, accepted=torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
         state.logp, state.grad = self.oracle(x, state)
+        bad = ~torch.isfinite(state.logp)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{self.name}: the target's log-density is not finite at x0 for "
+                f"{int(bad.sum())} chains (e.g. chain {int(bad.nonzero()[0, 0])}); MALA could "
+                "never move them: start inside the support"
+            )
         return state
 
     def step(self, state: State) -> State:
@@ -171,13 +203,13 @@ class ULD(_LangevinBase):
         x = self._start(x0)
         v = torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
         state = State(x=x, v=v)
-        _, state.grad = self.oracle(x, state, self.oracle.draw_batch(x.device))
+        state.grad = self.oracle.grad(x, state, self.oracle.draw_batch(x.device))
         return state
 
     def step(self, state: State) -> State:
         state.x, state.v = ops.uld_step(state.x, state.v, state.grad, self.step_size,
                                         self.friction, generator=self.generator,
                                         backend=self.backend)
-        _, state.grad = self.oracle(state.x, state, self.oracle.draw_batch(state.x.device))
+        state.grad = self.oracle.grad(state.x, state, self.oracle.draw_batch(state.x.device))
         state.step += 1
         return state

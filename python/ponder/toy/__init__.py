@@ -1,0 +1,58 @@
+"""The embedded default: a synthetic world in which every method runs offline on a CPU.
+
+- :mod:`ponder.toy.arithmetic`: multi-step arithmetic problems with step-by-step solutions
+  (steps separated by ``"\\n\\n"``, a final ``"Answer: N"``), a seeded train / validation / test
+  split, a verifier, a step checker (PRM labels) and wrong solutions (negative examples);
+- :mod:`ponder.toy.retrieval`: key-value lookup among distractors in 1K-8K-token contexts;
+- :mod:`ponder.toy.tokenizer`: a character tokenizer that transformers loads (needs transformers,
+  imported only when it is built).
+
+    from ponder.toy import make_problems, split, verify
+    train, validation, test = split(make_problems(10_000, seed=0))
+    p = test[0]
+    p.prompt, p.target     # "Q: 12+34-5=?\\n\\n", "12+34=46\\n\\n46-5=41\\n\\nAnswer: 41"
+    verify(p, "12+34=46\\n\\n46-5=41\\n\\nAnswer: 41")  # True
+"""
+
+from .arithmetic import (
+    ANSWER_PREFIX,
+    CORRUPTIONS,
+    OPERATORS,
+    STEP_SEPARATOR,
+    ArithmeticConfig,
+    Problem,
+    Splits,
+    check_steps,
+    corrupt,
+    extract_answer,
+    make_problems,
+    parse_question,
+    split,
+    verify,
+)
+from .retrieval import RetrievalExample, extract_value, make_retrieval, verify_retrieval
+from .tokenizer import ALPHABET, SPECIAL_TOKENS, make_tokenizer
+
+__all__ = [
+    "ALPHABET",
+    "ANSWER_PREFIX",
+    "CORRUPTIONS",
+    "OPERATORS",
+    "SPECIAL_TOKENS",
+    "STEP_SEPARATOR",
+    "ArithmeticConfig",
+    "Problem",
+    "RetrievalExample",
+    "Splits",
+    "check_steps",
+    "corrupt",
+    "extract_answer",
+    "extract_value",
+    "make_problems",
+    "make_retrieval",
+    "make_tokenizer",
+    "parse_question",
+    "split",
+    "verify",
+    "verify_retrieval",
+]
