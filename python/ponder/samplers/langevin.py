@@ -36,12 +36,12 @@ def check_count(owner: str, name: str, value: object, minimum: int = 1) -> int:
 def check_batch_size(owner: str, target: Target, batch_size: int | None) -> int | None:
     if batch_size is None:
         return None
+    if not isinstance(target, FiniteSumTarget):
+        raise ValueError(f"{owner}: batch_size needs a FiniteSumTarget, got {type(target).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
         raise TypeError(
             f"{owner}: batch_size must be an integer in [1, {target.n_data}], got {batch_size!r}"
         )
-    if not isinstance(target, FiniteSumTarget):
-        raise ValueError(f"{owner}: batch_size needs a FiniteSumTarget, got {type(target).__name__}")
     if not 1 <= batch_size <= target.n_data:
         raise ValueError(
             f"{owner}: batch_size must be an integer in [1, {target.n_data}], got {batch_size}"
