@@ -116,3 +116,10 @@ def test_info(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.strip() == ponder.info()
+
+
+def test_toy_eval(capsys):
+    pytest.importorskip("transformers")
+    assert cli.main(["toy", "eval", "--models", "target", "--n", "20"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^target\s+greedy accuracy \d+\.\d% on 20 test problems", out, re.M), out

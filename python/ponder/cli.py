@@ -3,6 +3,8 @@
     ponder info                                   versions and backends (= python -m ponder)
     ponder sample [SAMPLER] [--target NAME] ...   run a sampler and report what it did
     ponder experiments samplers [--quick]         regenerate the SPS / RTK tables and plots
+    ponder toy train [--out DIR] [--models ...]   (re)train the toy draft / target models
+    ponder toy eval [--models ...]                greedy accuracy of the shipped toy models
 """
 
 from __future__ import annotations
@@ -115,6 +117,27 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_toy(args: argparse.Namespace) -> int:
+    from .toy import SPECS, evaluate_accuracy, load_toy_model
+
+    if args.action == "train":
+        from .toy.models import default_weights_dir
+        from .toy.train import format_accuracies, train_all
+
+        out = args.out or default_weights_dir()
+        results = train_all(out, names=args.models, progress=not args.quiet)
+        print(format_accuracies(results))
+        print(f"wrote {out}")
+        return 0
+    for name in args.models or list(SPECS):
+        model, tokenizer = load_toy_model(name, weights_dir=args.out)
+        problems = SPECS[name].splits().test[: args.n]
+        acc = evaluate_accuracy(model, tokenizer, problems)
+        by = ", ".join(f"{k} steps {v:.1%}" for k, v in sorted(acc["by_steps"].items()))
+        print(f"{name:<7} greedy accuracy {acc['accuracy']:.1%} on {acc['n']} test problems ({by})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .samplers import TARGETS
 
@@ -152,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--seed", type=int, default=0)
     p_exp.add_argument("--quiet", action="store_true")
     p_exp.set_defaults(func=_cmd_experiments)
+
+    p_toy = sub.add_parser("toy", help="the toy arithmetic world's models")
+    p_toy.add_argument("action", choices=["train", "eval"])
+    p_toy.add_argument("--models", nargs="+", choices=["draft", "target"], default=None)
+    p_toy.add_argument("--out", default=None,
+                       help="weights folder (default: the package's shipped weights)")
+    p_toy.add_argument("--n", type=int, default=300, help="eval: test problems")
+    p_toy.add_argument("--quiet", action="store_true")
+    p_toy.set_defaults(func=_cmd_toy)
     return parser
 
 

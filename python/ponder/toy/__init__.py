@@ -5,7 +5,10 @@
   split, a verifier, a step checker (PRM labels) and wrong solutions (negative examples);
 - :mod:`ponder.toy.retrieval`: key-value lookup among distractors in 1K-8K-token contexts;
 - :mod:`ponder.toy.tokenizer`: a character tokenizer that transformers loads (needs transformers,
-  imported only when it is built).
+  imported only when it is built);
+- :mod:`ponder.toy.models`: the shipped toy language models, a weaker ``"draft"`` and a stronger
+  ``"target"`` (:func:`load_toy_model`), and their greedy accuracy (:func:`evaluate_accuracy`);
+- :mod:`ponder.toy.train`: the training code that made them (:func:`train_all`).
 
     from ponder.toy import make_problems, split, verify
     train, validation, test = split(make_problems(10_000, seed=0))
@@ -30,6 +33,7 @@ from .arithmetic import (
     split,
     verify,
 )
+from .models import SPECS, ToyModelSpec, evaluate_accuracy, load_toy_model
 from .retrieval import RetrievalExample, extract_value, make_retrieval, verify_retrieval
 from .tokenizer import ALPHABET, SPECIAL_TOKENS, make_tokenizer
 
@@ -39,15 +43,19 @@ __all__ = [
     "CORRUPTIONS",
     "OPERATORS",
     "SPECIAL_TOKENS",
+    "SPECS",
     "STEP_SEPARATOR",
     "ArithmeticConfig",
     "Problem",
     "RetrievalExample",
     "Splits",
+    "ToyModelSpec",
     "check_steps",
     "corrupt",
+    "evaluate_accuracy",
     "extract_answer",
     "extract_value",
+    "load_toy_model",
     "make_problems",
     "make_retrieval",
     "make_tokenizer",
