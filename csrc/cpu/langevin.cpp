@@ -69,10 +69,9 @@ void dispatch_dtype(int dtype, const char* op, F f) {
   }
 }
 
-void check_common(const char* op, int64_t n, int threads, uint64_t seed) {
+void check_common(const char* op, int64_t n, int threads) {
   PONDER_CHECK(n >= 0, op << ": element count must be >= 0, got " << n);
   PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
-  (void)seed;
 }
 
 void check_ptr(const char* op, const char* name, uintptr_t ptr, int64_t n) {
@@ -84,7 +83,7 @@ void check_ptr(const char* op, const char* name, uintptr_t ptr, int64_t n) {
 
 void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, int64_t n,
               int dtype, double drift, double noise_scale, uint64_t seed, int threads) {
-  check_common("ula_step", n, threads, seed);
+  check_common("ula_step", n, threads);
   check_ptr("ula_step", "out", out, n);
   check_ptr("ula_step", "x", x, n);
   check_ptr("ula_step", "grad_logp", grad_logp, n);
@@ -111,7 +110,7 @@ void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, 
 void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp, uintptr_t noise,
                    int64_t n, int dtype, double keep, double pull, double drift,
                    double noise_scale, uint64_t seed, int threads) {
-  check_common("proximal_step", n, threads, seed);
+  check_common("proximal_step", n, threads);
   check_ptr("proximal_step", "out", out, n);
   check_ptr("proximal_step", "z", z, n);
   check_ptr("proximal_step", "y", y, n);
@@ -140,7 +139,7 @@ void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp,
 void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintptr_t grad_logp,
               uintptr_t noise, int64_t n, int dtype, double a, double b, double e, double sv,
               double sxv, double sx, uint64_t seed, int threads) {
-  check_common("uld_step", n, threads, seed);
+  check_common("uld_step", n, threads);
   check_ptr("uld_step", "x_out", x_out, n);
   check_ptr("uld_step", "v_out", v_out, n);
   check_ptr("uld_step", "x", x, n);
@@ -181,7 +180,7 @@ void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintpt
   const char* op = "mala_accept";
   PONDER_CHECK(chains >= 0 && dim >= 0,
                op << ": chains and dim must be >= 0, got " << chains << " and " << dim);
-  check_common(op, chains * dim, threads, seed);
+  check_common(op, chains * dim, threads);
   check_ptr(op, "logp_out", logp_out, chains);
   check_ptr(op, "accepted", accepted, chains);
   check_ptr(op, "logp", logp, chains);
