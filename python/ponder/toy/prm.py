@@ -1,0 +1,283 @@
+"""The toy PRM: a process reward model for the arithmetic world, trained by ponder's own PRM
+trainer (:class:`ponder.rewards.train.PRMTrainer`) on the CPU and shipped in the package.
+
+Recipe (:data:`PRM_SPEC`, reproduced by :func:`train_toy_prm` / ``ponder toy train --models
+prm``):
+
+- **Data** (train split only): for each of ``train_problems`` problems, ``samples`` solutions
+  sampled from the toy draft model at temperature 1 (its natural slips), one systematically
+  corrupted solution (:func:`ponder.toy.corrupt`: one wrong result or operand, carried forward)
+  and, for a share of them, the reference solution. The steps are the ``"\\n\\n"``-separated
+  chunks, the ``"Answer: N"`` line included.
+- **Labels**: step-level verification, "first error" hard labels (:func:`label_solution`): a
+  step is good iff it and every step before it are right (:func:`ponder.toy.check_steps`), the
+  answer line iff additionally the answer is right. These are the ``eta -> inf`` ER-PRM labels of
+  a perfect completer: no completion recovers from an error, and from a correct prefix the
+  correct continuation exists.
+- **Model**: the toy ``"target"`` LM's architecture and weights as the starting point (PRMs are
+  usually initialised from a policy), fine-tuned with the soft-label cross-entropy over the
+  ``"+"`` / ``"-"`` rows of its LM head at the ``" k"`` step tags (:func:`toy_convention`).
+- **Measured** on held-out test problems and written to ``recipe.json``: step-level AUC and
+  accuracy, and best-of-N accuracy (N draft samples) of the PRM's aggregates next to majority
+  vote, the first sample and the oracle.
+
+    from ponder.toy import load_toy_prm
+    prm = load_toy_prm()
+    prm.score(["Q: 12+34-5=?"], [["12+34=46", "46-5=41", "Answer: 41"]])  # ~[[1, 1, 1]]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .arithmetic import STEP_SEPARATOR, Problem, check_steps, corrupt, extract_answer, verify
+from .models import SPECS, _no_progress_bars, default_weights_dir, load_toy_model
+
+__all__ = [
+    "PRM_SPEC",
+    "ToyPRMSpec",
+    "evaluate_toy_prm",
+    "label_solution",
+    "load_toy_prm",
+    "make_prm_records",
+    "train_toy_prm",
+]
+
+
+@dataclass(frozen=True)
+class ToyPRMSpec:
+    """How the toy PRM is made (see the module docstring). Sizes are counts of problems."""
+
+    name: str = "prm"
+    init: str = "target"
+    train_problems: int = 1500
+    samples: int = 2
+    reference_share: float = 0.35
+    temperature: float = 1.0
+    steps: int = 700
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    eval_problems: int = 300
+    best_of_n: int = 8
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRM_SPEC = ToyPRMSpec()
+
+
+def label_solution(problem: Problem, text: str) -> tuple[list[str], list[float]]:
+    """The steps of a solution ``text`` of ``problem`` and their first-error labels.
+
+    Steps are the non-empty ``"\\n\\n"`` chunks up to and including the first ``"Answer:"``
+    chunk (anything after it is not part of the solution). Returns ``(steps, labels)`` with
+    labels in {0.0, 1.0}; a solution with no chunk gives two empty lists.
+    """
+    chunks = [c.strip() for c in text.split(STEP_SEPARATOR) if c.strip()]
+    steps: list[str] = []
+    for c in chunks:
+        steps.append(c)
+        if "Answer:" in c:
+            break
+    body = [s for s in steps if "Answer:" not in s]
+    flags = check_steps(problem, STEP_SEPARATOR.join(body))
+    if len(steps) > len(body):  # the answer line: right iff the answer is
+        flags.append(verify(problem, steps[-1]))
+    labels, ok = [], True
+    for f in flags:
+        ok = ok and bool(f)
+        labels.append(1.0 if ok else 0.0)
+    return steps, labels
+
+
+def _draft_generator(batch_size: int = 256):
+    from ..generation import TransformersGenerator
+
+    model, tok = load_toy_model("draft")
+    return TransformersGenerator(model, tok, batch_size=batch_size)
+
+
+def _max_tokens(problems: Sequence[Problem]) -> int:
+    return max(len(p.target) for p in problems) + 16
+
+
+def make_prm_records(problems: Sequence[Problem], *, samples: int = 2,
+                     reference_share: float = 0.35, temperature: float = 1.0, seed: int = 0,
+                     generator=None) -> list[dict[str, Any]]:
+    """PRM training records ``{"question", "steps", "value", "source"}`` for ``problems``: draft
+    samples, one corruption each, and reference solutions for a ``reference_share`` of them."""
+    rng = random.Random(seed)
+    records: list[dict[str, Any]] = []
+
+    def add(p: Problem, text: str, source: str) -> None:
+        steps, labels = label_solution(p, text)
+        if steps:
+            records.append({"question": p.question, "steps": steps, "value": labels,
+                            "source": source})
+
+    if samples > 0:
+        gen = generator or _draft_generator()
+        outs = gen.generate([p.prompt for p in problems], n=samples,
+                            max_new_tokens=_max_tokens(problems), temperature=temperature,
+                            seed=seed)
+        for p, texts in zip(problems, outs):
+            for text in texts:
+                add(p, text, "draft")
+    for p in problems:
+        add(p, corrupt(p, rng), "corrupt")
+        if rng.random() < reference_share:
+            add(p, p.target, "reference")
+    return records
+
+
+def load_toy_prm(*, weights_dir: str | Path | None = None, batch_size: int = 64,
+                 dtype: torch.dtype = torch.float32):
+    """The shipped toy PRM as a ready :class:`ponder.rewards.ProcessRewardModel` (offline).
+
+    ``prm.score(questions, steps)`` takes toy questions (``"Q: 12+34-5=?"``, or the prompt with
+    its trailing blank line) and step lists (``["12+34=46", "46-5=41", "Answer: 41"]``).
+    """
+    from ..rewards import ProcessRewardModel, toy_convention
+
+    model, tok = load_toy_model(PRM_SPEC.name, weights_dir=weights_dir, dtype=dtype)
+    return ProcessRewardModel(model, tok, toy_convention(), batch_size=batch_size)
+
+
+def evaluate_toy_prm(prm, problems: Sequence[Problem], *, n: int = 8, temperature: float = 1.0,
+                     seed: int = 1, generator=None) -> dict[str, Any]:
+    """Held-out quality of a toy PRM on ``problems``.
+
+    - ``steps``: step-level AUC / accuracy (threshold 0.5) over ``n`` draft samples of each
+      problem plus one corruption each, against first-error labels;
+    - ``steps_draft``: the same on the draft samples alone;
+    - ``best_of_n``: accuracy of each selection rule among the ``n`` draft samples.
+    """
+    from ..rewards.best_of_n import best_of_n
+    from ..rewards.train import step_metrics
+
+    gen = generator or _draft_generator()
+    outs = gen.generate([p.prompt for p in problems], n=n, max_new_tokens=_max_tokens(problems),
+                        temperature=temperature, seed=seed)
+    rng = random.Random(seed)
+    questions, steps, labels, sources = [], [], [], []
+    for p, texts in zip(problems, outs):
+        for text in [*texts, corrupt(p, rng)]:
+            s, lab = label_solution(p, text)
+            questions.append(p.question)
+            steps.append(s)
+            labels.append(lab)
+            sources.append("draft" if len(sources) % (n + 1) != n else "corrupt")
+    scores = prm.score(questions, steps)
+    flat_s = [x for s in scores for x in s]
+    flat_l = [x for lab in labels for x in lab]
+    draft_s = [x for s, src in zip(scores, sources) if src == "draft" for x in s]
+    draft_l = [x for lab, src in zip(labels, sources) if src == "draft" for x in lab]
+    per = n + 1
+    bon = best_of_n(
+        [scores[i * per:i * per + n] for i in range(len(problems))],
+        [[verify(p, t) for t in texts] for p, texts in zip(problems, outs)],
+        [[extract_answer(t) for t in texts] for texts in outs],
+    )
+    return {"steps": step_metrics(flat_s, flat_l), "steps_draft": step_metrics(draft_s, draft_l),
+            "best_of_n": {"n": n, "problems": len(problems), "temperature": temperature,
+                          "accuracy": bon.accuracy}}
+
+
+def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_SPEC,
+                  steps: int | None = None, progress: bool = True,
+                  evaluate: bool = True) -> dict[str, Any]:
+    """Make the toy PRM (data, training, measurement) into ``out_dir/<spec.name>/``.
+
+    ``out_dir`` defaults to the package's weights folder (this regenerates the shipped PRM);
+    the draft model and the init model are read from the shipped weights. Returns what
+    ``recipe.json`` holds.
+    """
+    import transformers
+    from transformers import Trainer, TrainingArguments  # noqa: F401
+    from transformers.trainer_callback import PrinterCallback
+
+    from ..rewards import toy_convention
+    from ..rewards.train import PRMDataCollator, PRMDataset, PRMTrainer
+
+    out_dir = default_weights_dir() if out_dir is None else Path(out_dir)
+    folder = Path(out_dir) / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = spec.steps if steps is None else int(steps)
+    parts = SPECS[spec.init].splits()
+    t0 = time.perf_counter()
+    records = make_prm_records(parts.train[:spec.train_problems], samples=spec.samples,
+                               reference_share=spec.reference_share,
+                               temperature=spec.temperature, seed=spec.seed)
+    data_seconds = time.perf_counter() - t0
+    model, tok = load_toy_model(spec.init)
+    model.train()
+    data = PRMDataset(records, tok, toy_convention())
+    transformers.set_seed(spec.seed)
+    with tempfile.TemporaryDirectory(prefix="ponder-toy-prm-") as scratch, \
+            (_no_progress_bars() if not progress else contextlib.nullcontext()):
+        args = TrainingArguments(
+            output_dir=scratch, max_steps=steps, per_device_train_batch_size=spec.batch_size,
+            learning_rate=spec.learning_rate, weight_decay=spec.weight_decay, adam_beta2=0.98,
+            max_grad_norm=1.0, lr_scheduler_type="cosine", warmup_steps=spec.warmup,
+            logging_steps=max(1, steps // 25), save_strategy="no", eval_strategy="no",
+            report_to="none", use_cpu=True, seed=spec.seed, data_seed=spec.seed,
+            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
+        )
+        trainer = PRMTrainer(model=model, args=args, train_dataset=data,
+                             data_collator=PRMDataCollator(tok.pad_token_id),
+                             label_ids=data.label_ids)
+        if not progress:
+            trainer.remove_callback(PrinterCallback)
+        t1 = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - t1
+        losses = [[h["step"], round(h["loss"], 5)] for h in trainer.state.log_history
+                  if "loss" in h]
+    model.config.use_cache = True
+    model.eval()
+    model.to(torch.float16).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for file in folder.iterdir():
+        file.chmod(0o644)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["source"]] = counts.get(r["source"], 0) + 1
+    n_steps = sum(len(r["value"]) for r in records)
+    result: dict[str, Any] = {
+        "name": spec.name,
+        "spec": spec.to_dict(),
+        "convention": "toy: '<question>\\n\\n<step> k\\n\\n<step> k...', labels '+'/'-'",
+        "labels": "first-error hard labels from step-level verification (eta -> inf)",
+        "data": {"records": len(records), "by_source": counts, "steps": n_steps,
+                 "good_steps": sum(v for r in records for v in r["value"]),
+                 "seconds": round(data_seconds, 1)},
+        "steps": steps,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(train_seconds, 1),
+        "threads": torch.get_num_threads(),
+        "loss": losses,
+        "test": None,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+    if evaluate:
+        prm = load_toy_prm(weights_dir=out_dir)  # measured as shipped (fp16 weights)
+        result["test"] = evaluate_toy_prm(prm, parts.test[:spec.eval_problems],
+                                          n=spec.best_of_n, seed=spec.seed + 1)
+    (folder / "recipe.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
