@@ -218,7 +218,7 @@ def _launch(
 
 # Backends whose kernels have landed. TEMPORARY (first commit, so that ponder.rewards can build on
 # the final API): the others run the reference until their kernels land in the next commits.
-_NATIVE_READY: set[str] = set()
+_NATIVE_READY: set[str] = {"cpu"}
 
 
 def _step_logits_impl(
