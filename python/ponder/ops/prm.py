@@ -216,15 +216,10 @@ def _launch(
     )
 
 
-# Backends whose kernels have landed. TEMPORARY (first commit, so that ponder.rewards can build on
-# the final API): the others run the reference until their kernels land in the next commits.
-_NATIVE_READY: set[str] = {"cpu"}
-
-
 def _step_logits_impl(
     hidden: Tensor, step_index: Tensor, head: Tensor, bias: Tensor | None, backend: str
 ) -> Tensor:
-    if backend == "torch" or backend not in _NATIVE_READY:
+    if backend == "torch":
         return step_logits_reference(hidden, step_index, head, bias).contiguous()
     batch, _, _ = hidden.shape
     steps = step_index.shape[1]
@@ -238,7 +233,7 @@ def _step_logits_impl(
 def _score_steps_impl(
     hidden: Tensor, step_index: Tensor, head: Tensor, bias: Tensor | None, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    if backend == "torch" or backend not in _NATIVE_READY:
+    if backend == "torch":
         r = score_steps_reference(hidden, step_index, head, bias)
         return (r.scores.contiguous(), r.min, r.last, r.product, r.mean, r.num_steps)
     outs = _empty_scores(hidden, step_index)
