@@ -5,6 +5,7 @@
     ponder experiments samplers [--quick]         regenerate the SPS / RTK tables and plots
     ponder toy train [--out DIR] [--models ...]   (re)train the toy draft / target models
     ponder toy eval [--models ...]                greedy accuracy of the shipped toy models
+    ponder prm score|collect|train|best-of-n      process reward models on JSONL files
 """
 
 from __future__ import annotations
@@ -125,11 +126,27 @@ def _cmd_toy(args: argparse.Namespace) -> int:
         from .toy.train import format_accuracies, train_all
 
         out = args.out or default_weights_dir()
+        if args.models and "prm" in args.models:  # the toy PRM: its own recipe (ponder.toy.prm)
+            from .toy.prm import train_toy_prm
+
+            r = train_toy_prm(out, progress=not args.quiet)["test"]
+            print(f"prm     step AUC {r['steps']['auc']:.3f}, best-of-{r['best_of_n']['n']} "
+                  f"{r['best_of_n']['accuracy']}")
+            args.models = [m for m in args.models if m != "prm"] or []
+            if not args.models:
+                return 0
         results = train_all(out, names=args.models, progress=not args.quiet)
         print(format_accuracies(results))
         print(f"wrote {out}")
         return 0
     for name in args.models or list(SPECS):
+        if name == "prm":  # the recipe's measured step AUC (evaluating means sampling drafts)
+            from .toy.models import read_recipe
+
+            r = read_recipe("prm", weights_dir=args.out)["test"]
+            print(f"prm     step AUC {r['steps']['auc']:.3f} (recipe.json), best-of-"
+                  f"{r['best_of_n']['n']} {r['best_of_n']['accuracy']}")
+            continue
         model, tokenizer = load_toy_model(name, weights_dir=args.out)
         problems = SPECS[name].splits().test[: args.n]
         acc = evaluate_accuracy(model, tokenizer, problems)
@@ -178,12 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_toy = sub.add_parser("toy", help="the toy arithmetic world's models")
     p_toy.add_argument("action", choices=["train", "eval"])
-    p_toy.add_argument("--models", nargs="+", choices=["draft", "target"], default=None)
+    p_toy.add_argument("--models", nargs="+", choices=["draft", "target", "prm"], default=None)
     p_toy.add_argument("--out", default=None,
                        help="weights folder (default: the package's shipped weights)")
     p_toy.add_argument("--n", type=int, default=300, help="eval: test problems")
     p_toy.add_argument("--quiet", action="store_true")
     p_toy.set_defaults(func=_cmd_toy)
+
+    from .rewards.cli import add_parser as add_prm_parser  # ponder prm score|collect|train|...
+
+    add_prm_parser(sub)
     return parser
 
 

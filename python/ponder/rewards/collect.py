@@ -228,6 +228,7 @@ def collect_rollouts(
                     pending.append((rec, t))
                     if len(pending) >= prefixes_per_call:
                         flush()
+                        finish_ready()
                 finish_ready()
             flush()
             finish_ready()
