@@ -1,5 +1,6 @@
 """The ``ponder`` command.
 
+    ponder demo [--quick] [--out DIR]             the main job: everything on the toy world
     ponder info                                   versions and backends (= python -m ponder)
     ponder sample [SAMPLER] [--target NAME] ...   run a sampler and report what it did
     ponder experiments samplers [--quick]         regenerate the SPS / RTK tables and plots
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    from .demo.cli import add_parser as add_demo
+
+    add_demo(sub)
     p_info = sub.add_parser("info", help="versions and backends")
     p_info.set_defaults(func=_cmd_info)
 
