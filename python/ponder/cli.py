@@ -1,10 +1,11 @@
 """The ``ponder`` command.
 
+    ponder demo [--quick] [--out DIR]             the main job: everything on the toy world
     ponder info                                   versions and backends (= python -m ponder)
     ponder sample [SAMPLER] [--target NAME] ...   run a sampler and report what it did
     ponder experiments samplers [--quick]         regenerate the SPS / RTK tables and plots
-    ponder toy train [--out DIR] [--models ...]   (re)train the toy draft / target models
-    ponder toy eval [--models ...]                greedy accuracy of the shipped toy models
+    ponder toy train [--out DIR] [--models ...]   (re)train the toy models (draft, target, retrieval)
+    ponder toy eval [--models ...]                accuracy of the shipped toy models
     ponder prm score|collect|train|best-of-n      process reward models on JSONL files
 """
 
@@ -119,39 +120,49 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
-    from .toy import SPECS, evaluate_accuracy, load_toy_model
+    from .toy import SPECS, evaluate_accuracy, load_toy_model, make_retrieval
+    from .toy.retrieval_model import RETRIEVAL_SPEC, evaluate_retrieval, train_retrieval_model
 
+    names = args.models or [*SPECS, RETRIEVAL_SPEC.name, "prm"]
+    lm_names = [n for n in names if n in SPECS]
     if args.action == "train":
         from .toy.models import default_weights_dir
         from .toy.train import format_accuracies, train_all
 
         out = args.out or default_weights_dir()
-        if args.models and "prm" in args.models:  # the toy PRM: its own recipe (ponder.toy.prm)
-            from .toy.prm import train_toy_prm
+        if lm_names:
+            results = train_all(out, names=lm_names, progress=not args.quiet)
+            print(format_accuracies(results))
+        if RETRIEVAL_SPEC.name in names:
+            r = train_retrieval_model(out, progress=not args.quiet)
+            print("retrieval lookup accuracy: " + ", ".join(
+                f"{length} tokens {v['accuracy']:.1%}" for length, v in r["test"].items()))
+        if "prm" in names:  # after the LMs: the PRM's data comes from the draft in ``out``
+            from .toy.prm import format_prm_result, train_toy_prm
 
-            r = train_toy_prm(out, progress=not args.quiet)["test"]
-            print(f"prm     step AUC {r['steps']['auc']:.3f}, best-of-{r['best_of_n']['n']} "
-                  f"{r['best_of_n']['accuracy']}")
-            args.models = [m for m in args.models if m != "prm"] or []
-            if not args.models:
-                return 0
-        results = train_all(out, names=args.models, progress=not args.quiet)
-        print(format_accuracies(results))
+            print(format_prm_result(train_toy_prm(out, source_dir=out, progress=not args.quiet)))
         print(f"wrote {out}")
         return 0
-    for name in args.models or list(SPECS):
-        if name == "prm":  # the recipe's measured step AUC (evaluating means sampling drafts)
-            from .toy.models import read_recipe
-
-            r = read_recipe("prm", weights_dir=args.out)["test"]
-            print(f"prm     step AUC {r['steps']['auc']:.3f} (recipe.json), best-of-"
-                  f"{r['best_of_n']['n']} {r['best_of_n']['accuracy']}")
-            continue
+    for name in lm_names:
         model, tokenizer = load_toy_model(name, weights_dir=args.out)
         problems = SPECS[name].splits().test[: args.n]
         acc = evaluate_accuracy(model, tokenizer, problems)
         by = ", ".join(f"{k} steps {v:.1%}" for k, v in sorted(acc["by_steps"].items()))
         print(f"{name:<7} greedy accuracy {acc['accuracy']:.1%} on {acc['n']} test problems ({by})")
+    if "prm" in names:  # sampling N drafts per problem is slow: report the measured recipe
+        from .toy.models import read_recipe
+        from .toy.prm import format_prm_result
+
+        print(format_prm_result(read_recipe("prm", weights_dir=args.out)) + " (recipe.json)")
+    if RETRIEVAL_SPEC.name in names:
+        spec = RETRIEVAL_SPEC
+        model, tokenizer = load_toy_model(spec.name, weights_dir=args.out)
+        for length in spec.eval_context:
+            lookups = make_retrieval(min(args.n, 100), context_tokens=length, seed=spec.eval_seed,
+                                     key_digits=spec.key_digits, value_digits=spec.value_digits)
+            acc = evaluate_retrieval(model, tokenizer, lookups)
+            print(f"retrieval lookup accuracy {acc['accuracy']:.1%} on {acc['n']} lookups in "
+                  f"{length}-token contexts")
     return 0
 
 
@@ -161,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponder", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    from .demo.cli import add_parser as add_demo
+
+    add_demo(sub)
     p_info = sub.add_parser("info", help="versions and backends")
     p_info.set_defaults(func=_cmd_info)
 
@@ -195,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_toy = sub.add_parser("toy", help="the toy arithmetic world's models")
     p_toy.add_argument("action", choices=["train", "eval"])
-    p_toy.add_argument("--models", nargs="+", choices=["draft", "target", "prm"], default=None)
+    p_toy.add_argument("--models", nargs="+", choices=["draft", "target", "retrieval", "prm"],
+                       default=None, help="default: all")
     p_toy.add_argument("--out", default=None,
                        help="weights folder (default: the package's shipped weights)")
     p_toy.add_argument("--n", type=int, default=300, help="eval: test problems")
