@@ -8,7 +8,9 @@
   imported only when it is built);
 - :mod:`ponder.toy.models`: the shipped toy language models, a weaker ``"draft"`` and a stronger
   ``"target"`` (:func:`load_toy_model`), and their greedy accuracy (:func:`evaluate_accuracy`);
-- :mod:`ponder.toy.train`: the training code that made them (:func:`train_all`).
+- :mod:`ponder.toy.train`: the training code that made them (:func:`train_all`);
+- :mod:`ponder.toy.prm`: the toy process reward model, trained by ponder's PRM trainer
+  (:func:`load_toy_prm` gives a ready :class:`ponder.rewards.ProcessRewardModel`).
 
     from ponder.toy import make_problems, split, verify
     train, validation, test = split(make_problems(10_000, seed=0))
@@ -34,6 +36,7 @@ from .arithmetic import (
     verify,
 )
 from .models import SPECS, ToyModelSpec, evaluate_accuracy, load_toy_model
+from .prm import PRM_SPEC, load_toy_prm
 from .retrieval import RetrievalExample, extract_value, make_retrieval, verify_retrieval
 from .tokenizer import ALPHABET, SPECIAL_TOKENS, make_tokenizer
 
@@ -43,6 +46,7 @@ __all__ = [
     "CORRUPTIONS",
     "OPERATORS",
     "SPECIAL_TOKENS",
+    "PRM_SPEC",
     "SPECS",
     "STEP_SEPARATOR",
     "ArithmeticConfig",
@@ -56,6 +60,7 @@ __all__ = [
     "extract_answer",
     "extract_value",
     "load_toy_model",
+    "load_toy_prm",
     "make_problems",
     "make_retrieval",
     "make_tokenizer",

@@ -48,6 +48,7 @@ __all__ = [
     "PRM_SPEC",
     "ToyPRMSpec",
     "evaluate_toy_prm",
+    "format_prm_result",
     "label_solution",
     "load_toy_prm",
     "make_prm_records",
@@ -81,13 +82,21 @@ class ToyPRMSpec:
 PRM_SPEC = ToyPRMSpec()
 
 
-def label_solution(problem: Problem, text: str) -> tuple[list[str], list[float]]:
-    """The steps of a solution ``text`` of ``problem`` and their first-error labels.
+def label_solution(problem: Problem, text: str, mode: str = "first_error"
+                   ) -> tuple[list[str], list[float]]:
+    """The steps of a solution ``text`` of ``problem`` and their labels.
 
     Steps are the non-empty ``"\\n\\n"`` chunks up to and including the first ``"Answer:"``
     chunk (anything after it is not part of the solution). Returns ``(steps, labels)`` with
     labels in {0.0, 1.0}; a solution with no chunk gives two empty lists.
+
+    ``mode="first_error"``: a step is good iff it and all steps before it are right (the answer
+    line iff the answer is right, too). ``mode="local"``: each step is judged given the steps
+    before it as written (:func:`ponder.toy.check_steps`; the answer line is good iff it
+    repeats the last step's result), the way a human grader marks steps.
     """
+    if mode not in ("first_error", "local"):
+        raise ValueError(f"label_solution: mode must be 'first_error' or 'local', got {mode!r}")
     chunks = [c.strip() for c in text.split(STEP_SEPARATOR) if c.strip()]
     steps: list[str] = []
     for c in chunks:
@@ -96,8 +105,14 @@ def label_solution(problem: Problem, text: str) -> tuple[list[str], list[float]]
             break
     body = [s for s in steps if "Answer:" not in s]
     flags = check_steps(problem, STEP_SEPARATOR.join(body))
-    if len(steps) > len(body):  # the answer line: right iff the answer is
-        flags.append(verify(problem, steps[-1]))
+    if len(steps) > len(body):
+        if mode == "local":  # the answer repeats the last written result
+            last = body[-1].rsplit("=", 1)[-1].strip() if body else None
+            flags.append(last is not None and extract_answer(steps[-1]) == _int_or_none(last))
+        else:  # the answer line: right iff the answer is
+            flags.append(verify(problem, steps[-1]))
+    if mode == "local":
+        return steps, [1.0 if f else 0.0 for f in flags]
     labels, ok = [], True
     for f in flags:
         ok = ok and bool(f)
@@ -105,10 +120,17 @@ def label_solution(problem: Problem, text: str) -> tuple[list[str], list[float]]
     return steps, labels
 
 
-def _draft_generator(batch_size: int = 256):
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _draft_generator(batch_size: int = 256, weights_dir: str | Path | None = None):
     from ..generation import TransformersGenerator
 
-    model, tok = load_toy_model("draft")
+    model, tok = load_toy_model("draft", weights_dir=weights_dir)
     return TransformersGenerator(model, tok, batch_size=batch_size)
 
 
@@ -199,13 +221,13 @@ def evaluate_toy_prm(prm, problems: Sequence[Problem], *, n: int = 8, temperatur
 
 
 def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_SPEC,
-                  steps: int | None = None, progress: bool = True,
-                  evaluate: bool = True) -> dict[str, Any]:
+                  source_dir: str | Path | None = None, steps: int | None = None,
+                  progress: bool = True, evaluate: bool = True) -> dict[str, Any]:
     """Make the toy PRM (data, training, measurement) into ``out_dir/<spec.name>/``.
 
     ``out_dir`` defaults to the package's weights folder (this regenerates the shipped PRM);
-    the draft model and the init model are read from the shipped weights. Returns what
-    ``recipe.json`` holds.
+    the draft model (data and evaluation) and the init model are read from ``source_dir``
+    (the shipped weights by default). Returns what ``recipe.json`` holds.
     """
     import transformers
     from transformers import Trainer, TrainingArguments  # noqa: F401
@@ -220,11 +242,12 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
     steps = spec.steps if steps is None else int(steps)
     parts = SPECS[spec.init].splits()
     t0 = time.perf_counter()
+    draft = _draft_generator(weights_dir=source_dir)
     records = make_prm_records(parts.train[:spec.train_problems], samples=spec.samples,
                                reference_share=spec.reference_share,
-                               temperature=spec.temperature, seed=spec.seed)
+                               temperature=spec.temperature, seed=spec.seed, generator=draft)
     data_seconds = time.perf_counter() - t0
-    model, tok = load_toy_model(spec.init)
+    model, tok = load_toy_model(spec.init, weights_dir=source_dir)
     model.train()
     data = PRMDataset(records, tok, toy_convention())
     transformers.set_seed(spec.seed)
@@ -278,6 +301,17 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
     if evaluate:
         prm = load_toy_prm(weights_dir=out_dir)  # measured as shipped (fp16 weights)
         result["test"] = evaluate_toy_prm(prm, parts.test[:spec.eval_problems],
-                                          n=spec.best_of_n, seed=spec.seed + 1)
+                                          n=spec.best_of_n, seed=spec.seed + 1, generator=draft)
     (folder / "recipe.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def format_prm_result(recipe: dict[str, Any]) -> str:
+    """One line: the step AUC / accuracy and the best-of-N accuracies of a ``recipe.json``."""
+    test = recipe.get("test") or {}
+    if not test:
+        return "prm     (not measured)"
+    st, bon = test["steps"], test["best_of_n"]
+    rules = ", ".join(f"{k} {v:.1%}" for k, v in bon["accuracy"].items())
+    return (f"prm     step AUC {st['auc']:.3f}, step accuracy {st['accuracy']:.1%} on {st['n']} "
+            f"held-out steps; best-of-{bon['n']} on {bon['problems']} problems: {rules}")
