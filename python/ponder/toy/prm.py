@@ -14,9 +14,10 @@ prm``):
   answer line iff additionally the answer is right. These are the ``eta -> inf`` ER-PRM labels of
   a perfect completer: no completion recovers from an error, and from a correct prefix the
   correct continuation exists.
-- **Model**: the toy ``"target"`` LM's architecture and weights as the starting point (PRMs are
-  usually initialised from a policy), fine-tuned with the soft-label cross-entropy over the
-  ``"+"`` / ``"-"`` rows of its LM head at the ``" k"`` step tags (:func:`toy_convention`).
+- **Model**: the toy ``"target"`` LM's weights as the starting point (PRMs are usually
+  initialised from a policy) with two new decoder layers on top (zero-initialised outputs, see
+  :func:`_init_model`), fine-tuned with the soft-label cross-entropy over the ``"+"`` / ``"-"``
+  rows of its LM head at the ``" k"`` step tags (:func:`toy_convention`).
 - **Measured** on held-out test problems and written to ``recipe.json``: step-level AUC and
   accuracy, and best-of-N accuracy (N draft samples) of the PRM's aggregates next to majority
   vote, the first sample and the oracle.
@@ -62,13 +63,15 @@ class ToyPRMSpec:
 
     name: str = "prm"
     init: str = "target"
+    extra_layers: int = 2
     train_problems: int = 1500
     samples: int = 2
     reference_share: float = 0.35
     temperature: float = 1.0
-    steps: int = 700
+    labels: str = "local"
+    steps: int = 1000
     batch_size: int = 32
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.05
     eval_problems: int = 300
@@ -140,16 +143,16 @@ def _max_tokens(problems: Sequence[Problem]) -> int:
 
 def make_prm_records(problems: Sequence[Problem], *, samples: int = 2,
                      reference_share: float = 0.35, temperature: float = 1.0, seed: int = 0,
-                     generator=None) -> list[dict[str, Any]]:
+                     labels: str = "local", generator=None) -> list[dict[str, Any]]:
     """PRM training records ``{"question", "steps", "value", "source"}`` for ``problems``: draft
     samples, one corruption each, and reference solutions for a ``reference_share`` of them."""
     rng = random.Random(seed)
     records: list[dict[str, Any]] = []
 
     def add(p: Problem, text: str, source: str) -> None:
-        steps, labels = label_solution(p, text)
+        steps, values = label_solution(p, text, labels)
         if steps:
-            records.append({"question": p.question, "steps": steps, "value": labels,
+            records.append({"question": p.question, "steps": steps, "value": values,
                             "source": source})
 
     if samples > 0:
@@ -180,13 +183,42 @@ def load_toy_prm(*, weights_dir: str | Path | None = None, batch_size: int = 64,
     return ProcessRewardModel(model, tok, toy_convention(), batch_size=batch_size)
 
 
+def _init_model(spec: ToyPRMSpec, source_dir: str | Path | None):
+    """The init LM with ``spec.extra_layers`` new decoder layers on top (before the final norm).
+
+    The new layers' output projections (attention ``o_proj``, MLP ``down_proj``) start at zero,
+    so the stack first computes exactly the init LM; they add the depth that judging a step
+    needs on top of the LM's own computation: the LM predicts each token in its last layers,
+    then a layer compares the predictions with the tokens written, then one gathers the
+    mismatches at the step tag.
+    """
+    base, tok = load_toy_model(spec.init, weights_dir=source_dir)
+    if spec.extra_layers == 0:
+        return base, tok
+    from transformers import LlamaForCausalLM
+
+    cfg = base.config
+    cfg.num_hidden_layers = cfg.num_hidden_layers + spec.extra_layers
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = [cfg.layer_types[0]] * cfg.num_hidden_layers
+    model = LlamaForCausalLM(cfg)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    with torch.no_grad():
+        for layer in model.model.layers[-spec.extra_layers:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return model, tok
+
+
 def evaluate_toy_prm(prm, problems: Sequence[Problem], *, n: int = 8, temperature: float = 1.0,
-                     seed: int = 1, generator=None) -> dict[str, Any]:
+                     seed: int = 1, labels: str = "local", generator=None) -> dict[str, Any]:
     """Held-out quality of a toy PRM on ``problems``.
 
     - ``steps``: step-level AUC / accuracy (threshold 0.5) over ``n`` draft samples of each
-      problem plus one corruption each, against first-error labels;
+      problem plus one corruption each, against ``labels`` (:func:`label_solution`'s mode);
     - ``steps_draft``: the same on the draft samples alone;
+    - ``steps_first_error``: all steps against first-error labels;
     - ``best_of_n``: accuracy of each selection rule among the ``n`` draft samples.
     """
     from ..rewards.best_of_n import best_of_n
@@ -196,26 +228,30 @@ def evaluate_toy_prm(prm, problems: Sequence[Problem], *, n: int = 8, temperatur
     outs = gen.generate([p.prompt for p in problems], n=n, max_new_tokens=_max_tokens(problems),
                         temperature=temperature, seed=seed)
     rng = random.Random(seed)
-    questions, steps, labels, sources = [], [], [], []
+    questions, steps, values, first, is_draft = [], [], [], [], []
     for p, texts in zip(problems, outs):
-        for text in [*texts, corrupt(p, rng)]:
-            s, lab = label_solution(p, text)
+        for j, text in enumerate([*texts, corrupt(p, rng)]):
+            s, lab = label_solution(p, text, labels)
             questions.append(p.question)
             steps.append(s)
-            labels.append(lab)
-            sources.append("draft" if len(sources) % (n + 1) != n else "corrupt")
+            values.append(lab)
+            first.append(label_solution(p, text, "first_error")[1])
+            is_draft.append(j < n)
     scores = prm.score(questions, steps)
-    flat_s = [x for s in scores for x in s]
-    flat_l = [x for lab in labels for x in lab]
-    draft_s = [x for s, src in zip(scores, sources) if src == "draft" for x in s]
-    draft_l = [x for lab, src in zip(labels, sources) if src == "draft" for x in lab]
+
+    def flat(rows, keep=None):
+        return [x for i, r in enumerate(rows) if keep is None or keep[i] for x in r]
+
     per = n + 1
     bon = best_of_n(
         [scores[i * per:i * per + n] for i in range(len(problems))],
         [[verify(p, t) for t in texts] for p, texts in zip(problems, outs)],
         [[extract_answer(t) for t in texts] for texts in outs],
     )
-    return {"steps": step_metrics(flat_s, flat_l), "steps_draft": step_metrics(draft_s, draft_l),
+    return {"labels": labels,
+            "steps": step_metrics(flat(scores), flat(values)),
+            "steps_draft": step_metrics(flat(scores, is_draft), flat(values, is_draft)),
+            "steps_first_error": step_metrics(flat(scores), flat(first)),
             "best_of_n": {"n": n, "problems": len(problems), "temperature": temperature,
                           "accuracy": bon.accuracy}}
 
@@ -245,9 +281,10 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
     draft = _draft_generator(weights_dir=source_dir)
     records = make_prm_records(parts.train[:spec.train_problems], samples=spec.samples,
                                reference_share=spec.reference_share,
-                               temperature=spec.temperature, seed=spec.seed, generator=draft)
+                               temperature=spec.temperature, seed=spec.seed,
+                               labels=spec.labels, generator=draft)
     data_seconds = time.perf_counter() - t0
-    model, tok = load_toy_model(spec.init, weights_dir=source_dir)
+    model, tok = _init_model(spec, source_dir)
     model.train()
     data = PRMDataset(records, tok, toy_convention())
     transformers.set_seed(spec.seed)
@@ -285,7 +322,7 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
         "name": spec.name,
         "spec": spec.to_dict(),
         "convention": "toy: '<question>\\n\\n<step> k\\n\\n<step> k...', labels '+'/'-'",
-        "labels": "first-error hard labels from step-level verification (eta -> inf)",
+        "labels": spec.labels,
         "data": {"records": len(records), "by_source": counts, "steps": n_steps,
                  "good_steps": sum(v for r in records for v in r["value"]),
                  "seconds": round(data_seconds, 1)},
@@ -301,7 +338,8 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
     if evaluate:
         prm = load_toy_prm(weights_dir=out_dir)  # measured as shipped (fp16 weights)
         result["test"] = evaluate_toy_prm(prm, parts.test[:spec.eval_problems],
-                                          n=spec.best_of_n, seed=spec.seed + 1, generator=draft)
+                                          n=spec.best_of_n, seed=spec.seed + 1,
+                                          labels=spec.labels, generator=draft)
     (folder / "recipe.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
