@@ -113,9 +113,9 @@ class TransformersGenerator:
                         torch.manual_seed(int(seed) * 1_000_003 + b)
                     batch = tok(flat[start:start + self.batch_size], return_tensors="pt",
                                 padding=True, padding_side="left").to(device)
-                    sampling = dict(do_sample=True, temperature=float(temperature),
-                                    top_p=float(top_p), top_k=0) if temperature > 0 \
-                        else dict(do_sample=False)
+                    sampling = {"do_sample": True, "temperature": float(temperature),
+                                "top_p": float(top_p), "top_k": 0} if temperature > 0 \
+                        else {"do_sample": False}
                     ids = self.model.generate(**batch, max_new_tokens=int(max_new_tokens),
                                               eos_token_id=tok.eos_token_id, pad_token_id=pad,
                                               **sampling)

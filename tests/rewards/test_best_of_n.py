@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from ponder.rewards import aggregate, best_of_n, majority_vote
 from ponder.rewards.best_of_n import select_best
 

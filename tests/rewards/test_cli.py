@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from ponder.cli import main
 
 pytest.importorskip("transformers")

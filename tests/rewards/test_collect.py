@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-
 from ponder.generation import Generator, truncate_at_stop
 from ponder.rewards import ToyVerifier, er_prm_label, toy_convention
 from ponder.rewards.collect import collect_rollouts, solution_id

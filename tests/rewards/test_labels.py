@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from ponder.rewards import er_prm_label, er_prm_labels, first_error_labels
 
 

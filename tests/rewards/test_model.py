@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from ponder.rewards import (
     PRMConvention,
     ProcessRewardModel,

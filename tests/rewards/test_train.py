@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-
 from ponder.rewards import ProcessRewardModel, toy_convention
 from ponder.rewards.train import (
     PRMDataCollator,
@@ -93,10 +92,9 @@ def _digit_records(n, seed):
 
 
 def test_trainer_loss_falls_and_scores_reach_soft_labels(tmp_path):
-    from transformers import TrainingArguments
-
     from ponder.rewards.train import PRMTrainer
     from ponder.toy import make_tokenizer
+    from transformers import TrainingArguments
 
     tok = make_tokenizer()
     conv = toy_convention()
@@ -134,9 +132,8 @@ def test_trainer_loss_falls_and_scores_reach_soft_labels(tmp_path):
 
 
 def test_trainer_needs_one_head():
-    from transformers import TrainingArguments
-
     from ponder.rewards.train import PRMTrainer
+    from transformers import TrainingArguments
 
     args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
     with pytest.raises(ValueError, match="exactly one"):

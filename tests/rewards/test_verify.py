@@ -1,7 +1,6 @@
 """Verifiers and step splitting."""
 
 import pytest
-
 from ponder.rewards import ToyVerifier, Verifier, get_verifier, split_steps
 
 
@@ -23,7 +22,7 @@ def test_toy_verifier():
     assert v("Q: 12+34-5=?", "12+34=46\n\n46-5=41\n\nAnswer: 41")
     assert not v("Q: 12+34-5=?", "Answer: 40")
     assert v(41, "Answer: 41")
-    custom = lambda ref, text: text.endswith(str(ref))  # noqa: E731
+    custom = lambda ref, text: text.endswith(str(ref))
     assert get_verifier(custom) is custom
     with pytest.raises(ValueError, match="unknown verifier"):
         get_verifier("llm-judge")

@@ -39,7 +39,7 @@ from torch import Tensor
 from ._ops import gather_step_logits
 from .model import PRMConvention, _token_id
 
-__all__ = [
+__all__ = [  # noqa: F822 (PRMTrainer is built on first access, see __getattr__)
     "PRMDataCollator", "PRMDataset", "PRMTrainer", "prm_loss", "read_jsonl", "soft_label_loss",
     "step_metrics",
 ]

@@ -202,7 +202,7 @@ def _init_model(spec: ToyPRMSpec, source_dir: str | Path | None):
     if getattr(cfg, "layer_types", None) is not None:
         cfg.layer_types = [cfg.layer_types[0]] * cfg.num_hidden_layers
     model = LlamaForCausalLM(cfg)
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    _missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected, unexpected
     with torch.no_grad():
         for layer in model.model.layers[-spec.extra_layers:]:
