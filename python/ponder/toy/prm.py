@@ -69,7 +69,7 @@ class ToyPRMSpec:
     reference_share: float = 0.35
     temperature: float = 1.0
     labels: str = "local"
-    steps: int = 1000
+    steps: int = 600
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -95,8 +95,9 @@ def label_solution(problem: Problem, text: str, mode: str = "first_error"
 
     ``mode="first_error"``: a step is good iff it and all steps before it are right (the answer
     line iff the answer is right, too). ``mode="local"``: each step is judged given the steps
-    before it as written (:func:`ponder.toy.check_steps`; the answer line is good iff it
-    repeats the last step's result), the way a human grader marks steps.
+    before it as written (:func:`ponder.toy.check_steps`; the answer line is good iff every
+    step of the problem was written and it repeats the last result), the way a human grader
+    marks steps: a solution is right iff all its steps are good.
     """
     if mode not in ("first_error", "local"):
         raise ValueError(f"label_solution: mode must be 'first_error' or 'local', got {mode!r}")
@@ -109,9 +110,11 @@ def label_solution(problem: Problem, text: str, mode: str = "first_error"
     body = [s for s in steps if "Answer:" not in s]
     flags = check_steps(problem, STEP_SEPARATOR.join(body))
     if len(steps) > len(body):
-        if mode == "local":  # the answer repeats the last written result
+        if mode == "local":  # every step of the problem is done and the answer repeats the
+            # last written result: what a correct solver writes at this point
             last = body[-1].rsplit("=", 1)[-1].strip() if body else None
-            flags.append(last is not None and extract_answer(steps[-1]) == _int_or_none(last))
+            flags.append(len(body) == problem.n_steps and last is not None
+                         and extract_answer(steps[-1]) == _int_or_none(last))
         else:  # the answer line: right iff the answer is
             flags.append(verify(problem, steps[-1]))
     if mode == "local":
