@@ -64,12 +64,14 @@ class ToyPRMSpec:
     name: str = "prm"
     init: str = "target"
     extra_layers: int = 2
+    freeze_base: bool = False
     train_problems: int = 1500
-    samples: int = 2
-    reference_share: float = 0.35
+    samples: int = 1
+    corruptions: tuple[str, ...] = ("result", "operand")
+    reference_share: float = 1.0
     temperature: float = 1.0
     labels: str = "local"
-    steps: int = 600
+    steps: int = 700
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -146,9 +148,11 @@ def _max_tokens(problems: Sequence[Problem]) -> int:
 
 def make_prm_records(problems: Sequence[Problem], *, samples: int = 2,
                      reference_share: float = 0.35, temperature: float = 1.0, seed: int = 0,
-                     labels: str = "local", generator=None) -> list[dict[str, Any]]:
+                     labels: str = "local", corruptions: Sequence[str] = ("any",),
+                     generator=None) -> list[dict[str, Any]]:
     """PRM training records ``{"question", "steps", "value", "source"}`` for ``problems``: draft
-    samples, one corruption each, and reference solutions for a ``reference_share`` of them."""
+    samples, one corruption of each kind in ``corruptions`` (see :func:`ponder.toy.corrupt`),
+    and reference solutions for a ``reference_share`` of them."""
     rng = random.Random(seed)
     records: list[dict[str, Any]] = []
 
@@ -167,7 +171,10 @@ def make_prm_records(problems: Sequence[Problem], *, samples: int = 2,
             for text in texts:
                 add(p, text, "draft")
     for p in problems:
-        add(p, corrupt(p, rng), "corrupt")
+        # Minimal pairs: the reference next to a result slip and an operand slip of the same
+        # problem, so that only the arithmetic (not the position or the problem) tells them apart.
+        for kind in corruptions:
+            add(p, corrupt(p, rng, kind=kind), "corrupt")
         if rng.random() < reference_share:
             add(p, p.target, "reference")
     return records
@@ -211,6 +218,10 @@ def _init_model(spec: ToyPRMSpec, source_dir: str | Path | None):
         for layer in model.model.layers[-spec.extra_layers:]:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
+    if spec.freeze_base:  # keep the LM's computation; train the new layers, norm and head
+        model.model.embed_tokens.requires_grad_(False)
+        for layer in model.model.layers[:-spec.extra_layers]:
+            layer.requires_grad_(False)
     return model, tok
 
 
@@ -285,7 +296,8 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
     records = make_prm_records(parts.train[:spec.train_problems], samples=spec.samples,
                                reference_share=spec.reference_share,
                                temperature=spec.temperature, seed=spec.seed,
-                               labels=spec.labels, generator=draft)
+                               labels=spec.labels, corruptions=spec.corruptions,
+                               generator=draft)
     data_seconds = time.perf_counter() - t0
     model, tok = _init_model(spec, source_dir)
     model.train()
