@@ -131,7 +131,7 @@ def _table(json_path: str) -> str:
         speed = full["stats"]["min"] / t if full else float("nan")
         full_mem = full["extra_info"]["peak_extra_bytes"] if full else None
         frac = f"{mem / full_mem:.2e}" if full_mem and mem is not None else "n/a"
-        mem_s = "n/a" if mem is None else f"{mem / 2**20:.2f} MiB"
+        mem_s = "n/a" if mem is None else f"{mem / 2**10:,.0f} KiB"
         lines.append(f"| {impl} | {t * 1e3:.3f} ms | {speed:,.0f}x | {mem_s} | {frac} |")
     m = data["machine_info"]
     lines.append("")
