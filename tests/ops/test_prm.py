@@ -4,11 +4,11 @@ the reference's own autograd), opcheck, and the error paths."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
-
 from ponder import _backend
 from ponder.ops import prm
 
@@ -175,6 +175,12 @@ def test_empty(cpu_backend, shape):
     assert out.scores.shape == (batch, steps) and out.min.shape == (batch,)
     logits = prm.step_logits(hidden, idx, head, bias, backend=cpu_backend)
     torch.testing.assert_close(logits, prm.step_logits_reference(hidden, idx, head, bias))
+    if cpu_backend != "triton":
+        from torch.library import opcheck
+
+        for op in (torch.ops.ponder.score_steps, torch.ops.ponder.step_logits):
+            opcheck(op, (hidden, idx, head, bias, cpu_backend),
+                    test_utils=("test_schema", "test_faketensor"))
 
 
 def test_thread_count_does_not_change_results(restore_threads):
@@ -276,7 +282,7 @@ def test_gradients_match_reference_autograd(cpu_backend, dtype):
         (loss_scores, prm.score_steps, prm.score_steps_reference),
     ]:
         grads = []
-        for fn in (lambda *a: op(*a, backend=cpu_backend), ref):
+        for fn in (functools.partial(op, backend=cpu_backend), ref):
             for t in (hidden, head, bias):
                 t.requires_grad_(True)
                 t.grad = None
@@ -360,7 +366,7 @@ def test_pad_step_index():
 
 def _args(**over):
     hidden, idx, head, bias = _make(2, 10, 7, [3, 2], "two_label", torch.float32)
-    args = dict(hidden=hidden, step_index=idx, head=head, bias=bias)
+    args = {"hidden": hidden, "step_index": idx, "head": head, "bias": bias}
     args.update(over)
     return args
 
@@ -368,27 +374,27 @@ def _args(**over):
 @pytest.mark.parametrize(
     "over, exc, match",
     [
-        (dict(hidden=torch.randn(10, 7)), ValueError, "hidden must have 3 dimensions"),
-        (dict(hidden=torch.zeros(2, 10, 7, dtype=torch.int32)), TypeError, "hidden must have"),
-        (dict(step_index=torch.zeros(2, 3, dtype=torch.int32)), TypeError, "step_index"),
-        (dict(step_index=torch.zeros(3, 3, dtype=torch.int64)), ValueError, "step_index"),
-        (dict(head=torch.randn(2, 6)), ValueError, r"head for kind='two_label' must have shape"),
-        (dict(head=torch.randn(3, 7)), ValueError, "head"),
-        (dict(head=torch.randn(7), kind="two_label"), ValueError, "head"),
-        (dict(head=torch.randn(2, 7), kind="value"), ValueError, "head"),
-        (dict(kind="logits"), ValueError, "kind"),
-        (dict(bias=torch.randn(3)), ValueError, "bias"),
-        (dict(head=torch.randn(7), bias=torch.randn(2)), ValueError, "bias"),
-        (dict(head=torch.randn(7), bias="x"), TypeError, "bias"),
-        (dict(step_index=torch.tensor([[0, 10], [1, -1]])), ValueError, "out of range"),
-        (dict(step_index=torch.tensor([[0, -1, 3], [1, -1, -1]])), ValueError, "after -1"),
-        (dict(step_index=torch.tensor([[4, 4], [1, -1]])), ValueError, "strictly increase"),
-        (dict(step_index=torch.tensor([[5, 2], [1, -1]])), ValueError, "strictly increase"),
-        (dict(step_index=torch.tensor([[-3, -1], [1, -1]])), ValueError, "-1"),
-        (dict(step_index=torch.zeros(2, 1, dtype=torch.int64, device="meta")), ValueError,
+        ({"hidden": torch.randn(10, 7)}, ValueError, "hidden must have 3 dimensions"),
+        ({"hidden": torch.zeros(2, 10, 7, dtype=torch.int32)}, TypeError, "hidden must have"),
+        ({"step_index": torch.zeros(2, 3, dtype=torch.int32)}, TypeError, "step_index"),
+        ({"step_index": torch.zeros(3, 3, dtype=torch.int64)}, ValueError, "step_index"),
+        ({"head": torch.randn(2, 6)}, ValueError, r"head for kind='two_label' must have shape"),
+        ({"head": torch.randn(3, 7)}, ValueError, "head"),
+        ({"head": torch.randn(7), "kind": "two_label"}, ValueError, "head"),
+        ({"head": torch.randn(2, 7), "kind": "value"}, ValueError, "head"),
+        ({"kind": "logits"}, ValueError, "kind"),
+        ({"bias": torch.randn(3)}, ValueError, "bias"),
+        ({"head": torch.randn(7), "bias": torch.randn(2)}, ValueError, "bias"),
+        ({"head": torch.randn(7), "bias": "x"}, TypeError, "bias"),
+        ({"step_index": torch.tensor([[0, 10], [1, -1]])}, ValueError, "out of range"),
+        ({"step_index": torch.tensor([[0, -1, 3], [1, -1, -1]])}, ValueError, "after -1"),
+        ({"step_index": torch.tensor([[4, 4], [1, -1]])}, ValueError, "strictly increase"),
+        ({"step_index": torch.tensor([[5, 2], [1, -1]])}, ValueError, "strictly increase"),
+        ({"step_index": torch.tensor([[-3, -1], [1, -1]])}, ValueError, "-1"),
+        ({"step_index": torch.zeros(2, 1, dtype=torch.int64, device="meta")}, ValueError,
          "step_index is on meta"),
-        (dict(lengths=torch.tensor([10, 10, 10])), ValueError, "lengths"),
-        (dict(backend="nope"), ValueError, "backend"),
+        ({"lengths": torch.tensor([10, 10, 10])}, ValueError, "lengths"),
+        ({"backend": "nope"}, ValueError, "backend"),
     ],
 )
 @pytest.mark.parametrize("fn", [prm.score_steps, prm.step_logits])

@@ -137,7 +137,7 @@ def aggregate_reference(scores: Tensor, step_index: Tensor) -> StepScores:
     one = torch.ones_like(scores)
     zero = torch.zeros_like(scores)
     if scores.shape[1] == 0:
-        return StepScores(scores, nan, nan, nan, nan, n)
+        return StepScores(scores, nan, nan.clone(), nan.clone(), nan.clone(), n)
     mins = torch.where(valid, scores, inf).amin(1)
     last = scores.gather(1, (n - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
     prod = torch.where(valid, scores, one).prod(1)
