@@ -13,11 +13,11 @@ Implementations (``extra_info["impl"]``):
   ponder-torch   score_steps' plain-torch reference backend (gather rows + matmul).
 
 Peak extra memory (``extra_info["peak_extra_bytes"]``): Linux's peak resident set size (VmHWM in
-/proc/self/status), reset just before one call by writing 5 to /proc/self/clear_refs, minus the
-resident size (VmRSS) before the call (ponder's ops after one warm-up call, so that one-off costs
-such as OpenMP thread stacks are not counted). tracemalloc does not see torch's allocations and torch
-keeps no allocator statistics for CPU tensors; RSS sees every page the call touches, at 4 KiB
-granularity.
+/proc/self/status) after one call, minus VmHWM read right after resetting it (by writing 5 to
+/proc/self/clear_refs) just before the call. ponder's ops are measured after one warm-up call, so
+that one-off costs such as OpenMP thread stacks are not counted. tracemalloc does not see torch's
+allocations and torch keeps no allocator statistics for CPU tensors; RSS sees every page the call
+touches, at 4 KiB granularity.
 
 Run:  python bench/test_bench_prm.py   (runs this file under pytest-benchmark, prints the table)
 """
@@ -53,9 +53,9 @@ def peak_extra_bytes(fn) -> int | None:
     """Peak RSS during one call of ``fn`` minus RSS before it (None where /proc is missing)."""
     try:
         gc.collect()
-        before = _status_kib("VmRSS")
         with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
             f.write("5")  # reset VmHWM to the current RSS
+        before = _status_kib("VmHWM")  # = RSS at the reset: the baseline, same counter as after
     except OSError:
         return None
     out = fn()

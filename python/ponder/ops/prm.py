@@ -88,7 +88,7 @@ class StepScores(NamedTuple):
 
 
 def _gather_rows(hidden: Tensor, step_index: Tensor) -> Tensor:
-    """``hidden[b, step_index[b, s]]`` as ``[B, S, H]`` (zeros at padding); reads only those rows."""
+    """``hidden[b, step_index[b, s]]`` as ``[B, S, H]``, zeros at padding; reads only those rows."""
     batch, length, width = hidden.shape
     steps = step_index.shape[1]
     if length == 0 or steps == 0:  # nothing to read: every position is padding
