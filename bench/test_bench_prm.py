@@ -115,10 +115,44 @@ def test_prm_score_steps(benchmark, measure, workload, impl):
         measure(fn, device=CPU, group=GROUP, **info)
 
 
+BIG_BATCH = 64  # best-of-64 candidates scored in one call
+COPY_BYTES = 256 * 2**20
+
+
+@pytest.mark.parametrize("impl", ["ponder-cpu", "ponder-torch"])
+def test_prm_score_steps_best_of_64(measure, impl):
+    """Throughput at a best-of-64 batch in bfloat16 (the full-logits path would need 64 x 2.5 GB
+    here): bytes = the step rows read + the outputs written, against a tensor copy's bandwidth
+    measured in the same run (test_copy_bandwidth)."""
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(BIG_BATCH, LENGTH, HIDDEN, generator=gen, dtype=torch.bfloat16)
+    head = (torch.randn(2, HIDDEN, generator=gen) / HIDDEN**0.5).to(torch.bfloat16)
+    rows = [sorted(torch.randperm(LENGTH, generator=gen)[:STEPS].tolist())
+            for _ in range(BIG_BATCH)]
+    step_index = prm.pad_step_index(rows)
+    backend = impl.removeprefix("ponder-")
+    moved = BIG_BATCH * STEPS * (HIDDEN * 2 + 8 + 4) + BIG_BATCH * (4 * 4 + 8)
+
+    def fn():
+        return prm.score_steps(hidden, step_index, head, backend=backend)
+
+    measure(fn, device=CPU, group=f"prm best-of-{BIG_BATCH}, bf16", kind="prm_batch",
+            op="score_steps", impl=impl, batch=BIG_BATCH, length=LENGTH, hidden=HIDDEN,
+            steps=STEPS, dtype="bfloat16", bytes=moved)
+
+
+def test_copy_bandwidth(measure):
+    src = torch.ones(COPY_BYTES // 4)
+    dst = torch.empty_like(src)
+    measure(lambda: dst.copy_(src), device=CPU, group="copy", kind="copy", impl="torch-copy",
+            bytes=2 * COPY_BYTES)
+
+
 def _table(json_path: str) -> str:
     with open(json_path, encoding="utf-8") as f:
         data = json.load(f)
-    rows = {b["extra_info"]["impl"]: b for b in data["benchmarks"]}
+    rows = {b["extra_info"]["impl"]: b for b in data["benchmarks"]
+            if b["extra_info"]["kind"] == "prm"}
     full = rows.get("full-logits")
     lines = [
         ("| implementation | time (min) | speed-up vs full-logits | peak extra memory | "
@@ -133,6 +167,21 @@ def _table(json_path: str) -> str:
         frac = f"{mem / full_mem:.2e}" if full_mem and mem is not None else "n/a"
         mem_s = "n/a" if mem is None else f"{mem / 2**10:,.0f} KiB"
         lines.append(f"| {impl} | {t * 1e3:.3f} ms | {speed:,.0f}x | {mem_s} | {frac} |")
+    copy = [b for b in data["benchmarks"] if b["extra_info"]["kind"] == "copy"]
+    copy_bw = copy[0]["extra_info"]["bytes"] / copy[0]["stats"]["min"] if copy else None
+    lines += ["", f"Best-of-{BIG_BATCH} batch, bfloat16 (bytes = step rows read + outputs):", "",
+              "| implementation | time (min) | GB/s | fraction of copy bandwidth |",
+              "|---|---|---|---|"]
+    for b in data["benchmarks"]:
+        if b["extra_info"]["kind"] != "prm_batch":
+            continue
+        t = b["stats"]["min"]
+        bw = b["extra_info"]["bytes"] / t
+        frac = f"{bw / copy_bw:.1%}" if copy_bw else "n/a"
+        lines.append(f"| {b['extra_info']['impl']} | {t * 1e3:.3f} ms | {bw / 1e9:.2f} | {frac} |")
+    if copy_bw:
+        lines.append(f"| copy ({COPY_BYTES // 2**20} MiB fp32, read + write) | "
+                     f"{copy[0]['stats']['min'] * 1e3:.2f} ms | {copy_bw / 1e9:.2f} | 100% |")
     m = data["machine_info"]
     lines.append("")
     lines.append(f"{m.get('cpu_model')}, {m.get('cores')} cores, torch threads "
