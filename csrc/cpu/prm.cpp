@@ -120,7 +120,6 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < pairs; ++i) {
       const int64_t b = i / steps;
-      const int64_t s = i - b * steps;
       const int64_t p = idx[i];
       if (p < 0) {  // padding: logits 0, score NaN
         if (want_logits)
@@ -128,7 +127,6 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
         if (want_scores) sc[i] = Acc(NAN);
         continue;
       }
-      (void)s;
       const T* row = h + b * stride_b + p * stride_l;
       Acc z0, z1 = Acc(0);
       if (labels == 2) {
