@@ -72,12 +72,14 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
   PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
   PONDER_CHECK(stride_b >= 0 && stride_l >= 0,
                op << ": hidden strides must be >= 0, got " << stride_b << ", " << stride_l);
-  const bool want_logits = logits != 0;
-  const bool want_scores = scores != 0;
-  PONDER_CHECK(want_logits || want_scores, op << ": no output requested");
-  PONDER_CHECK(!want_scores || (mins && lasts && products && means && num_steps),
-               op << ": scores need all of min, last, product, mean and num_steps");
+  // Scores are asked for through num_steps ([B]: never null for B > 0), since scores [B, S]
+  // is an empty buffer (maybe null) when S = 0.
   const int64_t pairs = batch * steps;
+  const bool want_logits = logits != 0;
+  const bool want_scores = num_steps != 0;
+  PONDER_CHECK(want_logits || want_scores, op << ": no output requested");
+  PONDER_CHECK(!want_scores || ((pairs == 0 || scores) && mins && lasts && products && means),
+               op << ": scores need all of scores, min, last, product, mean and num_steps");
   PONDER_CHECK(pairs == 0 || step_index != 0, op << ": step_index is a null pointer");
   PONDER_CHECK(pairs == 0 || length == 0 || width == 0 || (hidden != 0 && head != 0),
                op << ": hidden or head is a null pointer");
@@ -118,7 +120,6 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < pairs; ++i) {
       const int64_t b = i / steps;
-      const int64_t s = i - b * steps;
       const int64_t p = idx[i];
       if (p < 0) {  // padding: logits 0, score NaN
         if (want_logits)
@@ -126,7 +127,6 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
         if (want_scores) sc[i] = Acc(NAN);
         continue;
       }
-      (void)s;
       const T* row = h + b * stride_b + p * stride_l;
       Acc z0, z1 = Acc(0);
       if (labels == 2) {

@@ -88,7 +88,7 @@ class StepScores(NamedTuple):
 
 
 def _gather_rows(hidden: Tensor, step_index: Tensor) -> Tensor:
-    """``hidden[b, step_index[b, s]]`` as ``[B, S, H]`` (zeros at padding); reads only those rows."""
+    """``hidden[b, step_index[b, s]]`` as ``[B, S, H]``, zeros at padding; reads only those rows."""
     batch, length, width = hidden.shape
     steps = step_index.shape[1]
     if length == 0 or steps == 0:  # nothing to read: every position is padding
@@ -137,7 +137,7 @@ def aggregate_reference(scores: Tensor, step_index: Tensor) -> StepScores:
     one = torch.ones_like(scores)
     zero = torch.zeros_like(scores)
     if scores.shape[1] == 0:
-        return StepScores(scores, nan, nan, nan, nan, n)
+        return StepScores(scores, nan, nan.clone(), nan.clone(), nan.clone(), n)
     mins = torch.where(valid, scores, inf).amin(1)
     last = scores.gather(1, (n - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
     prod = torch.where(valid, scores, one).prod(1)
@@ -175,7 +175,8 @@ def _native_inputs(
     acc = acc_dtype(hidden.dtype)
     if hidden.stride(-1) != 1 and hidden.shape[-1] > 1:
         hidden = hidden.contiguous()
-    head2 = head.to(acc).reshape(-1, hidden.shape[-1]).contiguous()  # [K, H], K = 2 or 1
+    labels = head.shape[0] if head.dim() == 2 else 1
+    head2 = head.to(acc).reshape(labels, hidden.shape[-1]).contiguous()  # [K, H]
     bias2 = None if bias is None else bias.to(acc).reshape(-1).contiguous()
     return hidden, step_index.contiguous(), head2, bias2
 
@@ -290,15 +291,16 @@ def _logits_backward(
     g = grad.to(acc)
     g = torch.where(valid.unsqueeze(-1) if two else valid, g, torch.zeros_like(g))
     gk = g if two else g.unsqueeze(-1)  # [B, S, K]
-    w = head.to(acc).reshape(gk.shape[-1], -1)  # [K, H]
+    w = head.to(acc).reshape(gk.shape[-1], hidden.shape[-1])  # [K, H]
     rows = _gather_rows(hidden, step_index).to(acc)  # [B, S, H]
     grad_rows = gk @ w  # [B, S, H]
-    grad_hidden = torch.zeros(hidden.shape, dtype=hidden.dtype, device=hidden.device)
-    b_idx, s_idx = valid.nonzero(as_tuple=True)
-    grad_hidden.index_put_(
-        (b_idx, step_index[b_idx, s_idx]), grad_rows[b_idx, s_idx].to(hidden.dtype),
-        accumulate=True,
-    )
+    # Scatter-add, not index_put_ on the valid entries: no data-dependent shapes, so the backward
+    # traces under torch.compile. Padding entries add a zero row to position 0.
+    grad_hidden = torch.zeros(hidden.shape, dtype=acc, device=hidden.device)
+    if hidden.shape[1] > 0 and step_index.shape[1] > 0:
+        pos = step_index.clamp(min=0).unsqueeze(-1).expand_as(grad_rows)
+        grad_hidden.scatter_add_(1, pos, grad_rows)
+    grad_hidden = grad_hidden.to(hidden.dtype)
     grad_head = torch.einsum("bsk,bsh->kh", gk, rows).reshape(head.shape).to(head.dtype)
     grad_bias = None
     if bias is not None:
