@@ -1,0 +1,43 @@
+"""The Generator protocol's transformers backend: shapes, seeds, stop strings, greedy, errors."""
+
+import pytest
+from ponder.generation import Generator, TransformersGenerator
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def gen():
+    from ponder.toy import load_toy_model
+
+    model, tok = load_toy_model("draft")
+    return TransformersGenerator(model, tok, batch_size=5)
+
+
+def test_shapes_seeds_and_stop(gen):
+    assert isinstance(gen, Generator)
+    prompts = ["Q: 12+34-5=?\n\n", "Q: 7+1=?\n\n", "Q: 50-8+9=?\n\n"]
+    a = gen.generate(prompts, n=4, max_new_tokens=40, temperature=1.0, seed=3)
+    assert [len(x) for x in a] == [4, 4, 4] and all(isinstance(t, str) for x in a for t in x)
+    assert gen.generate(prompts, n=4, max_new_tokens=40, temperature=1.0, seed=3) == a
+    # A stop string cuts each completion before its first occurrence.
+    cut = gen.generate(prompts, n=4, max_new_tokens=40, temperature=1.0, seed=3, stop=["\n\n"])
+    assert cut == [[t.split("\n\n")[0] for t in x] for x in a]
+    # Greedy: all n completions agree, and equal the toy's own greedy decoding.
+    from ponder.toy.models import generate_solutions
+
+    g = gen.generate(prompts[:1], n=3, max_new_tokens=40, temperature=0)
+    assert len(set(g[0])) == 1
+    assert g[0][0] == generate_solutions(gen.model, gen.tokenizer, prompts[:1],
+                                         max_new_tokens=40)[0]
+
+
+def test_errors(gen):
+    with pytest.raises(TypeError):
+        gen.generate("Q: 1+1=?\n\n")
+    with pytest.raises(ValueError, match="n must be"):
+        gen.generate(["Q: 1+1=?\n\n"], n=0)
+    with pytest.raises(ValueError, match="temperature"):
+        gen.generate(["Q: 1+1=?\n\n"], temperature=-1.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        TransformersGenerator(gen.model, gen.tokenizer, batch_size=0)
