@@ -71,7 +71,7 @@ class ToyPRMSpec:
     reference_share: float = 1.0
     temperature: float = 1.0
     labels: str = "local"
-    steps: int = 700
+    steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
