@@ -21,4 +21,6 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("openmp") = false;
 #endif
+  // ---- PRM step scoring (ponder.ops.prm) ----
+  m.def("prm_steps", &ponder::cpu::prm_steps, nogil);
 }

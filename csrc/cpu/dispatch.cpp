@@ -86,5 +86,16 @@ void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintpt
                   threads);
 }
 
+// ---- PRM step scoring (ponder.ops.prm) ----
+void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t lasts,
+               uintptr_t products, uintptr_t means, uintptr_t num_steps, uintptr_t hidden,
+               uintptr_t step_index, uintptr_t head, uintptr_t bias, int64_t batch,
+               int64_t length, int64_t width, int64_t steps, int64_t labels, int64_t stride_b,
+               int64_t stride_l, int dtype, int threads) {
+  PONDER_ISA_CALL(prm_steps, logits, scores, mins, lasts, products, means, num_steps, hidden,
+                  step_index, head, bias, batch, length, width, steps, labels, stride_b, stride_l,
+                  dtype, threads);
+}
+
 }  // namespace cpu
 }  // namespace ponder

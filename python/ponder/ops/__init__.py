@@ -1,8 +1,10 @@
 """ponder's kernels, one module per op family (see DESIGN.md, "The op contract").
 
 - :mod:`ponder.ops.langevin`: fused ULA/SGLD, MALA, underdamped Langevin and SPS proximal steps.
+- :mod:`ponder.ops.prm`: batched PRM step scoring (two-label or value head) from the hidden states
+  at the step positions only, with min / last / product / mean aggregates and a training path.
 """
 
-from . import langevin
+from . import langevin, prm
 
-__all__ = ["langevin"]
+__all__ = ["langevin", "prm"]

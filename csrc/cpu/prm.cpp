@@ -1,0 +1,167 @@
+// CPU launcher for ponder.ops.prm: validate (every position re-checked against L, serially,
+// before any thread starts) -> dispatch dtype -> OpenMP over (row, step) pairs: the dot products
+// of the hidden row at the step position with the 1 or 2 head rows, fp32 accumulation ->
+// per-row aggregates. Only the B x S hidden rows at step positions are read.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/dtype.h"
+#include "cpu/ops.h"
+#include "ponder/check.h"
+#include "ponder/prm.h"
+
+#ifndef PONDER_CPU_ISA
+#define PONDER_CPU_ISA isa_default
+#endif
+
+namespace ponder {
+namespace cpu {
+namespace PONDER_CPU_ISA {
+namespace {
+
+// Below this many multiply-adds the OpenMP fork costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 15;
+
+template <class F>
+void dispatch_dtype(int dtype, const char* op, F f) {
+  switch (dtype) {
+    case kFloat32: f(float{}); break;
+    case kFloat64: f(double{}); break;
+    case kFloat16: f(Half{}); break;
+    case kBFloat16: f(BFloat16{}); break;
+    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
+  }
+}
+
+// dot(row, w) over `width` values, accumulated in Acc; `row` is dense (unit stride).
+template <class T, class Acc>
+Acc dot(const T* row, const Acc* w, int64_t width) {
+  Acc acc = Acc(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < width; ++i) acc += load(row[i]) * w[i];
+  return acc;
+}
+
+// Both label logits in one pass over the row (the row is read once).
+template <class T, class Acc>
+void dot2(const T* row, const Acc* w0, const Acc* w1, int64_t width, Acc* z0, Acc* z1) {
+  Acc a0 = Acc(0), a1 = Acc(0);
+#pragma omp simd reduction(+ : a0, a1)
+  for (int64_t i = 0; i < width; ++i) {
+    const Acc x = load(row[i]);
+    a0 += x * w0[i];
+    a1 += x * w1[i];
+  }
+  *z0 = a0;
+  *z1 = a1;
+}
+
+}  // namespace
+
+void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t lasts,
+               uintptr_t products, uintptr_t means, uintptr_t num_steps, uintptr_t hidden,
+               uintptr_t step_index, uintptr_t head, uintptr_t bias, int64_t batch,
+               int64_t length, int64_t width, int64_t steps, int64_t labels, int64_t stride_b,
+               int64_t stride_l, int dtype, int threads) {
+  const char* op = "score_steps";
+  PONDER_CHECK(batch >= 0 && length >= 0 && width >= 0 && steps >= 0,
+               op << ": sizes must be >= 0, got B=" << batch << " L=" << length
+                  << " H=" << width << " S=" << steps);
+  PONDER_CHECK(labels == 1 || labels == 2, op << ": head must have 1 or 2 rows, got " << labels);
+  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
+  PONDER_CHECK(stride_b >= 0 && stride_l >= 0,
+               op << ": hidden strides must be >= 0, got " << stride_b << ", " << stride_l);
+  // Scores are asked for through num_steps ([B]: never null for B > 0), since scores [B, S]
+  // is an empty buffer (maybe null) when S = 0.
+  const int64_t pairs = batch * steps;
+  const bool want_logits = logits != 0;
+  const bool want_scores = num_steps != 0;
+  PONDER_CHECK(want_logits || want_scores, op << ": no output requested");
+  PONDER_CHECK(!want_scores || ((pairs == 0 || scores) && mins && lasts && products && means),
+               op << ": scores need all of scores, min, last, product, mean and num_steps");
+  PONDER_CHECK(pairs == 0 || step_index != 0, op << ": step_index is a null pointer");
+  PONDER_CHECK(pairs == 0 || length == 0 || width == 0 || (hidden != 0 && head != 0),
+               op << ": hidden or head is a null pointer");
+  const int64_t* idx = reinterpret_cast<const int64_t*>(step_index);
+
+  // Re-check every position that will be read, and that each row is a run of steps followed
+  // only by padding: positions in [0, L), strictly increasing, -1 after the last step.
+  std::vector<int64_t> count(static_cast<size_t>(batch), 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t n = 0;
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t p = idx[b * steps + s];
+      if (p == -1) continue;
+      PONDER_CHECK(p >= 0 && p < length, op << ": step_index[" << b << ", " << s << "] = " << p
+                                            << " is outside [0, L = " << length << ")");
+      PONDER_CHECK(n == s, op << ": step_index[" << b << ", " << s
+                              << "] is a step after -1 padding");
+      PONDER_CHECK(s == 0 || p > idx[b * steps + s - 1],
+                   op << ": step positions must strictly increase, at step_index[" << b << ", "
+                      << s << "]");
+      ++n;
+    }
+    count[b] = n;
+  }
+
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = acc_t<T>;
+    const T* h = reinterpret_cast<const T*>(hidden);
+    const Acc* w = reinterpret_cast<const Acc*>(head);
+    const Acc* bs = reinterpret_cast<const Acc*>(bias);
+    Acc* lo = reinterpret_cast<Acc*>(logits);
+    Acc* sc = reinterpret_cast<Acc*>(scores);
+    const Acc b0 = bs ? bs[0] : Acc(0);
+    const Acc b1 = (bs && labels == 2) ? bs[1] : Acc(0);
+    const int nt = pairs * width * labels < kParallelMin ? 1 : threads;
+
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < pairs; ++i) {
+      const int64_t b = i / steps;
+      const int64_t p = idx[i];
+      if (p < 0) {  // padding: logits 0, score NaN
+        if (want_logits)
+          for (int64_t k = 0; k < labels; ++k) lo[i * labels + k] = Acc(0);
+        if (want_scores) sc[i] = Acc(NAN);
+        continue;
+      }
+      const T* row = h + b * stride_b + p * stride_l;
+      Acc z0, z1 = Acc(0);
+      if (labels == 2) {
+        dot2(row, w, w + width, width, &z0, &z1);
+        z0 += b0;
+        z1 += b1;
+      } else {
+        z0 = dot(row, w, width) + b0;
+      }
+      if (want_logits) {
+        lo[i * labels] = z0;
+        if (labels == 2) lo[i * labels + 1] = z1;
+      }
+      if (want_scores) sc[i] = prm::sigmoid<Acc>(labels == 2 ? z0 - z1 : z0);
+    }
+
+    if (!want_scores) return;
+    Acc* mn = reinterpret_cast<Acc*>(mins);
+    Acc* la = reinterpret_cast<Acc*>(lasts);
+    Acc* pr = reinterpret_cast<Acc*>(products);
+    Acc* me = reinterpret_cast<Acc*>(means);
+    int64_t* ns = reinterpret_cast<int64_t*>(num_steps);
+    // Per row, in step order (the product's rounding then matches a left-to-right product).
+    for (int64_t b = 0; b < batch; ++b) {
+      prm::RowAggregate<Acc> agg;
+      for (int64_t s = 0; s < count[b]; ++s) agg.add(sc[b * steps + s]);
+      mn[b] = agg.min_or_nan();
+      la[b] = agg.last;
+      pr[b] = agg.product_or_nan();
+      me[b] = agg.mean();
+      ns[b] = agg.count;
+    }
+  });
+}
+
+}  // namespace PONDER_CPU_ISA
+}  // namespace cpu
+}  // namespace ponder
