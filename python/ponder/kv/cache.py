@@ -58,6 +58,17 @@ class ThinKStep:
     def __repr__(self) -> str:
         return f"ThinKStep({self.layer!r}) (use the model with ponder.kv.apply_think)"
 
+    def _not_a_tensor(self, *args, **kwargs):
+        raise RuntimeError(
+            "ThinK: a ThinKCache reached an attention function that is not ponder's; call "
+            "ponder.kv.apply_think(model) first (or use a DynamicCache)"
+        )
+
+    # What other attention functions touch first: fail there with a message that says why.
+    shape = property(_not_a_tensor)
+    dtype = property(_not_a_tensor)
+    size = dim = transpose = _not_a_tensor
+
 
 def _valid_from_mask(mask: Optional[Tensor], batch: int, length: int) -> Optional[Tensor]:
     """Which prompt tokens are real (bool ``[B, L]``) from the prefill's 4D mask, None if all.
