@@ -216,7 +216,21 @@ def test_cache_nbytes_equals_formula(ratio):
         + b * 8  # starts (left padding)
     )
     assert kv.cache_nbytes(think.cache) == layers * per_layer
+    assert kv.cache_nbytes(think.cache, used=True) == layers * per_layer  # no spare capacity
+    assert kv.cache_nbytes(dense.cache, used=True) == kv.cache_nbytes(dense.cache)
     assert t == d - math.floor(ratio * d)
+
+
+def test_cache_nbytes_counts_spare_capacity_as_held():
+    m = kv.apply_think(_model("llama"), prune_ratio=0.5, window=8, recent=8)
+    ids, _ = _batch(batch=1, length=20, pads=(0,))
+    cache = kv.ThinKCache(prune_ratio=0.5, window=8, recent=8, max_cache_len=100)
+    m(ids, cache=cache, use_cache=True)
+    hkv, d, layers, esize = 2, 16, 2, 4
+    used = layers * (hkv * 20 * d * esize + hkv * 12 * 8 * esize + hkv * 8 * d * esize
+                     + hkv * 8 * 8)
+    assert kv.cache_nbytes(cache, used=True) == used
+    assert kv.cache_nbytes(cache) == used + layers * 2 * hkv * 80 * d * esize  # 80 tokens ahead
 
 
 def test_cache_nbytes_errors_and_dense():

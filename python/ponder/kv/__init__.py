@@ -16,32 +16,29 @@ with :func:`ponder.ops.think.pruned_decode_attention`. SnapKV token eviction can
 - :mod:`ponder.kv.reference`: the plain-torch reference of the whole method (the tests' oracle).
 """
 
-from .cache import ThinKCache, ThinKLayer, ThinKStep, cache_nbytes
-from .patch import (
-    ATTN_NAME,
-    SUPPORTED_MODEL_TYPES,
-    apply_think,
-    remove_think,
-    think_attention,
-    think_settings,
-)
-from .reference import think_generate_reference
-from .settings import ThinKSettings
-from .snapkv import snapkv_keep, snapkv_scores
+from __future__ import annotations
 
-__all__ = [
-    "ATTN_NAME",
-    "SUPPORTED_MODEL_TYPES",
-    "ThinKCache",
-    "ThinKLayer",
-    "ThinKSettings",
-    "ThinKStep",
-    "apply_think",
-    "cache_nbytes",
-    "remove_think",
-    "snapkv_keep",
-    "snapkv_scores",
-    "think_attention",
-    "think_generate_reference",
-    "think_settings",
-]
+import importlib
+
+# Lazy (PEP 562): importing ponder.kv (e.g. for the CLI's parser) does not import transformers;
+# the first use of a name below does.
+_EXPORTS = {
+    "ThinKCache": "cache", "ThinKLayer": "cache", "ThinKStep": "cache", "cache_nbytes": "cache",
+    "ATTN_NAME": "patch", "SUPPORTED_MODEL_TYPES": "patch", "apply_think": "patch",
+    "remove_think": "patch", "think_attention": "patch", "think_settings": "patch",
+    "think_generate_reference": "reference", "ThinKSettings": "settings",
+    "snapkv_keep": "snapkv", "snapkv_scores": "snapkv",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ponder.kv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -251,6 +251,13 @@ class ThinKLayer(DynamicLayer):
         """Every tensor this layer holds (for :func:`cache_nbytes`)."""
         return [t for t in (getattr(self, name) for name in _HELD) if isinstance(t, Tensor)]
 
+    def used_tensors(self) -> list[Tensor]:
+        """The parts of them in use: spare capacity of the full-width stores left out."""
+        if not self.compressed:
+            return self.held_tensors()
+        parts = (self.k_pruned, self.idx, self.starts, self.k_recent, self.v)
+        return [t for t in parts if isinstance(t, Tensor)]
+
     # -- ThinK ---------------------------------------------------------------------------------
 
     def _append(self, k: Tensor, v: Tensor) -> None:
@@ -398,15 +405,26 @@ def _layer_tensors(layer) -> list[Tensor]:
     return [t for t in vars(layer).values() if isinstance(t, Tensor)]
 
 
-def cache_nbytes(cache) -> int:
+def cache_nbytes(cache, *, used: bool = False) -> int:
     """Bytes of memory a cache actually holds: every tensor storage of every layer, once.
 
     Works for any transformers ``Cache`` (``DynamicCache``, ``StaticCache``, a
     :class:`ThinKCache`, ...; an ``EncoderDecoderCache`` counts both parts). Storages are counted
     whole, so a view of a larger buffer counts the buffer, and spare capacity counts.
+
+    With ``used=True``: only the bytes of the tokens stored, without the spare capacity a
+    :class:`ThinKCache` allocates ahead (``generate`` sizes it for ``max_new_tokens``; rows that
+    stop early leave it unused). A ``DynamicCache`` has none: both counts agree.
     """
     if hasattr(cache, "self_attention_cache") and hasattr(cache, "cross_attention_cache"):
-        return cache_nbytes(cache.self_attention_cache) + cache_nbytes(cache.cross_attention_cache)
+        return (cache_nbytes(cache.self_attention_cache, used=used)
+                + cache_nbytes(cache.cross_attention_cache, used=used))
     if not isinstance(cache, Cache):
         raise TypeError(f"cache_nbytes: expected a transformers Cache, got {type(cache).__name__}")
-    return _unique_nbytes(t for layer in cache.layers for t in _layer_tensors(layer))
+    if not used:
+        return _unique_nbytes(t for layer in cache.layers for t in _layer_tensors(layer))
+    return sum(
+        t.numel() * t.element_size()
+        for layer in cache.layers
+        for t in (layer.used_tensors() if isinstance(layer, ThinKLayer) else _layer_tensors(layer))
+    )
