@@ -278,7 +278,8 @@ class ThinKLayer(DynamicLayer):
         """Evict (optional), score, prune and store the prompt (see the module docstring).
 
         Args:
-            query: ``[B, Hq, L, D]`` the prompt's queries (after RoPE).
+            query: ``[B, Hq, S, D]`` the prompt's queries (after RoPE): the last ``S`` prompt
+                positions, ``S = L`` at prefill; the last ``min(window, S)`` of them are used.
             mask: the prefill's 4D attention mask (or None: no padding).
             scale: the attention logit scale (SnapKV's softmax uses it).
         """
@@ -291,8 +292,8 @@ class ThinKLayer(DynamicLayer):
             # in some SDPA kernels): zero them so they cannot leak through 0 * NaN later.
             keys = keys.masked_fill(~valid[:, None, :, None], 0)
             values = values.masked_fill(~valid[:, None, :, None], 0)
-        win = min(st.window, length)
-        q_window = query[:, :, length - win:]
+        win = min(st.window, length, query.shape[2])
+        q_window = query[:, :, query.shape[2] - win:]
         if valid is not None:
             q_window = q_window.masked_fill(~valid[:, None, length - win:, None], 0)
         n_pad = None if valid is None else (~valid).sum(dim=1)
