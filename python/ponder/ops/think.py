@@ -69,7 +69,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32)
 # INTERIM (first commit, so that ponder.kv can build on the final API): the native kernels are
 # not written yet and these backends run the reference. Removed when the kernels land.
-_NATIVE = {"cpu": False, "triton": False, "cuda": False, "torch": False}
+_NATIVE = {"cpu": True, "triton": False, "cuda": False, "torch": False}
 
 
 # --------------------------------------------------------------------------------------------
