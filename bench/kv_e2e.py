@@ -10,7 +10,7 @@ The cache is filled synthetically (random keys and values at the context length,
 random observation-window queries for the channel scores) instead of by a real prefill: a 32K
 prefill costs tens of TFLOP, minutes of two shared cores, and decode speed does not depend on
 where the cache came from. Then ``--steps`` greedy decode steps run through the whole model
-(``model(token, cache=...)``), timed after one warm-up step. Rows:
+(``model(token, cache=...)``), timed after one warm-up step (median step). Rows:
 
 - ``dense``: transformers' DynamicCache + SDPA (what ``generate`` uses by default; its
   ``torch.cat`` per step copies the cache, as it does in real use);
@@ -27,6 +27,7 @@ import argparse
 import gc
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,8 @@ def fill_think(model, context: int, dtype: torch.dtype, ratio: float, steps: int
 
 @torch.inference_mode()
 def decode(model, cache, context: int, steps: int) -> float:
-    """Seconds per decode step (the whole model, one token, batch 1), after one warm-up step."""
+    """Seconds per decode step (the whole model, one token, batch 1): the median of ``steps``
+    steps after one warm-up step (the median: the machine is shared, outliers are neighbours)."""
     token = torch.tensor([[3]])
     times = []
     for i in range(steps + 1):
@@ -93,7 +95,7 @@ def decode(model, cache, context: int, steps: int) -> float:
         logits = model(token, cache=cache, position_ids=pos, use_cache=True).logits
         times.append(time.perf_counter() - start)
         token = logits[:, -1:].argmax(-1)
-    return sum(times[1:]) / steps
+    return statistics.median(times[1:])
 
 
 def run(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> list[dict]:

@@ -109,6 +109,24 @@ def test_prune_matches_reference_token_for_token(model, pads, evict):
     assert _max_logit_diff(dense, think) > 1e-3
 
 
+@pytest.mark.parametrize("evict", [None, "snapkv"])
+def test_fold_matches_reference_token_for_token(model, evict):
+    """Generated tokens pruned in blocks (fold_block): still the reference, token for token."""
+    ids, mask = _batch(pads=(0, 5))
+    settings = dict(prune_ratio=0.5, window=8, recent=4, fold_block=3, evict=evict,
+                    token_budget=16 if evict else None)
+    gen = dict(max_new_tokens=14)
+    ref = kv.think_generate_reference(model, ids, mask, **settings, **{**GEN, **gen})
+    kv.apply_think(model, **settings)
+    think = _generate(model, ids, mask, **gen)
+    assert torch.equal(think.sequences, ref.sequences)
+    assert _max_logit_diff(think, ref) < 1e-4
+    layer = think.cache.layers[0]
+    # 13 tokens fed after prefill: full-width store 4 -> 7 -> fold to 4 ... four folds of 3.
+    assert (layer.n_recent, layer.n_pruned) == (5, (16 if evict else 40) - 4 + 12)
+    assert not think.cache.is_croppable
+
+
 def test_sampling_matches_reference(model):
     ids, mask = _batch()
     settings = dict(prune_ratio=0.5, window=4, recent=4)
@@ -147,6 +165,30 @@ def test_step_by_step_forward_and_multi_token_chunks():
     for i in range(3):
         torch.testing.assert_close(out[:, i], step_logits[2 + i], atol=1e-5, rtol=1e-5)
     assert one.get_seq_length() == chunk.get_seq_length() == 35
+
+
+def test_fold_chunks_store_like_single_steps():
+    """A chunk of S > 1 tokens folds on the way exactly as S single steps do.
+
+    (Layer 0's keys and values of the new tokens do not depend on attention, so its stores must
+    be equal; later layers differ: a chunk's queries see the stores after all its folds.)
+    """
+    m = kv.apply_think(_model("llama"), prune_ratio=0.4, window=8, recent=2, fold_block=2)
+    ids, _ = _batch(batch=1, length=16, pads=(0,))
+    nxt = torch.randint(3, VOCAB, (1, 7), generator=torch.Generator().manual_seed(7))
+    one = kv.ThinKCache(prune_ratio=0.4, window=8, recent=2, fold_block=2)
+    m(ids, cache=one, use_cache=True)
+    for i in range(7):
+        m(nxt[:, i:i + 1], cache=one, use_cache=True)
+    chunk = kv.ThinKCache(prune_ratio=0.4, window=8, recent=2, fold_block=2)
+    m(ids, cache=chunk, use_cache=True)
+    m(nxt[:, :2], cache=chunk, use_cache=True)
+    m(nxt[:, 2:], cache=chunk, use_cache=True)  # 5 tokens, two folds inside
+    a, b = one.layers[0], chunk.layers[0]
+    assert (a.n_pruned, a.n_recent) == (b.n_pruned, b.n_recent) == (14 + 6, 3)
+    torch.testing.assert_close(a.k_pruned, b.k_pruned, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a.k_recent, b.k_recent, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a.v, b.v, atol=1e-6, rtol=1e-6)
 
 
 def test_crop_then_continue_equals_uncropped():
@@ -231,6 +273,22 @@ def test_cache_nbytes_counts_spare_capacity_as_held():
                      + hkv * 8 * 8)
     assert kv.cache_nbytes(cache, used=True) == used
     assert kv.cache_nbytes(cache) == used + layers * 2 * hkv * 80 * d * esize  # 80 tokens ahead
+
+
+def test_cache_nbytes_with_fold():
+    m = _model("llama")
+    ids, mask = _batch(length=40, pads=(0, 5))
+    kv.apply_think(m, prune_ratio=0.5, window=8, recent=8, fold_block=4)
+    think = _generate(m, ids, mask, max_new_tokens=12)
+    b, hkv, d, layers, esize = 2, 2, 16, 2, 4
+    n = 40 + 12 - 1
+    # 11 tokens after prefill: the full-width store 8 -> 12 -> fold 4 (twice) -> 11.
+    lp, lr = 32 + 8, 11
+    held = (b * hkv * n * d * esize + b * hkv * lp * 8 * esize + b * hkv * 12 * d * esize
+            + b * hkv * 8 * 8 + b * 8)
+    used = held - b * hkv * (12 - lr) * d * esize
+    assert kv.cache_nbytes(think.cache) == layers * held
+    assert kv.cache_nbytes(think.cache, used=True) == layers * used
 
 
 def test_cache_nbytes_errors_and_dense():
@@ -321,6 +379,7 @@ def test_patched_model_without_think_cache_is_sdpa():
         (dict(evict="snapkv"), "token_budget"),
         (dict(evict="snapkv", token_budget=16, window=32), "token_budget"),
         (dict(backend="gpu"), "backend"),
+        (dict(fold_block=0), "fold_block"),
     ],
 )
 def test_bad_settings_raise_value_error(kwargs, match):
@@ -399,3 +458,21 @@ def test_backends_agree(cpu_backend):
     out = _generate(m, ids, mask, max_new_tokens=4)
     assert torch.equal(out.sequences, ref.sequences)
     assert _max_logit_diff(out, ref) < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_generate_matches_cpu(dtype):
+    """On a GPU (Triton backend): the same tokens as on the CPU, logits within the dtype's error."""
+    ids, mask = _batch(pads=(0, 5))
+    settings = dict(prune_ratio=0.4, window=8, recent=4)
+    cpu = kv.apply_think(_model("llama").to(dtype), **settings, backend="torch")
+    ref = _generate(cpu, ids, mask)
+    gpu = kv.apply_think(_model("llama").to(device="cuda", dtype=dtype), **settings)
+    out = _generate(gpu, ids.cuda(), mask.cuda())
+    assert isinstance(out.cache, kv.ThinKCache)
+    if dtype == torch.float32:
+        assert torch.equal(out.sequences.cpu(), ref.sequences)
+    tol = 1e-3 if dtype == torch.float32 else 0.1
+    assert max((a.cpu() - b).abs().max().item() for a, b in zip(out.logits[:1], ref.logits[:1])) < tol

@@ -15,6 +15,11 @@ called by ponder's attention function with the prompt's queries) it
 and decoding reads them with :func:`ponder.ops.think.pruned_decode_attention`. The dense keys
 are dropped after prefill: the bytes are saved for real (:func:`cache_nbytes` measures them).
 
+With ``fold_block`` set, long generations keep saving: whenever the full-width store holds
+``recent + fold_block`` tokens, its oldest ``fold_block`` are pruned with the layer's channel
+mask (chosen once, after prefill) and moved to the pruned store. Values never move: the token
+order ``[pruned ; recent]`` is kept, only the boundary advances.
+
 Left padding is kept as a per-row count of leading padded tokens (``starts``): after prefill
 the first ``starts[b]`` stored tokens of row ``b`` are padding, and are never attended to.
 """
@@ -39,7 +44,7 @@ __all__ = ["ThinKLayer", "ThinKCache", "ThinKStep", "cache_nbytes"]
 _GROW_MIN = 64
 _GROW_FACTOR = 1.5
 # The tensors a layer holds, for the batch operations (beam search) and byte counts.
-_HELD = ("keys", "values", "k_pruned", "idx", "k_recent_buf", "v_buf", "starts")
+_HELD = ("keys", "values", "k_pruned_buf", "idx", "k_recent_buf", "v_buf", "starts")
 
 
 class ThinKStep:
@@ -99,9 +104,11 @@ def _valid_from_mask(mask: Optional[Tensor], batch: int, length: int) -> Optiona
 class ThinKLayer(DynamicLayer):
     """One decoder layer's ThinK cache (see the module docstring).
 
-    Held after prefill: ``k_pruned [B, Hkv, Lp, T]``, ``idx [B, Hkv, T]`` int64,
-    ``k_recent_buf [B, Hkv, cap_r, D]`` (the first ``n_recent`` used), ``v_buf [B, Hkv, Lp +
-    cap_r, D]`` (the first ``Lp + n_recent`` used), ``starts [B]`` int64 or None (no padding).
+    Held after prefill: ``k_pruned_buf [B, Hkv, cap_p, T]`` (the first ``n_pruned`` used),
+    ``idx [B, Hkv, T]`` int64, ``k_recent_buf [B, Hkv, cap_r, D]`` (the first ``n_recent``
+    used), ``v_buf [B, Hkv, cap_v, D]`` (the first ``n_pruned + n_recent`` used), ``starts [B]``
+    int64 or None (no padding). Spare capacity exists only with a capacity hint (``generate``
+    gives one) or after growth.
     ``seen`` counts every token fed to the layer (evicted ones too): it is what transformers
     calls the sequence length, and positions continue from it.
     """
@@ -115,12 +122,15 @@ class ThinKLayer(DynamicLayer):
         super().__init__()
         self.settings = settings
         self.capacity = capacity
+        # Folding prunes tokens that were full width: a crop cannot bring their channels back.
+        self.is_croppable = settings.fold_block is None
         self._clear()
 
     def _clear(self) -> None:
         self.keys = self.values = None
-        self.k_pruned = self.idx = self.k_recent_buf = self.v_buf = self.starts = None
+        self.k_pruned_buf = self.idx = self.k_recent_buf = self.v_buf = self.starts = None
         self.seen = 0
+        self.n_pruned = 0
         self.n_recent = 0
         self.compressed = False
         self.evicted = False
@@ -135,9 +145,9 @@ class ThinKLayer(DynamicLayer):
         )
 
     @property
-    def n_pruned(self) -> int:
-        """Tokens in the pruned store (``Lp``)."""
-        return 0 if self.k_pruned is None else self.k_pruned.shape[2]
+    def k_pruned(self) -> Tensor:
+        """The used part of the pruned key store, ``[B, Hkv, n_pruned, T]`` (a view)."""
+        return self.k_pruned_buf[:, :, : self.n_pruned]
 
     @property
     def k_recent(self) -> Tensor:
@@ -216,8 +226,7 @@ class ThinKLayer(DynamicLayer):
                 "order (SnapKV evicted prompt tokens before them)"
             )
         else:
-            keep = self.n_pruned - (n - self.n_recent)
-            self.k_pruned = self.k_pruned[:, :, :keep].contiguous()
+            self.n_pruned -= n - self.n_recent
             self.n_recent = 0
         self.seen -= n
 
@@ -261,18 +270,38 @@ class ThinKLayer(DynamicLayer):
     # -- ThinK ---------------------------------------------------------------------------------
 
     def _append(self, k: Tensor, v: Tensor) -> None:
-        """Write ``S`` new tokens at full width, growing the stores if they are full."""
+        """Write ``S`` new tokens at full width (growing the stores if full), folding the oldest
+        full-width tokens into the pruned store whenever ``recent + fold_block`` are held."""
         s_len = k.shape[-2]
-        need = self.n_recent + s_len
-        cap = self.k_recent_buf.shape[2]
-        if need > cap:
-            new_cap = max(need, int(cap * _GROW_FACTOR) + _GROW_MIN)
-            self.k_recent_buf = _grow(self.k_recent_buf, new_cap, self.n_recent)
-            self.v_buf = _grow(self.v_buf, self.n_pruned + new_cap, self.n_pruned + self.n_recent)
-        lo = self.n_recent
-        self.k_recent_buf[:, :, lo:need] = k
-        self.v_buf[:, :, self.n_pruned + lo:self.n_pruned + need] = v
-        self.n_recent = need
+        used = self.n_pruned + self.n_recent
+        self.v_buf = _ensure(self.v_buf, used + s_len, used)
+        self.v_buf[:, :, used:used + s_len] = v
+        block = self.settings.fold_block
+        if block is None:
+            self.k_recent_buf = _ensure(self.k_recent_buf, self.n_recent + s_len, self.n_recent)
+            self.k_recent_buf[:, :, self.n_recent:self.n_recent + s_len] = k
+            self.n_recent += s_len
+            return
+        limit = self.settings.recent + block  # the full-width store's fixed size
+        done = 0
+        while done < s_len:
+            take = min(limit - self.n_recent, s_len - done)
+            self.k_recent_buf[:, :, self.n_recent:self.n_recent + take] = k[:, :, done:done + take]
+            self.n_recent += take
+            done += take
+            if self.n_recent == limit:
+                self._fold(block)
+
+    def _fold(self, block: int) -> None:
+        """Prune the oldest ``block`` full-width keys into the pruned store."""
+        self.k_pruned_buf = _ensure(self.k_pruned_buf, self.n_pruned + block, self.n_pruned)
+        self.k_pruned_buf[:, :, self.n_pruned:self.n_pruned + block] = think_ops.compact_keys(
+            self.k_recent_buf[:, :, :block], self.idx
+        )
+        rest = self.n_recent - block
+        self.k_recent_buf[:, :, :rest] = self.k_recent_buf[:, :, block:self.n_recent].clone()
+        self.n_pruned += block
+        self.n_recent = rest
 
     def compress(self, query: Tensor, mask: Optional[Tensor], scale: float) -> None:
         """Evict (optional), score, prune and store the prompt (see the module docstring).
@@ -310,13 +339,22 @@ class ThinKLayer(DynamicLayer):
         kept = keys.shape[2]
         n_recent = min(st.recent, kept)
         n_pruned = kept - n_recent
-        self.k_pruned = think_ops.compact_keys(keys[:, :, :n_pruned], idx)
+        # Room for the tokens still to come (capacity hint): the full-width store takes them
+        # all, or with folding holds at most recent + fold_block and the pruned store the rest.
+        ahead = max(0, self.capacity - length) if self.capacity else 0
+        if st.fold_block is None:
+            cap_p, cap_r = n_pruned, n_recent + ahead
+        else:
+            folds = max(0, (n_recent + ahead - st.recent) // st.fold_block)
+            cap_p, cap_r = n_pruned + folds * st.fold_block, st.recent + st.fold_block
+        self.k_pruned_buf = keys.new_empty(batch, hkv, cap_p, idx.shape[-1])
+        self.k_pruned_buf[:, :, :n_pruned] = think_ops.compact_keys(keys[:, :, :n_pruned], idx)
         self.idx = idx
-        cap = n_recent + (max(0, self.capacity - length) if self.capacity else 0)
-        self.k_recent_buf = keys.new_empty(batch, hkv, cap, dim)
+        self.k_recent_buf = keys.new_empty(batch, hkv, cap_r, dim)
         self.k_recent_buf[:, :, :n_recent] = keys[:, :, n_pruned:]
-        self.v_buf = values.new_empty(batch, hkv, n_pruned + cap, values.shape[-1])
+        self.v_buf = values.new_empty(batch, hkv, kept + ahead, values.shape[-1])
         self.v_buf[:, :, :kept] = values
+        self.n_pruned = n_pruned
         self.n_recent = n_recent
         self.starts = None if n_pad is None or not bool(n_pad.any()) else n_pad.to(torch.int64)
         self.keys = self.values = None
@@ -331,8 +369,13 @@ class ThinKLayer(DynamicLayer):
         )
 
 
-def _grow(buf: Tensor, capacity: int, used: int) -> Tensor:
-    out = buf.new_empty(*buf.shape[:2], capacity, buf.shape[3])
+def _ensure(buf: Tensor, need: int, used: int) -> Tensor:
+    """``buf`` if it holds ``need`` tokens (dim 2), else a larger copy of its first ``used``."""
+    cap = buf.shape[2]
+    if need <= cap:
+        return buf
+    out = buf.new_empty(*buf.shape[:2], max(need, int(cap * _GROW_FACTOR) + _GROW_MIN),
+                        buf.shape[3])
     out[:, :, :used] = buf[:, :, :used]
     return out
 
@@ -347,7 +390,8 @@ class ThinKCache(DynamicCache):
         out = model(input_ids, attention_mask=mask, cache=cache, use_cache=True)
 
     Args:
-        prune_ratio, window, recent, evict, token_budget, backend: see :class:`ThinKSettings`.
+        prune_ratio, window, recent, evict, token_budget, backend, fold_block: see
+            :class:`ThinKSettings`.
         settings: a :class:`ThinKSettings` instead of the keyword arguments.
         max_cache_len: optional capacity hint (tokens: prompt + generated) so that the
             full-width stores are allocated once at their final size instead of grown.
@@ -362,11 +406,14 @@ class ThinKCache(DynamicCache):
         evict: Optional[str] = None,
         token_budget: Optional[int] = None,
         backend: Optional[str] = None,
+        fold_block: Optional[int] = None,
         settings: Optional[ThinKSettings] = None,
         max_cache_len: Optional[int] = None,
     ) -> None:
         if settings is None:
-            settings = ThinKSettings(prune_ratio, window, recent, evict, token_budget, backend)
+            settings = ThinKSettings(
+                prune_ratio, window, recent, evict, token_budget, backend, fold_block
+            )
         elif not isinstance(settings, ThinKSettings):
             raise TypeError(
                 f"ThinKCache: settings must be a ThinKSettings, got {type(settings).__name__}"

@@ -38,6 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--recent", type=int, default=8)
     p.add_argument("--evict", choices=["snapkv"], default=None)
     p.add_argument("--token-budget", type=int, default=None)
+    p.add_argument("--fold-block", type=int, default=None,
+                   help="prune generated tokens too, this many at a time")
     p.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -140,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         problems = SPECS["target"].splits().test[: args.n]
         prompts = [p.prompt for p in problems]
     settings = dict(prune_ratio=args.prune_ratio, window=args.window, recent=args.recent,
-                    evict=args.evict, token_budget=args.token_budget, backend=args.backend)
+                    evict=args.evict, token_budget=args.token_budget, backend=args.backend,
+                    fold_block=args.fold_block)
     apply_think(model, **settings)  # validates the settings before the slow part
     remove_think(model)
     cfg = model.config

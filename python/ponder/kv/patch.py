@@ -126,6 +126,7 @@ def apply_think(
     token_budget: Optional[int] = None,
     *,
     backend: Optional[str] = None,
+    fold_block: Optional[int] = None,
 ):
     """Switch a loaded causal LM to ThinK: ``model.generate(...)`` then uses a :class:`ThinKCache`.
 
@@ -144,6 +145,8 @@ def apply_think(
         evict: ``"snapkv"`` to evict prompt tokens first (max-pool kernel 7), or None.
         token_budget: prompt tokens kept per KV head with SnapKV (``>= window``).
         backend: force the kernels' backend (``"cpu"``, ``"triton"``, ``"torch"``).
+        fold_block: prune generated tokens too, ``fold_block`` at a time, once ``recent +
+            fold_block`` are held at full width (None: they stay full width).
 
     Returns:
         the model (patched in place).
@@ -151,7 +154,7 @@ def apply_think(
     Raises:
         ValueError / TypeError: bad settings (naming the argument) or an unsupported model.
     """
-    settings = ThinKSettings(prune_ratio, window, recent, evict, token_budget, backend)
+    settings = ThinKSettings(prune_ratio, window, recent, evict, token_budget, backend, fold_block)
     _check_model(model)
     state = getattr(model, _STATE, None)
     if state is None:

@@ -10,7 +10,10 @@ applies ThinK as masks in an eager fp32 attention, the way the method is written
   best channels are kept (ties to the lower channel);
 - decode: ``logit[t] = (q[kept] . k[t, kept]) / sqrt(D)`` for the pruned prompt tokens (all kept
   tokens but the last ``recent``), ``q . k[t] / sqrt(D)`` for the last ``recent`` kept prompt
-  tokens and all generated ones; evicted and padded tokens are excluded; one softmax; ``@ V``.
+  tokens and all generated ones; evicted and padded tokens are excluded; one softmax; ``@ V``;
+- with ``fold_block``: the tokens are in "stored order" (kept prompt tokens, then generated
+  ones); the full-width ones are the last ``n_recent``, which grows by one a token and drops by
+  ``fold_block`` (those become pruned) whenever it reaches ``recent + fold_block``.
 
 Zeroing the pruned channels of a key gives the same logit as dropping them, which is all this
 reference does (and all the original code and kvpress do: they save no memory; ponder's cache
@@ -75,7 +78,7 @@ def _prefill_state(module, q, k, valid, st: ThinKSettings, scale):
     keep_t = dim - math.floor(st.prune_ratio * dim + 1e-9)
     win = min(st.window, length)
     kept = torch.zeros(batch, hkv, length, dtype=torch.bool)  # token kept (and real)
-    pruned = torch.zeros(batch, hkv, length, dtype=torch.bool)  # token in the pruned store
+    stored = []  # per (b, h): the kept prompt positions, ascending (padding included)
     channels = torch.zeros(batch, hkv, dim, dtype=torch.bool)
     for b in range(batch):
         for h in range(hkv):
@@ -84,20 +87,23 @@ def _prefill_state(module, q, k, valid, st: ThinKSettings, scale):
                 positions = _snapkv_keep_row(qw, k[b, h], valid[b], st.token_budget, scale)
             else:
                 positions = list(range(length))
-            # The last `recent` kept tokens (padding included: it is stored too) are full width.
-            n_recent = min(st.recent, len(positions))
-            for i, t in enumerate(positions):
-                if valid[b, t]:
-                    kept[b, h, t] = True
-                    pruned[b, h, t] = i < len(positions) - n_recent
+            stored.append(positions)
+            for t in positions:
+                kept[b, h, t] = bool(valid[b, t])
             real_q = valid[b, length - win:]
             q_term = qw[:, real_q].float().pow(2).mean(dim=(0, 1))
             k_term = k[b, h, kept[b, h]].float().pow(2).mean(dim=0)
             score = q_term * k_term
             best = sorted(range(dim), key=lambda j: (-score[j].item(), j))[:keep_t]
             channels[b, h, best] = True
-    module._think_reference = {"length": length, "kept": kept, "pruned": pruned,
-                               "channels": channels}
+    n_stored = len(stored[0])  # the same for every head (the budget, or the whole prompt)
+    # The last `recent` stored tokens (padding included: it is stored too) are full width.
+    n_recent = min(st.recent, n_stored)
+    module._think_reference = {
+        "length": length, "kept": kept, "channels": channels, "n_recent": n_recent,
+        "stored": torch.tensor(stored).reshape(batch, hkv, n_stored),
+        "n_pruned": n_stored - n_recent,
+    }
 
 
 def _reference_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -121,8 +127,15 @@ def _reference_attention(module, query, key, value, attention_mask, dropout=0.0,
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
     state = module._think_reference
     length = state["length"]
+    for _ in range(s_len):  # the new tokens arrive full width, one by one, folding on the way
+        state["n_recent"] += 1
+        if st.fold_block is not None and state["n_recent"] == st.recent + st.fold_block:
+            state["n_recent"] -= st.fold_block
+            state["n_pruned"] += st.fold_block
     kept = torch.cat([state["kept"], torch.ones(batch, hkv, n - length, dtype=torch.bool)], 2)
-    pruned = torch.cat([state["pruned"], torch.zeros(batch, hkv, n - length, dtype=torch.bool)], 2)
+    order = torch.cat([state["stored"], torch.arange(length, n).expand(batch, hkv, -1)], 2)
+    pruned = torch.zeros(batch, hkv, n, dtype=torch.bool)
+    pruned.scatter_(2, order[..., : state["n_pruned"]], True)
     # Pruned tokens lose their dropped channels: zeroed, they add nothing to q . k.
     chan = state["channels"][:, :, None, :].to(key.dtype)
     k_eff = torch.where(pruned[..., None], key * chan, key)[:, kv_head]
@@ -159,6 +172,7 @@ def think_generate_reference(
     recent: int = 32,
     evict: Optional[str] = None,
     token_budget: Optional[int] = None,
+    fold_block: Optional[int] = None,
     **generate_kwargs,
 ):
     """``model.generate`` with ThinK applied by the plain-torch reference (CPU, tiny models).
@@ -166,7 +180,7 @@ def think_generate_reference(
     Same arguments as :func:`ponder.kv.apply_think` plus ``generate``'s; returns what
     ``generate`` returns. The model's attention implementation is restored afterwards.
     """
-    settings = ThinKSettings(prune_ratio, window, recent, evict, token_budget)
+    settings = ThinKSettings(prune_ratio, window, recent, evict, token_budget, None, fold_block)
     with _reference_attention_on(model, settings):
         return model.generate(
             input_ids=input_ids, attention_mask=attention_mask, cache=DynamicCache(),

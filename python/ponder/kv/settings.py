@@ -45,6 +45,10 @@ class ThinKSettings:
     backend : str or None
         Forces the backend of the :mod:`ponder.ops.think` kernels (``"cpu"``, ``"triton"``,
         ``"torch"``); default by device.
+    fold_block : int or None
+        If set, generated tokens are pruned too, in blocks: when the full-width store holds
+        ``recent + fold_block`` tokens, its oldest ``fold_block`` are pruned with the layer's
+        channel mask (the one chosen after prefill). None: generated tokens stay full width.
     """
 
     prune_ratio: float = 0.4
@@ -53,6 +57,7 @@ class ThinKSettings:
     evict: Optional[str] = None
     token_budget: Optional[int] = None
     backend: Optional[str] = None
+    fold_block: Optional[int] = None
 
     def __post_init__(self) -> None:
         ratio = self.prune_ratio
@@ -82,6 +87,8 @@ class ThinKSettings:
                     "observation window is always kept"
                 )
             object.__setattr__(self, "token_budget", budget)
+        if self.fold_block is not None:
+            object.__setattr__(self, "fold_block", _check_int("fold_block", self.fold_block, 1))
         if self.backend is not None and self.backend not in ("cpu", "triton", "cuda", "torch"):
             raise ValueError(
                 f"ThinK: backend must be None, 'cpu', 'triton', 'cuda' or 'torch', "
