@@ -34,9 +34,11 @@ from pathlib import Path
 
 import torch
 
-CONFIG = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=65536,
-              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+CONFIG = {
+    "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8,
+    "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 65536,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+}
 WINDOW = 32
 RECENT = 32
 
@@ -108,8 +110,8 @@ def run(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> list[dict]
         remove_think(model)
         s = decode(model, cache, context, steps)
         dense_bytes = cache_nbytes(cache)
-        rows.append(dict(context=context, impl="dense (DynamicCache + SDPA)", s_per_token=s,
-                         bytes=dense_bytes))
+        rows.append({"context": context, "impl": "dense (DynamicCache + SDPA)", "s_per_token": s,
+                         "bytes": dense_bytes})
         dense_s = rows[-1]["s_per_token"]
         print(_fmt(rows[-1], dense_bytes, dense_s), flush=True)
         del cache
@@ -118,8 +120,8 @@ def run(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> list[dict]
             apply_think(model, prune_ratio=ratio, window=WINDOW, recent=RECENT, backend=backend)
             cache = fill_think(model, context, dtype, ratio, steps, backend)
             s = decode(model, cache, context, steps)
-            rows.append(dict(context=context, impl=f"ThinK lambda={ratio}", s_per_token=s,
-                             bytes=cache_nbytes(cache)))
+            rows.append({"context": context, "impl": f"ThinK lambda={ratio}", "s_per_token": s,
+                             "bytes": cache_nbytes(cache)})
             print(_fmt(rows[-1], dense_bytes, dense_s), flush=True)
             remove_think(model)
             del cache
@@ -133,7 +135,8 @@ def _fmt(row: dict, dense_bytes: int, dense_s: float) -> str:
             f"{row['bytes'] / dense_bytes:5.3f} | {dense_s / row['s_per_token']:5.2f}x |")
 
 
-HEADER = ("| context | cache | tokens/s | ms/token | cache MiB | bytes vs dense | speed vs dense |\n"
+HEADER = ("| context | cache | tokens/s | ms/token | cache MiB | bytes vs dense | speed vs dense "
+          "|\n"
           "|---:|---|---:|---:|---:|---:|---:|")
 
 

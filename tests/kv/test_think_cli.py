@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from ponder import cli  # noqa: E402
+from ponder import cli
 
 
 @pytest.fixture(autouse=True)

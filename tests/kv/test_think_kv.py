@@ -14,19 +14,19 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import ponder.kv as kv  # noqa: E402
-from ponder.ops.think import kept_channels  # noqa: E402
+from ponder import kv
+from ponder.ops.think import kept_channels
 
 VOCAB, PAD, EOS = 64, 0, 1
 FAMILIES = ("llama", "mistral", "qwen2")
 
 
 def _config(family: str, **over):
-    common = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=PAD, eos_token_id=EOS, bos_token_id=2, initializer_range=0.2,
-    )
+    common = {
+        "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+        "pad_token_id": PAD, "eos_token_id": EOS, "bos_token_id": 2, "initializer_range": 0.2,
+    }
     common.update(over)
     if family == "llama":
         return transformers.LlamaConfig(**common)
@@ -59,8 +59,8 @@ def _batch(batch: int = 2, length: int = 40, pads=(0, 5), seed: int = 1):
     return ids, mask
 
 
-GEN = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True,
-           eos_token_id=None, pad_token_id=PAD)
+GEN = {"max_new_tokens": 8, "do_sample": False, "output_logits": True,
+       "return_dict_in_generate": True, "eos_token_id": None, "pad_token_id": PAD}
 
 
 def _generate(model, ids, mask, **kw):
@@ -96,8 +96,8 @@ def test_prune_ratio_zero_equals_eager(model, pads):
 )
 def test_prune_matches_reference_token_for_token(model, pads, evict):
     ids, mask = _batch(pads=pads)
-    settings = dict(prune_ratio=0.4, window=8, recent=4, evict=evict,
-                    token_budget=16 if evict else None)
+    settings = {"prune_ratio": 0.4, "window": 8, "recent": 4, "evict": evict,
+                    "token_budget": 16 if evict else None}
     ref = kv.think_generate_reference(model, ids, mask, **settings, **GEN)
     kv.apply_think(model, **settings)
     think = _generate(model, ids, mask)
@@ -113,9 +113,9 @@ def test_prune_matches_reference_token_for_token(model, pads, evict):
 def test_fold_matches_reference_token_for_token(model, evict):
     """Generated tokens pruned in blocks (fold_block): still the reference, token for token."""
     ids, mask = _batch(pads=(0, 5))
-    settings = dict(prune_ratio=0.5, window=8, recent=4, fold_block=3, evict=evict,
-                    token_budget=16 if evict else None)
-    gen = dict(max_new_tokens=14)
+    settings = {"prune_ratio": 0.5, "window": 8, "recent": 4, "fold_block": 3, "evict": evict,
+                    "token_budget": 16 if evict else None}
+    gen = {"max_new_tokens": 14}
     ref = kv.think_generate_reference(model, ids, mask, **settings, **{**GEN, **gen})
     kv.apply_think(model, **settings)
     think = _generate(model, ids, mask, **gen)
@@ -129,8 +129,8 @@ def test_fold_matches_reference_token_for_token(model, evict):
 
 def test_sampling_matches_reference(model):
     ids, mask = _batch()
-    settings = dict(prune_ratio=0.5, window=4, recent=4)
-    sample = dict(do_sample=True, temperature=1.0, top_k=0, max_new_tokens=12)
+    settings = {"prune_ratio": 0.5, "window": 4, "recent": 4}
+    sample = {"do_sample": True, "temperature": 1.0, "top_k": 0, "max_new_tokens": 12}
     torch.manual_seed(123)
     ref = kv.think_generate_reference(model, ids, mask, **settings, **{**GEN, **sample})
     kv.apply_think(model, **settings)
@@ -142,8 +142,8 @@ def test_sampling_matches_reference(model):
 def test_beam_search_prune_zero_equals_dense():
     m = _model("llama")
     ids, mask = _batch(pads=(0, 3))
-    beams = dict(num_beams=3, num_return_sequences=2, do_sample=False, max_new_tokens=6,
-                 eos_token_id=None, pad_token_id=PAD)
+    beams = {"num_beams": 3, "num_return_sequences": 2, "do_sample": False, "max_new_tokens": 6,
+                 "eos_token_id": None, "pad_token_id": PAD}
     dense = m.generate(input_ids=ids, attention_mask=mask, **beams)
     kv.apply_think(m, prune_ratio=0.0, window=4, recent=4)
     think = m.generate(input_ids=ids, attention_mask=mask, **beams)
@@ -153,7 +153,7 @@ def test_beam_search_prune_zero_equals_dense():
 def test_step_by_step_forward_and_multi_token_chunks():
     """A hand-made ThinKCache through model(...): chunks of S > 1 after prefill equal S = 1."""
     m = kv.apply_think(_model("qwen2"), prune_ratio=0.4, window=8, recent=4)
-    ids, mask = _batch(batch=1, length=30, pads=(0,))
+    ids, _mask = _batch(batch=1, length=30, pads=(0,))
     nxt = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(5))
     one = kv.ThinKCache(prune_ratio=0.4, window=8, recent=4)
     m(ids, cache=one, use_cache=True)
@@ -370,16 +370,16 @@ def test_patched_model_without_think_cache_is_sdpa():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(prune_ratio=1.0), "prune_ratio"),
-        (dict(prune_ratio=-0.1), "prune_ratio"),
-        (dict(window=0), "window"),
-        (dict(recent=-1), "recent"),
-        (dict(evict="h2o", token_budget=64), "evict"),
-        (dict(token_budget=64), "token_budget"),
-        (dict(evict="snapkv"), "token_budget"),
-        (dict(evict="snapkv", token_budget=16, window=32), "token_budget"),
-        (dict(backend="gpu"), "backend"),
-        (dict(fold_block=0), "fold_block"),
+        ({"prune_ratio": 1.0}, "prune_ratio"),
+        ({"prune_ratio": -0.1}, "prune_ratio"),
+        ({"window": 0}, "window"),
+        ({"recent": -1}, "recent"),
+        ({"evict": "h2o", "token_budget": 64}, "evict"),
+        ({"token_budget": 64}, "token_budget"),
+        ({"evict": "snapkv"}, "token_budget"),
+        ({"evict": "snapkv", "token_budget": 16, "window": 32}, "token_budget"),
+        ({"backend": "gpu"}, "backend"),
+        ({"fold_block": 0}, "fold_block"),
     ],
 )
 def test_bad_settings_raise_value_error(kwargs, match):
@@ -391,7 +391,7 @@ def test_bad_settings_raise_value_error(kwargs, match):
         kv.ThinKCache(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(prune_ratio="0.4"), dict(window=2.5)])
+@pytest.mark.parametrize("kwargs", [{"prune_ratio": "0.4"}, {"window": 2.5}])
 def test_bad_setting_types_raise_type_error(kwargs):
     with pytest.raises(TypeError):
         kv.ThinKSettings(**kwargs)
@@ -466,7 +466,7 @@ def test_backends_agree(cpu_backend):
 def test_cuda_generate_matches_cpu(dtype):
     """On a GPU (Triton backend): the same tokens as on the CPU, logits within the dtype's error."""
     ids, mask = _batch(pads=(0, 5))
-    settings = dict(prune_ratio=0.4, window=8, recent=4)
+    settings = {"prune_ratio": 0.4, "window": 8, "recent": 4}
     cpu = kv.apply_think(_model("llama").to(dtype), **settings, backend="torch")
     ref = _generate(cpu, ids, mask)
     gpu = kv.apply_think(_model("llama").to(device="cuda", dtype=dtype), **settings)
@@ -475,4 +475,5 @@ def test_cuda_generate_matches_cpu(dtype):
     if dtype == torch.float32:
         assert torch.equal(out.sequences.cpu(), ref.sequences)
     tol = 1e-3 if dtype == torch.float32 else 0.1
-    assert max((a.cpu() - b).abs().max().item() for a, b in zip(out.logits[:1], ref.logits[:1])) < tol
+    first = (out.logits[0].cpu() - ref.logits[0]).abs().max().item()  # prefill: same input
+    assert first < tol

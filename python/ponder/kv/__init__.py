@@ -29,7 +29,22 @@ _EXPORTS = {
     "think_generate_reference": "reference", "ThinKSettings": "settings",
     "snapkv_keep": "snapkv", "snapkv_scores": "snapkv",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [  # noqa: RUF022 (grouped by module, as above)
+    "ThinKCache",
+    "ThinKLayer",
+    "ThinKStep",
+    "cache_nbytes",
+    "ATTN_NAME",
+    "SUPPORTED_MODEL_TYPES",
+    "apply_think",
+    "remove_think",
+    "think_attention",
+    "think_settings",
+    "think_generate_reference",
+    "ThinKSettings",
+    "snapkv_keep",
+    "snapkv_scores",
+]
 
 
 def __getattr__(name: str):

@@ -27,7 +27,7 @@ the first ``starts[b]`` stored tokens of row ``b`` are padding, and are never at
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ from ..ops import think as think_ops
 from .settings import ThinKSettings
 from .snapkv import snapkv_keep
 
-__all__ = ["ThinKLayer", "ThinKCache", "ThinKStep", "cache_nbytes"]
+__all__ = ["ThinKCache", "ThinKLayer", "ThinKStep", "cache_nbytes"]
 
 # Spare room added when a full-width store must grow without a capacity hint (tokens), and the
 # growth factor: amortised O(1) appends, at most ~1/3 of the store unused.
@@ -57,7 +57,7 @@ class ThinKStep:
 
     __slots__ = ("layer",)
 
-    def __init__(self, layer: "ThinKLayer") -> None:
+    def __init__(self, layer: ThinKLayer) -> None:
         self.layer = layer
 
     def __repr__(self) -> str:
@@ -75,7 +75,7 @@ class ThinKStep:
     size = dim = transpose = _not_a_tensor
 
 
-def _valid_from_mask(mask: Optional[Tensor], batch: int, length: int) -> Optional[Tensor]:
+def _valid_from_mask(mask: Tensor | None, batch: int, length: int) -> Tensor | None:
     """Which prompt tokens are real (bool ``[B, L]``) from the prefill's 4D mask, None if all.
 
     The last query sees every real token of its row (causal, left padded), so its mask row is
@@ -118,7 +118,7 @@ class ThinKLayer(DynamicLayer):
     is_compileable = False
     supports_early_init = False
 
-    def __init__(self, settings: ThinKSettings, capacity: Optional[int] = None) -> None:
+    def __init__(self, settings: ThinKSettings, capacity: int | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.capacity = capacity
@@ -303,7 +303,7 @@ class ThinKLayer(DynamicLayer):
         self.n_pruned += block
         self.n_recent = rest
 
-    def compress(self, query: Tensor, mask: Optional[Tensor], scale: float) -> None:
+    def compress(self, query: Tensor, mask: Tensor | None, scale: float) -> None:
         """Evict (optional), score, prune and store the prompt (see the module docstring).
 
         Args:
@@ -403,12 +403,12 @@ class ThinKCache(DynamicCache):
         prune_ratio: float = 0.4,
         window: int = 32,
         recent: int = 32,
-        evict: Optional[str] = None,
-        token_budget: Optional[int] = None,
-        backend: Optional[str] = None,
-        fold_block: Optional[int] = None,
-        settings: Optional[ThinKSettings] = None,
-        max_cache_len: Optional[int] = None,
+        evict: str | None = None,
+        token_budget: int | None = None,
+        backend: str | None = None,
+        fold_block: int | None = None,
+        settings: ThinKSettings | None = None,
+        max_cache_len: int | None = None,
     ) -> None:
         if settings is None:
             settings = ThinKSettings(

@@ -62,7 +62,7 @@ def _read_prompts(path: str) -> list[str]:
         if isinstance(item, dict):
             item = item.get("prompt")
         if not isinstance(item, str):
-            raise ValueError(f"--prompts: line {number} of {path} is not a string or a "
+            raise TypeError(f"--prompts: line {number} of {path} is not a string or a "
                              "{\"prompt\": ...} object")
         prompts.append(item)
     if not prompts:
@@ -141,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
 
         problems = SPECS["target"].splits().test[: args.n]
         prompts = [p.prompt for p in problems]
-    settings = dict(prune_ratio=args.prune_ratio, window=args.window, recent=args.recent,
-                    evict=args.evict, token_budget=args.token_budget, backend=args.backend,
-                    fold_block=args.fold_block)
+    settings = {"prune_ratio": args.prune_ratio, "window": args.window, "recent": args.recent,
+                    "evict": args.evict, "token_budget": args.token_budget, "backend": args.backend,
+                    "fold_block": args.fold_block}
     apply_think(model, **settings)  # validates the settings before the slow part
     remove_think(model)
     cfg = model.config
@@ -162,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
             results["think"] = _generate(model, tokenizer, prompts, args)
         finally:
             remove_think(model)
-    (d_text, d_bytes, d_s, d_tok), (t_text, t_bytes, t_s, t_tok) = results["dense"], results["think"]
+    d_text, d_bytes, d_s, d_tok = results["dense"]
+    t_text, t_bytes, t_s, t_tok = results["think"]
     print(f"{'':<24}{'dense':>14}{'ThinK':>14}")
     for i, what in enumerate(("held", "used")):
         print(f"{'cache bytes ' + what:<24}{d_bytes[i]:>14,}{t_bytes[i]:>14,}   "

@@ -18,7 +18,6 @@ builds no mask at all for an attention name it has no mask function for.
 from __future__ import annotations
 
 import types
-from typing import Optional
 
 import torch
 from transformers import AttentionInterface
@@ -42,9 +41,9 @@ def think_attention(
     query: torch.Tensor,
     key,
     value,
-    attention_mask: Optional[torch.Tensor],
+    attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
-    scaling: Optional[float] = None,
+    scaling: float | None = None,
     **kwargs,
 ):
     """transformers attention function: ThinK on a :class:`ThinKCache`, SDPA otherwise.
@@ -122,11 +121,11 @@ def apply_think(
     prune_ratio: float = 0.4,
     window: int = 32,
     recent: int = 32,
-    evict: Optional[str] = None,
-    token_budget: Optional[int] = None,
+    evict: str | None = None,
+    token_budget: int | None = None,
     *,
-    backend: Optional[str] = None,
-    fold_block: Optional[int] = None,
+    backend: str | None = None,
+    fold_block: int | None = None,
 ):
     """Switch a loaded causal LM to ThinK: ``model.generate(...)`` then uses a :class:`ThinKCache`.
 
@@ -181,7 +180,7 @@ def remove_think(model):
     return model
 
 
-def think_settings(model) -> Optional[ThinKSettings]:
+def think_settings(model) -> ThinKSettings | None:
     """The settings :func:`apply_think` put on ``model``, or None if it is not patched."""
     state = getattr(model, _STATE, None)
     return None if state is None else state["settings"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -165,14 +164,14 @@ def _reference_attention_on(model, settings: ThinKSettings):
 def think_generate_reference(
     model,
     input_ids: torch.Tensor,
-    attention_mask: Optional[torch.Tensor] = None,
+    attention_mask: torch.Tensor | None = None,
     *,
     prune_ratio: float = 0.4,
     window: int = 32,
     recent: int = 32,
-    evict: Optional[str] = None,
-    token_budget: Optional[int] = None,
-    fold_block: Optional[int] = None,
+    evict: str | None = None,
+    token_budget: int | None = None,
+    fold_block: int | None = None,
     **generate_kwargs,
 ):
     """``model.generate`` with ThinK applied by the plain-torch reference (CPU, tiny models).

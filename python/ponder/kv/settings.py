@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Optional
 
 __all__ = ["EVICTION_METHODS", "SNAPKV_POOL_KERNEL", "ThinKSettings"]
 
@@ -54,10 +53,10 @@ class ThinKSettings:
     prune_ratio: float = 0.4
     window: int = 32
     recent: int = 32
-    evict: Optional[str] = None
-    token_budget: Optional[int] = None
-    backend: Optional[str] = None
-    fold_block: Optional[int] = None
+    evict: str | None = None
+    token_budget: int | None = None
+    backend: str | None = None
+    fold_block: int | None = None
 
     def __post_init__(self) -> None:
         ratio = self.prune_ratio

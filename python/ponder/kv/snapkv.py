@@ -11,18 +11,16 @@ is ``O(W * L)``, next to the ``O(L^2)`` prefill it follows.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .settings import SNAPKV_POOL_KERNEL
 
-__all__ = ["snapkv_scores", "snapkv_keep"]
+__all__ = ["snapkv_keep", "snapkv_scores"]
 
 
-def snapkv_scores(q_window: Tensor, k: Tensor, valid: Optional[Tensor], scale: float) -> Tensor:
+def snapkv_scores(q_window: Tensor, k: Tensor, valid: Tensor | None, scale: float) -> Tensor:
     """The pooled SnapKV vote of each prefix token (``L - W`` of them), per KV head.
 
     Args:
@@ -60,7 +58,7 @@ def snapkv_scores(q_window: Tensor, k: Tensor, valid: Optional[Tensor], scale: f
 
 
 def snapkv_keep(
-    q_window: Tensor, k: Tensor, valid: Optional[Tensor], budget: int, scale: float
+    q_window: Tensor, k: Tensor, valid: Tensor | None, budget: int, scale: float
 ) -> Tensor:
     """The prompt positions each KV head keeps: ``[B, Hkv, budget]`` int64, ascending.
 
