@@ -44,7 +44,7 @@ float32 / float16 / bfloat16 inputs; outputs in the input dtype.
 from __future__ import annotations
 
 import math
-from typing import Optional
+import os
 
 import torch
 from torch import Tensor
@@ -54,22 +54,19 @@ from ._common import call_op, check_backend_dtype, check_tensor, launch_native
 
 __all__ = [
     "DTYPES",
-    "kept_channels",
     "channel_scores",
-    "select_channels",
-    "compact_keys",
-    "pruned_decode_attention",
     "channel_scores_reference",
-    "select_channels_reference",
+    "compact_keys",
     "compact_keys_reference",
+    "kept_channels",
+    "pruned_decode_attention",
     "pruned_decode_attention_reference",
+    "select_channels",
+    "select_channels_reference",
 ]
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32)
-# INTERIM (first commit, so that ponder.kv can build on the final API): the native kernels are
-# not written yet and these backends run the reference. Removed when the kernels land.
-_NATIVE = {"cpu": True, "triton": False, "cuda": False, "torch": False}
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,8 +118,8 @@ def _visible(
     batch: int,
     s_len: int,
     length: int,
-    starts: Optional[Tensor],
-    lengths: Optional[Tensor],
+    starts: Tensor | None,
+    lengths: Tensor | None,
     device: torch.device,
 ) -> Tensor:
     """``[B, S, L]`` bool: query ``s`` of row ``b`` sees key position ``t`` (module docstring)."""
@@ -145,9 +142,9 @@ def pruned_decode_attention_reference(
     idx: Tensor,
     k_recent: Tensor,
     v: Tensor,
-    lengths: Optional[Tensor] = None,
-    scale: Optional[float] = None,
-    starts: Optional[Tensor] = None,
+    lengths: Tensor | None = None,
+    scale: float | None = None,
+    starts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention over ``[pruned ; recent]`` keys with one softmax (module docstring).
 
@@ -187,7 +184,7 @@ def pruned_decode_attention_reference(
 
 def _channel_scores_impl(q_window: Tensor, k: Tensor, backend: str) -> Tensor:
     batch, hkv, _, dim = k.shape
-    if backend == "torch" or q_window.numel() == 0 or k.numel() == 0 or not _NATIVE[backend]:
+    if backend == "torch" or q_window.numel() == 0 or k.numel() == 0:
         return channel_scores_reference(q_window, k).contiguous()
     q_window, k = q_window.contiguous(), k.contiguous()
     out = torch.empty(batch, hkv, dim, dtype=torch.float32, device=k.device)
@@ -253,14 +250,14 @@ def _pruned_decode_attention_impl(
     idx: Tensor,
     k_recent: Tensor,
     v: Tensor,
-    lengths: Optional[Tensor],
-    starts: Optional[Tensor],
+    lengths: Tensor | None,
+    starts: Tensor | None,
     scale: float,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     batch, hq, s_len, _ = q.shape
     dv = v.shape[-1]
-    if backend == "torch" or q.numel() == 0 or v.shape[2] == 0 or dv == 0 or not _NATIVE[backend]:
+    if backend == "torch" or q.numel() == 0 or v.shape[2] == 0 or dv == 0:
         out, lse = pruned_decode_attention_reference(
             q, k_pruned, idx, k_recent, v, lengths, scale, starts
         )
@@ -309,10 +306,26 @@ def _(q, k_pruned, idx, k_recent, v, lengths, starts, scale, backend):
 # --------------------------------------------------------------------------------------------
 
 
-def _backend_for(op: str, t: Tensor, backend: Optional[str]) -> str:
-    name = _backend.resolve_backend(op, t.device, backend)
+def _backend_for(op: str, t: Tensor, backend: str | None) -> str:
+    """The backend for one call. ThinK has no hand-written CUDA C++ kernel (Triton is its GPU
+    backend), so CUDA tensors default to ``triton`` and a forced ``cuda`` is an error."""
+    forced = backend if backend is not None else (os.environ.get("PONDER_BACKEND") or None)
+    if forced is None and t.device.type == "cuda":
+        forced = "triton"
+    if forced == "cuda":
+        raise _backend.BackendUnavailableError(
+            f"{op}: ponder.ops.think has no CUDA C++ kernel; use backend='triton' on GPUs "
+            "(or 'torch', the reference)"
+        )
+    name = _backend.resolve_backend(op, t.device, forced)
     check_backend_dtype(op, name, t.dtype)
     return name
+
+
+def _values_checkable() -> bool:
+    """Index values are checked eagerly (one small reduction each). Under torch.compile they are
+    data-dependent and cannot be: there the C++ launcher's own checks still refuse bad indices."""
+    return not torch.compiler.is_compiling()
 
 
 def _check_groups(op: str, hq: int, hkv: int, q_name: str) -> None:
@@ -325,12 +338,12 @@ def _check_groups(op: str, hq: int, hkv: int, q_name: str) -> None:
 
 def _check_idx(op: str, idx: Tensor, like: Tensor, shape: tuple[int, ...], dim: int) -> None:
     check_tensor(op, "idx", idx, dtype=INDEX_DTYPES, device=like.device, shape=shape)
-    if idx.numel() and not bool(((idx >= 0) & (idx < dim)).all()):
+    if _values_checkable() and idx.numel() and not bool(((idx >= 0) & (idx < dim)).all()):
         bad = idx[(idx < 0) | (idx >= dim)][0].item()
         raise ValueError(f"{op}: idx must hold channel indices in [0, {dim}), found {bad}")
 
 
-def channel_scores(q_window: Tensor, k: Tensor, *, backend: Optional[str] = None) -> Tensor:
+def channel_scores(q_window: Tensor, k: Tensor, *, backend: str | None = None) -> Tensor:
     """The ThinK channel score of every key channel of every KV head, reading ``k`` once.
 
     ``score[b, h, j] = mean_{g, w} q_window[b, g, w, j]^2 * mean_t k[b, h, t, j]^2`` where ``g``
@@ -387,7 +400,7 @@ def select_channels(scores: Tensor, keep: int) -> Tensor:
         raise TypeError(f"{op}: keep must be an int, got {type(keep).__name__}")
     if not 0 <= keep <= dim:
         raise ValueError(f"{op}: keep must be in [0, D={dim}], got {keep}")
-    if scores.numel() and not bool(torch.isfinite(scores).all()):
+    if _values_checkable() and scores.numel() and not bool(torch.isfinite(scores).all()):
         raise ValueError(f"{op}: scores must be finite (a NaN or inf has no rank)")
     return call_op(torch.ops.ponder.select_channels, _select_channels_impl, scores, keep)
 
@@ -411,8 +424,8 @@ def compact_keys(k: Tensor, idx: Tensor) -> Tensor:
 
 
 def _check_positions(
-    op: str, name: str, t: Optional[Tensor], like: Tensor, batch: int
-) -> Optional[Tensor]:
+    op: str, name: str, t: Tensor | None, like: Tensor, batch: int
+) -> Tensor | None:
     if t is None:
         return None
     check_tensor(op, name, t, dtype=INDEX_DTYPES, device=like.device, shape=(batch,))
@@ -425,12 +438,12 @@ def pruned_decode_attention(
     idx: Tensor,
     k_recent: Tensor,
     v: Tensor,
-    lengths: Optional[Tensor] = None,
-    scale: Optional[float] = None,
+    lengths: Tensor | None = None,
+    scale: float | None = None,
     return_lse: bool = False,
     *,
-    starts: Optional[Tensor] = None,
-    backend: Optional[str] = None,
+    starts: Tensor | None = None,
+    backend: str | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Decode attention over channel-pruned keys plus full-width recent keys, one softmax.
 
@@ -460,7 +473,7 @@ def pruned_decode_attention(
     """
     op = "pruned_decode_attention"
     check_tensor(op, "q", q, dtype=DTYPES, ndim=4)
-    batch, hq, s_len, dim = q.shape
+    batch, hq, _, dim = q.shape
     check_tensor(op, "k_pruned", k_pruned, dtype=q.dtype, device=q.device, ndim=4)
     hkv, lp, t_kept = k_pruned.shape[1], k_pruned.shape[2], k_pruned.shape[3]
     if k_pruned.shape[0] != batch:
@@ -487,7 +500,7 @@ def pruned_decode_attention(
     length = lp + lr
     lengths = _check_positions(op, "lengths", lengths, q, batch)
     starts = _check_positions(op, "starts", starts, q, batch)
-    if batch:
+    if batch and _values_checkable():
         lo = starts if starts is not None else torch.zeros(batch, dtype=torch.long, device=q.device)
         if bool((lo < 0).any()):
             raise ValueError(f"{op}: starts must be >= 0, got {starts.tolist()}")
