@@ -18,7 +18,7 @@ from ponder import kv
 from ponder.ops.think import kept_channels
 
 VOCAB, PAD, EOS = 64, 0, 1
-FAMILIES = ("llama", "mistral", "qwen2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _config(family: str, **over):
@@ -32,13 +32,15 @@ def _config(family: str, **over):
         return transformers.LlamaConfig(**common)
     if family == "mistral":
         return transformers.MistralConfig(sliding_window=None, **common)
-    return transformers.Qwen2Config(**common)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**common)
+    return transformers.Qwen3Config(head_dim=16, **common)
 
 
 def _model(family: str, seed: int = 0, **over):
     torch.manual_seed(seed)
     cls = {"llama": transformers.LlamaForCausalLM, "mistral": transformers.MistralForCausalLM,
-           "qwen2": transformers.Qwen2ForCausalLM}[family]
+           "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[family]
     return cls(_config(family, **over)).eval()
 
 

@@ -17,6 +17,7 @@ builds no mask at all for an attention name it has no mask function for.
 
 from __future__ import annotations
 
+import inspect
 import types
 
 import torch
@@ -32,7 +33,7 @@ __all__ = ["ATTN_NAME", "SUPPORTED_MODEL_TYPES", "apply_think", "remove_think", 
 ATTN_NAME = "ponder_think"
 # Model families whose attention module calls cache.update then the attention interface with
 # (module, q, k, v, mask, scaling=...) and q/k after RoPE; checked by tests/kv.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _STATE = "_ponder_think"
 
 
@@ -99,21 +100,28 @@ def _check_model(model) -> None:
         )
 
 
-def _prepare_cache_for_generation(
-    self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
-):
-    """``generate``'s cache factory, patched per model: a ThinKCache unless told otherwise."""
-    settings = getattr(self, _STATE)["settings"]
+def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+    """``generate``'s cache factory, patched per model: a ThinKCache unless told otherwise.
+
+    The signature of transformers' method (and the name of the cache argument) changed across
+    versions: the rest of the arguments are passed through untouched, and read by name.
+    """
+    original = type(self)._prepare_cache_for_generation
+    params = inspect.signature(original).bind(
+        self, generation_config, model_kwargs, *args, **kwargs
+    ).arguments
+    key = "cache" if "cache" in inspect.signature(self.forward).parameters else "past_key_values"
     if (
-        model_kwargs.get("cache") is None
+        model_kwargs.get(key) is None
         and generation_config.use_cache is not False
         and generation_config.cache_implementation in (None, "dynamic")
     ):
-        model_kwargs["cache"] = ThinKCache(settings=settings, max_cache_len=max_cache_length)
+        model_kwargs[key] = ThinKCache(
+            settings=getattr(self, _STATE)["settings"],
+            max_cache_len=params.get("max_cache_length"),
+        )
         return None
-    return type(self)._prepare_cache_for_generation(
-        self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
-    )
+    return original(self, generation_config, model_kwargs, *args, **kwargs)
 
 
 def apply_think(
@@ -136,7 +144,7 @@ def apply_think(
     again changes the settings.
 
     Args:
-        model: a loaded Llama, Mistral or Qwen2 ``...ForCausalLM`` (full attention).
+        model: a loaded Llama, Mistral, Qwen2 or Qwen3 ``...ForCausalLM`` (full attention).
         prune_ratio: lambda in [0, 1), the fraction of key channels pruned (0.4 saves 20% of
             the KV bytes of the pruned tokens: keys are half of them).
         window: observation window (queries) scoring the channels (and SnapKV's tokens), >= 1.
