@@ -2,6 +2,7 @@
 
     python bench/kv_e2e.py                       # 8K and 32K context, fp32, the table below
     python bench/kv_e2e.py --context 8192 --steps 16 --dtype bfloat16
+    python bench/kv_e2e.py --generate --context 4096 --steps 16   # real prefill + generate
 
 The model: a LlamaForCausalLM from a config (no download), hidden 1024, 8 layers, 8 query heads,
 2 KV heads (GQA 4:1), head_dim 128, MLP 2816, vocabulary 32000: 155M parameters (620 MB fp32).
@@ -19,6 +20,10 @@ where the cache came from. Then ``--steps`` greedy decode steps run through the 
 - ``think l=0.4`` / ``l=0.5``: channel pruning at the ratio (recent store: 32 tokens).
 
 Cache bytes are :func:`ponder.kv.cache_nbytes` after the decode steps (storages actually held).
+
+``--generate`` runs the real thing instead: ``model.generate`` on a random prompt of the context
+length (prefill, ThinK's scoring and pruning, ``--steps`` greedy tokens), timing each forward with
+a logits processor; decode = the forwards after the first.
 """
 
 from __future__ import annotations
@@ -100,6 +105,60 @@ def decode(model, cache, context: int, steps: int) -> float:
     return statistics.median(times[1:])
 
 
+class _Clock:
+    """A logits processor that only records when it is called (once per forward)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
+@torch.inference_mode()
+def generate_row(model, context: int, steps: int) -> tuple[float, float, int]:
+    """(prefill s, median decode s/token, cache bytes) of one real ``generate``."""
+    from ponder.kv import cache_nbytes
+    from transformers import LogitsProcessorList
+
+    ids = torch.randint(3, CONFIG["vocab_size"], (1, context),
+                        generator=torch.Generator().manual_seed(2))
+    clock = _Clock()
+    start = time.perf_counter()
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                         max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False,
+                         return_dict_in_generate=True,
+                         logits_processor=LogitsProcessorList([clock]))
+    gaps = [b - a for a, b in zip(clock.times, clock.times[1:])]
+    return clock.times[0] - start, statistics.median(gaps), cache_nbytes(out.cache)
+
+
+def run_generate(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> list[dict]:
+    from ponder.kv import apply_think, remove_think
+
+    model = build_model(dtype)
+    rows = []
+    for context in contexts:
+        dense_s = dense_bytes = None
+        for ratio in [None, *ratios]:
+            if ratio is None:
+                remove_think(model)
+            else:
+                apply_think(model, prune_ratio=ratio, window=WINDOW, recent=RECENT,
+                            backend=backend)
+            prefill, s, nbytes = generate_row(model, context, steps)
+            impl = "dense (DynamicCache + SDPA)" if ratio is None else f"ThinK lambda={ratio}"
+            rows.append({"context": context, "impl": impl, "s_per_token": s, "bytes": nbytes,
+                         "prefill_s": prefill})
+            if ratio is None:
+                dense_s, dense_bytes = s, nbytes
+            print(_fmt(rows[-1], dense_bytes, dense_s) + f" {prefill:8.1f} |", flush=True)
+            gc.collect()
+        remove_think(model)
+    return rows
+
+
 def run(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> list[dict]:
     from ponder.kv import apply_think, cache_nbytes, remove_think
 
@@ -149,13 +208,20 @@ def main(argv=None) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.4, 0.5])
     p.add_argument("--backend", choices=["cpu", "torch", "triton"], default=None)
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--generate", action="store_true",
+                   help="real prefill + model.generate instead of a synthetic cache")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or 'cpu'}"
           f", torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
           f"batch 1, {args.steps} decode steps, backend {args.backend or 'default'}")
-    print(HEADER)
-    rows = run(args.context, args.steps, dtype, args.ratios, args.backend)
+    if args.generate:
+        print(HEADER.replace("speed vs dense |", "speed vs dense | prefill s |", 1)
+              .replace("---:|\"", "---:|---:|\"") + "---:|")
+        rows = run_generate(args.context, args.steps, dtype, args.ratios, args.backend)
+    else:
+        print(HEADER)
+        rows = run(args.context, args.steps, dtype, args.ratios, args.backend)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
