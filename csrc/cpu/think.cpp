@@ -30,6 +30,8 @@ namespace {
 // Keys per task: large enough that a task's fixed costs (gathering q, its partial's write and
 // merge) are small, small enough that B * Hkv * L / kChunkKeys tasks keep every thread busy.
 constexpr int64_t kChunkKeys = 512;
+// At most this many floats of partial outputs (16 M = 64 MB) per call.
+constexpr int64_t kPartialBudget = int64_t(16) << 20;
 // Keys per online-softmax step: the scores of one block for all query rows stay in L1.
 constexpr int64_t kBlock = 32;
 // Below this many key rows (over all heads) one thread does it all: forking costs more.
@@ -305,7 +307,14 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
   const int64_t R = a.rows();
   const int64_t L = a.length();
   const int64_t heads = a.batch * a.hkv;
-  const int64_t chunks = std::max<int64_t>(1, (L + kChunkKeys - 1) / kChunkKeys);
+  // Longer chunks when many query rows (a long chunked prefill) would make the partials large:
+  // they stay under kPartialBudget floats. The split depends on the shapes only.
+  int64_t chunk_keys = kChunkKeys;
+  while (chunk_keys < L &&
+         heads * ((L + chunk_keys - 1) / chunk_keys) * R * a.dv > kPartialBudget) {
+    chunk_keys *= 2;
+  }
+  const int64_t chunks = std::max<int64_t>(1, (L + chunk_keys - 1) / chunk_keys);
   const int64_t tasks = heads * chunks;
   // Partials of every task: m, l [tasks, R] and acc [tasks, R, Dv].
   std::vector<float> part_m(tasks * R), part_l(tasks * R), part_acc(tasks * R * a.dv);
@@ -331,8 +340,8 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
         row_end[r] = std::min(end, std::max<int64_t>(0, end - a.s_len + s + 1));
         last = std::max(last, row_end[r]);
       }
-      const int64_t lo = std::max(c * kChunkKeys, start);
-      const int64_t hi = std::min({(c + 1) * kChunkKeys, L, last});
+      const int64_t lo = std::max(c * chunk_keys, start);
+      const int64_t hi = std::min({(c + 1) * chunk_keys, L, last});
       float* m = part_m.data() + task * R;
       float* l = part_l.data() + task * R;
       float* acc = part_acc.data() + task * R * a.dv;
@@ -496,7 +505,8 @@ void think_channel_scores(uintptr_t out, uintptr_t q_window, uintptr_t k, int64_
             const double x = load(qh[w * dim + j]);
             qs += x * x;
           }
-          o[bh * dim + j] = static_cast<float>((qs / double(group * window)) * (ks / double(length)));
+          const double q_term = qs / double(group * window), k_term = ks / double(length);
+          o[bh * dim + j] = static_cast<float>(q_term * k_term);
         }
       }
     }
