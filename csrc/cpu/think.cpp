@@ -30,6 +30,8 @@ namespace {
 // Keys per task: large enough that a task's fixed costs (gathering q, its partial's write and
 // merge) are small, small enough that B * Hkv * L / kChunkKeys tasks keep every thread busy.
 constexpr int64_t kChunkKeys = 512;
+// At most this many floats of partial outputs (16 M = 64 MB) per call.
+constexpr int64_t kPartialBudget = int64_t(16) << 20;
 // Keys per online-softmax step: the scores of one block for all query rows stay in L1.
 constexpr int64_t kBlock = 32;
 // Below this many key rows (over all heads) one thread does it all: forking costs more.
@@ -74,6 +76,43 @@ inline vfloat vload(const float* p) {
   return v;
 }
 
+// 16 bfloat16 values widened to float in registers (the bits shifted into the high half), so a
+// bf16 cache is read at 2 bytes per value with no staging copy.
+inline vfloat vload(const BFloat16* p) {
+  using vu16 = uint16_t __attribute__((vector_size(32)));
+  using vu32 = uint32_t __attribute__((vector_size(64)));
+  vu16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const vu32 w = __builtin_convertvector(h, vu32) << 16;
+  vfloat f;
+  std::memcpy(&f, &w, sizeof(f));
+  return f;
+}
+
+// The first n < 16 values, zeros after: a row's tail, never read past its end.
+template <class E>
+inline vfloat vload_part(const E* p, int64_t n) {
+  E buf[kLanes] = {};
+  std::memcpy(buf, p, sizeof(E) * n);
+  return vload(buf);
+}
+
+// The storage kernels read directly: float and bfloat16 (vload above); float16 rows are first
+// converted into a float buffer (an exact but scalar conversion).
+template <class T>
+using direct_t = std::conditional_t<std::is_same_v<T, Half>, float, T>;
+
+template <class T>
+inline const direct_t<T>* direct_row(const T* src, int64_t n, float* buf) {
+  if constexpr (std::is_same_v<T, Half>) {
+    return as_float(src, n, buf);
+  } else {
+    (void)n;
+    (void)buf;
+    return src;
+  }
+}
+
 inline float hsum(vfloat v) {
   using v8 = float __attribute__((vector_size(32)));
   using v4 = float __attribute__((vector_size(16)));
@@ -91,11 +130,11 @@ inline float hsum(vfloat v) {
 // out[r * ostride] = dot(q[r, :n], key[:n]) for r < R. q rows are zero-padded to padded(n)
 // floats; key is read only in [0, n), so the last row of a tensor never reads past its end.
 // Four query rows share each load of the key (the GQA group reads the key row once).
-inline void dot_rows(const float* q, int64_t R, const float* key, int64_t n, float* out,
+template <class E>
+inline void dot_rows(const float* q, int64_t R, const E* key, int64_t n, float* out,
                      int64_t ostride) {
   const int64_t np = padded(n), full = n / kLanes;
-  vfloat tail = {};
-  std::memcpy(&tail, key + full * kLanes, sizeof(float) * (n - full * kLanes));
+  const vfloat tail = vload_part(key + full * kLanes, n - full * kLanes);
   int64_t r = 0;
   for (; r + 4 <= R; r += 4) {
     const float* q0 = q + r * np;
@@ -140,8 +179,8 @@ struct AttnShape {
 
 // acc[i, :] += sum_j p[i * kBlock + j] * vrows[j][:] for NR rows (NR <= 4): the output rows
 // stay in registers over the whole block, each value row is loaded once per 16-float slice.
-template <int NR>
-inline void accumulate_rows(float* acc, int64_t dv, const float* p, const float* const* vrows,
+template <int NR, class E>
+inline void accumulate_rows(float* acc, int64_t dv, const float* p, const E* const* vrows,
                             int64_t jn) {
   const int64_t full = dv / kLanes;
   for (int64_t c = 0; c < full; ++c) {
@@ -156,7 +195,7 @@ inline void accumulate_rows(float* acc, int64_t dv, const float* p, const float*
   for (int64_t d = full * kLanes; d < dv; ++d) {
     for (int i = 0; i < NR; ++i) {
       float t = acc[i * dv + d];
-      for (int64_t j = 0; j < jn; ++j) t += p[i * kBlock + j] * vrows[j][d];
+      for (int64_t j = 0; j < jn; ++j) t += p[i * kBlock + j] * load(vrows[j][d]);
       acc[i * dv + d] = t;
     }
   }
@@ -181,22 +220,22 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
     // Scores: each key row is read once and dotted with all R query rows.
     for (int64_t jj = 0; jj < jn; ++jj) {
       const int64_t pos = j0 + jj;
-      const float* krow;
+      const direct_t<T>* krow;
       const float* qsrc;
       int64_t n;
       if (pos < a.lp) {
-        krow = as_float(kp + pos * a.kp_sl, a.kept, kbuf);
+        krow = direct_row(kp + pos * a.kp_sl, a.kept, kbuf);
         qsrc = qk;
         n = a.kept;
       } else {
-        krow = as_float(kr + (pos - a.lp) * a.kr_sl, a.dim, kbuf);
+        krow = direct_row(kr + (pos - a.lp) * a.kr_sl, a.dim, kbuf);
         qsrc = qf;
         n = a.dim;
       }
       dot_rows(qsrc, R, krow, n, score + jj, kBlock);
-      // Software prefetch one block ahead: the arithmetic between loads is enough to leave the
+      // Software prefetch two blocks ahead: the arithmetic between loads is enough to leave the
       // hardware prefetcher behind, and a decode step is one long stream over K and V.
-      const int64_t ahead = pos + kBlock;
+      const int64_t ahead = pos + 2 * kBlock;
       if (ahead < hi) {
         const char* kn = ahead < a.lp
                              ? reinterpret_cast<const char*>(kp + ahead * a.kp_sl)
@@ -243,10 +282,10 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
       }
       l[r] += sum;
     }
-    // Values: the block's rows (converted to float once for fp16/bf16), then the weighted sum.
-    const float* vrows[kBlock];
+    // Values: the block's rows (float16 converted to float once), then the weighted sum.
+    const direct_t<T>* vrows[kBlock];
     for (int64_t jj = 0; jj < jn; ++jj)
-      vrows[jj] = as_float(v + (j0 + jj) * a.v_sl, a.dv, vbuf + jj * a.dv);
+      vrows[jj] = direct_row(v + (j0 + jj) * a.v_sl, a.dv, vbuf + jj * a.dv);
     for (int64_t r = 0; r < R; r += 4) {
       const int64_t rn = std::min<int64_t>(4, R - r);
       float* ar = acc + r * a.dv;
@@ -268,7 +307,14 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
   const int64_t R = a.rows();
   const int64_t L = a.length();
   const int64_t heads = a.batch * a.hkv;
-  const int64_t chunks = std::max<int64_t>(1, (L + kChunkKeys - 1) / kChunkKeys);
+  // Longer chunks when many query rows (a long chunked prefill) would make the partials large:
+  // they stay under kPartialBudget floats. The split depends on the shapes only.
+  int64_t chunk_keys = kChunkKeys;
+  while (chunk_keys < L &&
+         heads * ((L + chunk_keys - 1) / chunk_keys) * R * a.dv > kPartialBudget) {
+    chunk_keys *= 2;
+  }
+  const int64_t chunks = std::max<int64_t>(1, (L + chunk_keys - 1) / chunk_keys);
   const int64_t tasks = heads * chunks;
   // Partials of every task: m, l [tasks, R] and acc [tasks, R, Dv].
   std::vector<float> part_m(tasks * R), part_l(tasks * R), part_acc(tasks * R * a.dv);
@@ -294,8 +340,8 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
         row_end[r] = std::min(end, std::max<int64_t>(0, end - a.s_len + s + 1));
         last = std::max(last, row_end[r]);
       }
-      const int64_t lo = std::max(c * kChunkKeys, start);
-      const int64_t hi = std::min({(c + 1) * kChunkKeys, L, last});
+      const int64_t lo = std::max(c * chunk_keys, start);
+      const int64_t hi = std::min({(c + 1) * chunk_keys, L, last});
       float* m = part_m.data() + task * R;
       float* l = part_l.data() + task * R;
       float* acc = part_acc.data() + task * R * a.dv;
@@ -459,7 +505,8 @@ void think_channel_scores(uintptr_t out, uintptr_t q_window, uintptr_t k, int64_
             const double x = load(qh[w * dim + j]);
             qs += x * x;
           }
-          o[bh * dim + j] = static_cast<float>((qs / double(group * window)) * (ks / double(length)));
+          const double q_term = qs / double(group * window), k_term = ks / double(length);
+          o[bh * dim + j] = static_cast<float>(q_term * k_term);
         }
       }
     }
