@@ -6,6 +6,7 @@
     ponder experiments samplers [--quick]         regenerate the SPS / RTK tables and plots
     ponder toy train [--out DIR] [--models ...]   (re)train the toy draft / target models
     ponder toy eval [--models ...]                greedy accuracy of the shipped toy models
+    ponder think [--model M] [--prompts FILE]     ThinK vs dense: cache bytes, decode tok/s
 """
 
 from __future__ import annotations
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_toy.add_argument("--n", type=int, default=300, help="eval: test problems")
     p_toy.add_argument("--quiet", action="store_true")
     p_toy.set_defaults(func=_cmd_toy)
+
+    from .kv.cli import add_parser as add_think_parser  # ThinK (ponder.kv)
+
+    add_think_parser(sub)
     return parser
 
 
