@@ -136,7 +136,9 @@ def _generate_timed(model, tokenizer, prompts, *, batch_size, max_new_tokens):
                              pad_token_id=tokenizer.pad_token_id)
         new = out.sequences[:, batch["input_ids"].shape[1]:]
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
-        nbytes = max(nbytes, cache_nbytes(out.cache, used=True))
+        # transformers renamed generate's past_key_values to cache; read whichever is there
+        cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
+        nbytes = max(nbytes, cache_nbytes(cache, used=True))
         if len(stamps) > 1:
             seconds += stamps[-1] - stamps[0]
             tokens += (len(stamps) - 1) * new.shape[0]
