@@ -26,8 +26,8 @@ namespace {
 constexpr int64_t kBlock = 1024;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// One vocabulary row seen through temperature and a keep-threshold: s_v = l_v / T when
-// l_v >= thr, else excluded (-inf).
+// One vocabulary row seen through temperature and a keep-threshold: s_v = l_v / T, kept when
+// l_v >= thr and l_v > -inf (a 0/1 float weight, so that loops multiply instead of branching).
 template <class T>
 struct Row {
   const T* logits;
@@ -35,10 +35,15 @@ struct Row {
   float inv_t;
   float thr;  // -inf: keep all
 
-  float scaled(int64_t v) const {
+  float s(int64_t v) const { return load(logits[v]) * inv_t; }
+  float keep(int64_t v) const {
     const float l = load(logits[v]);
-    return l >= thr ? l * inv_t : kNegInf;
+    return static_cast<float>(l >= thr) * static_cast<float>(l > kNegInf);
   }
+  float scaled(int64_t v) const { return keep(v) != 0.0f ? s(v) : kNegInf; }
+  // Without top-k / top-p every token is kept: a -inf logit then weighs exp(-87) ~ 1e-38 rather
+  // than 0 in the unfiltered loops (negligible; those loops must stay branch-free).
+  bool filtered() const { return thr > kNegInf; }
 
   // The log-sum-exp of the kept scaled logits (max pass, then a sum pass from cache).
   float lse() const {
@@ -47,19 +52,26 @@ struct Row {
       const int64_t n = std::min(kBlock, vocab - b);
       float bm = kNegInf;
 #pragma omp simd reduction(max : bm)
-      for (int64_t i = 0; i < n; ++i) bm = std::max(bm, scaled(b + i));
+      for (int64_t i = 0; i < n; ++i) {
+        const float l = load(logits[b + i]);
+        bm = std::max(bm, l >= thr ? l * inv_t : kNegInf);
+      }
       m = std::max(m, bm);
     }
     double total = 0.0;
     for (int64_t b = 0; b < vocab; b += kBlock) {
       const int64_t n = std::min(kBlock, vocab - b);
-      float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < n; ++i) {
-        const float x = scaled(b + i);
-        s += x == kNegInf ? 0.0f : speculative::exp_nonpos_f32(x - m);
+      float sum = 0.0f;
+      if (filtered()) {
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < n; ++i) {
+          sum += speculative::exp_nonpos_f32(s(b + i) - m) * keep(b + i);
+        }
+      } else {  // the common case, kept branch-free so that it vectorises
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < n; ++i) sum += speculative::exp_nonpos_f32(s(b + i) - m);
       }
-      total += s;
+      total += sum;
     }
     return m + static_cast<float>(std::log(total));
   }
@@ -111,17 +123,32 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
         e[4 * j + 3] = -random::log_f32(random::uniform_open_f32(r.v3));
       }
     }
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      const float xt = target.scaled(b + i);
-      key[i] = xt == kNegInf ? 0.0f : speculative::exp_nonpos_f32(xt - lse_t);
-    }
-    if (draft != nullptr) {
+    if (target.filtered()) {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        const float xd = draft->scaled(b + i);
-        const float q = xd == kNegInf ? 0.0f : speculative::exp_nonpos_f32(xd - lse_d);
-        key[i] = key[i] > q ? key[i] - q : 0.0f;
+        key[i] = speculative::exp_nonpos_f32(target.s(b + i) - lse_t) * target.keep(b + i);
+      }
+    } else {
+      const T* lt = target.logits + b;
+      const float it = target.inv_t;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) key[i] = speculative::exp_nonpos_f32(load(lt[i]) * it - lse_t);
+    }
+    if (draft != nullptr) {
+      if (draft->filtered()) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          const float q =
+              speculative::exp_nonpos_f32(draft->s(b + i) - lse_d) * draft->keep(b + i);
+          key[i] = std::max(key[i] - q, 0.0f);
+        }
+      } else {
+        const T* ld = draft->logits + b;
+        const float it = draft->inv_t;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          key[i] = std::max(key[i] - speculative::exp_nonpos_f32(load(ld[i]) * it - lse_d), 0.0f);
+        }
       }
     } else if (point >= b && point < b + n) {
       key[point - b] = 0.0f;  // max(0, p - 1)
