@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_toy.add_argument("--n", type=int, default=300, help="eval: test problems")
     p_toy.add_argument("--quiet", action="store_true")
     p_toy.set_defaults(func=_cmd_toy)
+
+    from .decoding import cli as decoding_cli  # ponder rsd
+
+    decoding_cli.add_parser(sub)
     return parser
 
 

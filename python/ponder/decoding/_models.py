@@ -110,9 +110,8 @@ def forward_cached(model, input_ids: Tensor, mask: Tensor, pos: Tensor, cache, k
         logits_to_keep=keep_logits,
         **{key: cache},
     )
-    new_cache = getattr(out, "past_key_values", None)
-    if new_cache is None:
-        new_cache = getattr(out, "cache", None)
+    # Newer outputs name it ``cache`` (reading ``past_key_values`` logs a deprecation).
+    new_cache = out["cache"] if "cache" in out else out.past_key_values
     return out.logits[:, -keep_logits:], new_cache
 
 
