@@ -108,7 +108,7 @@ def _accept_tokens_kernel(tokens_ptr, counts_ptr, draft_ptr, tl_ptr, dl_ptr, tth
     active = tl.full((), 1, tl.int32)
     accepted = tl.zeros((), tl.int64)
     final = tl.full((), -1, tl.int64)
-    for j in range(0, k):
+    for j in range(k):
         if active != 0:
             x = tl.load(draft_ptr + b * k + j)
             t_row = tl_ptr + (b * (k + 1) + j) * vocab
@@ -158,7 +158,7 @@ def _accept_tokens_kernel(tokens_ptr, counts_ptr, draft_ptr, tl_ptr, dl_ptr, tth
             final = _race(t_row, thr_t, lse_t, t_row, thr_t, lse_t, -1, ru_ptr + b * vocab, seed,
                           k, inv_t, vocab, False, HAS_U, BLOCK_V)
     tl.store(out + accepted, final)
-    for j in range(0, k + 1):
+    for j in range(k + 1):
         if j > accepted:
             tl.store(out + j, -1)
     tl.store(counts_ptr + b, accepted)

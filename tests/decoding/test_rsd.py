@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-
 from ponder.decoding import StepScorer, rsd_generate
 from ponder.decoding.cli import ToyOracleScorer
 from ponder.toy import make_problems, make_tokenizer
@@ -120,7 +119,7 @@ def test_statistics_add_up(models):
     assert kept_draft + s["target_tokens"] >= sum(len(TOK(t, add_special_tokens=False)
                                                       ["input_ids"]) for t in res.texts)
     assert s["prm_tokens"] == s["draft_tokens"]
-    draft, target = models
+    draft, _target = models
     params = sum(p.numel() for p in draft.parameters())
     assert s["flops_draft"] == 2.0 * params * s["draft_tokens"]
     assert s["flops"] == s["flops_draft"] + s["flops_target"] + s["flops_prm"]
@@ -136,7 +135,7 @@ def test_non_binary_omega_draws(models):
 
 def test_errors(models):
     draft, target = models
-    kw = dict(tokenizer=TOK, max_new_tokens=4)
+    kw = {"tokenizer": TOK, "max_new_tokens": 4}
     with pytest.raises(ValueError, match="different vocabularies"):
         rsd_generate(tiny_llama(2, vocab=V + 3), target, Constant(1.0), PROBLEMS, **kw)
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-
 from ponder.decoding import speculative_generate
 
 transformers = pytest.importorskip("transformers")
@@ -105,7 +104,7 @@ def test_sampled_tokens_have_the_target_distribution(models):
 
 def test_errors(models):
     draft, target = models
-    ids, mask = prompts()
+    ids, _mask = prompts()
     with pytest.raises(ValueError, match="different vocabularies"):
         speculative_generate(tiny_llama(2, vocab=VOCAB + 1), target, ids)
     with pytest.raises(ValueError, match="k .* must be an int >= 1"):

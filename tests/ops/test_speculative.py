@@ -9,11 +9,10 @@ random (each chi-square test rejects at p < 1e-4).
 from __future__ import annotations
 
 import numpy as np
+import ponder
 import pytest
 import scipy.stats
 import torch
-
-import ponder
 from ponder import _backend
 from ponder.ops import speculative as S
 
@@ -314,8 +313,8 @@ def test_accept_steps_empty(cpu_backend):
 
 
 def _good():
-    tokens, target, dl, uni = make_inputs(2, 3, 11)
-    return dict(draft_tokens=tokens, target_logits=target, draft_logits=dl)
+    tokens, target, dl, _uni = make_inputs(2, 3, 11)
+    return {"draft_tokens": tokens, "target_logits": target, "draft_logits": dl}
 
 
 ERRORS = [
@@ -341,16 +340,16 @@ def test_accept_tokens_errors(arg, make, exc, match):
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        (dict(temperature=-1.0), ValueError, "temperature must be >= 0"),
-        (dict(top_k=0), ValueError, "top_k must be"),
-        (dict(top_p=1.5), ValueError, "top_p must be in"),
-        (dict(generator=torch.tensor([1])), ValueError, "per-row seeds"),
-        (dict(generator="x"), TypeError, "generator must be"),
-        (dict(generator=1, uniforms=(torch.rand(2, 3), torch.rand(2, 11))), ValueError,
+        ({"temperature": -1.0}, ValueError, "temperature must be >= 0"),
+        ({"top_k": 0}, ValueError, "top_k must be"),
+        ({"top_p": 1.5}, ValueError, "top_p must be in"),
+        ({"generator": torch.tensor([1])}, ValueError, "per-row seeds"),
+        ({"generator": "x"}, TypeError, "generator must be"),
+        ({"generator": 1, "uniforms": (torch.rand(2, 3), torch.rand(2, 11))}, ValueError,
          "not both"),
-        (dict(uniforms=(torch.zeros(2, 3), torch.rand(2, 11))), ValueError, r"in \(0, 1\]"),
-        (dict(uniforms=(torch.rand(2, 3), torch.rand(2, 10))), ValueError, "race"),
-        (dict(backend="gpu"), ValueError, "not a backend"),
+        ({"uniforms": (torch.zeros(2, 3), torch.rand(2, 11))}, ValueError, r"in \(0, 1\]"),
+        ({"uniforms": (torch.rand(2, 3), torch.rand(2, 10))}, ValueError, "race"),
+        ({"backend": "gpu"}, ValueError, "not a backend"),
     ],
 )
 def test_accept_tokens_argument_errors(kwargs, exc, match):

@@ -111,7 +111,9 @@ def forward_cached(model, input_ids: Tensor, mask: Tensor, pos: Tensor, cache, k
         **{key: cache},
     )
     # Newer outputs name it ``cache`` (reading ``past_key_values`` logs a deprecation).
-    new_cache = out["cache"] if "cache" in out else out.past_key_values
+    new_cache = out.get("cache")
+    if new_cache is None:
+        new_cache = out.past_key_values
     return out.logits[:, -keep_logits:], new_cache
 
 

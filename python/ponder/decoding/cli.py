@@ -104,7 +104,7 @@ def run(args) -> int:
     for r in rows:
         acc = r["acceptance_rate"]
         print(f"{r['run']:<18}{r['accuracy']:>9.3f}{r['draft_steps']:>9}{r['target_steps']:>10}"
-              f"{'-' if acc != acc else f'{acc:.2f}':>8}{r['draft_tokens']:>10}"
+              f"{'-' if math.isnan(acc) else f'{acc:.2f}':>8}{r['draft_tokens']:>10}"
               f"{r['discarded_draft_tokens']:>8}{r['target_tokens']:>11}"
               f"{r['flops'] / 1e9:>8.3f}{r['flops'] / base:>10.2f}"
               f"{(r['flops'] - r['flops_prm']) / base:>8.2f}{r['wall_s']:>8.1f}")

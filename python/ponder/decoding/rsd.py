@@ -181,10 +181,10 @@ def rsd_generate(
         generator if isinstance(generator, int) else
         int(torch.randint(0, 2**62, (), generator=generator)))
     draw = torch.Generator(device=model_device(draft)).manual_seed(seed)
-    gen_kw = dict(delimiter=step_delimiter, temperature=temperature, top_k=top_k, top_p=top_p,
-                  generator=draw)
-    stats = dict(problems=len(problems), draft_steps=0, target_steps=0, proposed_draft_steps=0,
-                 draft_tokens=0, discarded_draft_tokens=0, target_tokens=0, prm_tokens=0)
+    gen_kw = {"delimiter": step_delimiter, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                  "generator": draw}
+    stats = {"problems": len(problems), "draft_steps": 0, "target_steps": 0, "proposed_draft_steps": 0,
+                 "draft_tokens": 0, "discarded_draft_tokens": 0, "target_tokens": 0, "prm_tokens": 0}
     start_time = time.perf_counter()
     texts: list[str] = []
     all_steps: list[list[tuple[str, str]]] = []

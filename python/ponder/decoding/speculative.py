@@ -104,7 +104,7 @@ def speculative_generate(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     t_cache = d_cache = None
     t_len = d_len = 0  # positions held by each cache
-    stats = dict(rounds=0, proposed=0, accepted=0, target_forwards=0, draft_forwards=0)
+    stats = {"rounds": 0, "proposed": 0, "accepted": 0, "target_forwards": 0, "draft_forwards": 0}
     while seq.shape[1] - prompt_len < max_new_tokens and not bool(finished.all()):
         start = seq.shape[1]
         cur, cur_mask = seq, mask

@@ -25,21 +25,20 @@ a ``torch.library`` custom op ``ponder::<name>`` with a fake, so it works under 
 from __future__ import annotations
 
 import numbers
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _backend
 from ._common import (
+    MAX_SEED,
+    call_op,
     check_backend_dtype,
     check_real,
     check_tensor,
     launch_native,
-    call_op,
     resolve_seed,
     seeded_generator,
-    MAX_SEED,
 )
 
 __all__ = [
@@ -250,12 +249,12 @@ def _open_uniforms(shape: tuple[int, ...], gen: torch.Generator, device: torch.d
 def _accept_tokens_impl(
     draft_tokens: Tensor,
     target_logits: Tensor,
-    draft_logits: Optional[Tensor],
+    draft_logits: Tensor | None,
     temperature: float,
-    target_thr: Optional[Tensor],
-    draft_thr: Optional[Tensor],
-    accept_u: Optional[Tensor],
-    race_u: Optional[Tensor],
+    target_thr: Tensor | None,
+    draft_thr: Tensor | None,
+    accept_u: Tensor | None,
+    race_u: Tensor | None,
     seeds: Tensor,
     per_row_seeds: bool,
     backend: str,
@@ -331,7 +330,7 @@ def _accept_steps_impl(
     threshold: float,
     kind: int,
     sharpness: float,
-    uniforms: Optional[Tensor],
+    uniforms: Tensor | None,
     seed: int,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
