@@ -428,3 +428,18 @@ def test_gpu_triton_matches_reference(dtype, filters):
     ref = S.accept_tokens_reference(tokens, target, dl, 0.8, *filters, accept_uniforms=au,
                                     race_uniforms=ru)
     assert torch.equal(out[0].cpu(), ref[0]) and torch.equal(out[1].cpu(), ref[1])
+
+
+def test_no_cuda_kernel_is_said_plainly(monkeypatch):
+    """There is no hand-written CUDA kernel: a CUDA default falls to Triton, a forced 'cuda' is an
+    error that names the alternative."""
+    calls = []
+
+    def fake_resolve(op, device, backend):
+        calls.append(backend)
+        return "cuda" if backend != "triton" else "torch"  # stand-in for triton here
+
+    monkeypatch.setattr(_backend, "resolve_backend", fake_resolve)
+    assert S._resolve("accept_tokens", torch.device("cpu"), None) == "torch"
+    with pytest.raises(_backend.BackendUnavailableError, match="use backend='triton'"):
+        S._resolve("accept_tokens", torch.device("cpu"), "cuda")

@@ -25,6 +25,7 @@ a ``torch.library`` custom op ``ponder::<name>`` with a fake, so it works under 
 from __future__ import annotations
 
 import numbers
+import os as _os
 
 import torch
 from torch import Tensor
@@ -379,6 +380,19 @@ def _(rewards, threshold, kind, sharpness, uniforms, seed, backend):
 # --------------------------------------------------------------------------------------------
 
 
+def _resolve(op: str, device: torch.device, backend: str | None) -> str:
+    """The backend for this call. There is no hand-written CUDA kernel for these ops (Triton is
+    the GPU backend): a CUDA default becomes ``triton``; asking for ``cuda`` is an error."""
+    name = _backend.resolve_backend(op, device, backend)
+    if name == "cuda":
+        if backend == "cuda" or (backend is None and _os.environ.get("PONDER_BACKEND") == "cuda"):
+            raise _backend.BackendUnavailableError(
+                f"{op}: there is no 'cuda' kernel for this op; use backend='triton' on GPUs"
+            )
+        name = _backend.resolve_backend(op, device, "triton")
+    return name
+
+
 def _check_uniforms(op: str, name: str, u: object, shape: tuple[int, ...], device) -> Tensor:
     u = check_tensor(
         op, name, u, dtype=(torch.float32, torch.float64), device=device, shape=shape
@@ -470,7 +484,7 @@ def accept_tokens(
             raise ValueError(f"{op}: top_p must be in (0, 1], got {top_p}")
     if draft_tokens.numel() and not bool(((draft_tokens >= 0) & (draft_tokens < vocab)).all()):
         raise ValueError(f"{op}: draft_tokens must be token ids in [0, {vocab})")
-    name = _backend.resolve_backend(op, device, backend)
+    name = _resolve(op, device, backend)
     check_backend_dtype(op, name, target_logits.dtype)
     accept_u = race_u = None
     if uniforms is not None:
@@ -543,7 +557,7 @@ def accept_steps(
     if omega == "clipping" and delta <= 0:
         raise ValueError(f"{op}: omega='clipping' needs threshold > 0, got {delta}")
     s = check_real(op, "sharpness", sharpness, positive=True)
-    name = _backend.resolve_backend(op, rewards.device, backend)
+    name = _resolve(op, rewards.device, backend)
     if uniforms is not None:
         if generator is not None:
             raise ValueError(f"{op}: pass uniforms or generator, not both")
