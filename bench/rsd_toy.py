@@ -18,7 +18,6 @@ import platform
 import time
 
 import torch
-
 from ponder.decoding import rsd_generate
 from ponder.decoding._models import num_parameters
 from ponder.decoding.cli import ToyOracleScorer
