@@ -443,3 +443,19 @@ def test_no_cuda_kernel_is_said_plainly(monkeypatch):
     assert S._resolve("accept_tokens", torch.device("cpu"), None) == "torch"
     with pytest.raises(_backend.BackendUnavailableError, match="use backend='triton'"):
         S._resolve("accept_tokens", torch.device("cpu"), "cuda")
+
+
+def test_custom_op_compiles_without_graph_break():
+    """The registered op traces into one graph (its fake gives the shapes) and matches eager."""
+    torch._dynamo.reset()
+    tokens, target, dl, (au, ru) = make_inputs(3, 2, 13, seed=4)
+    seeds = torch.zeros(3, dtype=torch.int64)
+
+    def f(tokens, target, dl, au, ru):
+        out, n = torch.ops.ponder.accept_tokens(tokens, target, dl, 1.0, None, None, au, ru,
+                                                seeds, False, "cpu")
+        return out * 2, n + 1
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    got, want = compiled(tokens, target, dl, au, ru), f(tokens, target, dl, au, ru)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
