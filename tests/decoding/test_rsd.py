@@ -174,3 +174,20 @@ def test_cli_runs_on_the_toy_models(capsys):
     out = capsys.readouterr().out
     for row in ("draft-only", "target-only", "RSD delta=0.5"):
         assert row in out
+
+
+def test_cli_data_file(tmp_path, capsys):
+    from ponder.cli import main
+    from ponder.decoding.cli import read_problems
+
+    path = tmp_path / "problems.jsonl"
+    path.write_text('{"prompt": "Q: 1+2=?\\n\\n", "answer": 3}\n\n{"prompt": "Q: 5-1=?\\n\\n", '
+                    '"answer": "4"}\n')
+    assert read_problems(str(path), 10) == (["Q: 1+2=?\n\n", "Q: 5-1=?\n\n"], [3, "4"])
+    assert read_problems(str(path), 1) == (["Q: 1+2=?\n\n"], [3])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "x"}\n')
+    with pytest.raises(ValueError, match="needs 'prompt' and 'answer'"):
+        read_problems(str(bad), 5)
+    assert main(["rsd", "--data", str(path), "--prm", "oracle"]) == 2
+    assert "--data needs a learned PRM" in capsys.readouterr().err

@@ -39,12 +39,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Run RSD on the toy arithmetic world (default models: the toy draft and "
         "target) and print accuracy, steps, tokens and estimated FLOPs next to draft-only and "
         "target-only runs.")
-    parser.add_argument("--draft", default="draft", help="toy model name (default: draft)")
-    parser.add_argument("--target", default="target", help="toy model name (default: target)")
+    parser.add_argument("--draft", default="draft",
+                        help="toy model name or a transformers model folder (default: draft)")
+    parser.add_argument("--target", default="target",
+                        help="toy model name or a transformers model folder (default: target)")
     parser.add_argument("--prm", default="toy",
                         help="'toy' (the shipped toy PRM if present, else the oracle step "
-                        "checker) or 'oracle'")
-    parser.add_argument("--n", type=int, default=100, help="toy test problems (default 100)")
+                        "checker) or 'oracle' (toy problems only)")
+    parser.add_argument("--data", default=None,
+                        help="JSONL of problems {\"prompt\": ..., \"answer\": ...} "
+                        "(default: toy test problems)")
+    parser.add_argument("--n", type=int, default=100, help="problems to run (default 100)")
     parser.add_argument("--delta", type=float, nargs="+", default=[0.7],
                         help="acceptance thresholds (default 0.7)")
     parser.add_argument("--omega", default="binary")
@@ -56,6 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_prm(kind: str, problems):
     """(scorer, name, parameters for FLOPs)."""
+    if kind not in ("toy", "oracle"):
+        raise ValueError(f"--prm must be 'toy' or 'oracle', got {kind!r}")
     if kind == "toy":
         try:
             from ..toy import load_toy_prm  # lands with the PRM branch
@@ -67,7 +74,42 @@ def load_prm(kind: str, problems):
                 return prm, "toy PRM", None
             except FileNotFoundError:
                 pass
+    if any(isinstance(p, str) for p in problems):
+        raise ValueError("--data needs a learned PRM (the oracle only knows the toy test "
+                         "problems), and the toy PRM is not installed")
     return ToyOracleScorer(problems), "oracle step checker", None
+
+
+def _load_model(name: str, load_toy_model):
+    """A toy model by name, or (model, tokenizer) from a transformers folder."""
+    from pathlib import Path
+
+    if not Path(name).is_dir():
+        return load_toy_model(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(name, local_files_only=True, padding_side="left")
+    return model, tok
+
+
+def read_problems(path: str, n: int) -> tuple[list[str], list[object]]:
+    """Prompts and answers from a JSONL file of {"prompt": str, "answer": ...} rows."""
+    prompts, answers = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "prompt" not in row or "answer" not in row:
+                raise ValueError(f"{path}:{line_no}: a row needs 'prompt' and 'answer'")
+            prompts.append(row["prompt"])
+            answers.append(row["answer"])
+            if len(prompts) >= n:
+                break
+    if not prompts:
+        raise ValueError(f"{path}: no problems")
+    return prompts, answers
 
 
 def run(args) -> int:
@@ -75,19 +117,32 @@ def run(args) -> int:
     from ._models import num_parameters
     from .rsd import rsd_generate
 
-    draft, tok = load_toy_model(args.draft)
-    target, target_tok = load_toy_model(args.target)
-    problems = SPECS["target"].splits().test[: args.n]
+    draft, tok = _load_model(args.draft, load_toy_model)
+    target, target_tok = _load_model(args.target, load_toy_model)
+    verifier = verify
+    if args.data is None:
+        problems = SPECS["target"].splits().test[: args.n]
+    else:
+        problems, answers = read_problems(args.data, args.n)
+        by_prompt = dict(zip(problems, answers))
+
+        def verifier(prompt, text):
+            answer = by_prompt[prompt]
+            if isinstance(answer, str) and answer.strip().lstrip("-").isdigit():
+                answer = int(answer)  # a str would be read as a question
+            return verify(answer, text)
+
     prm, prm_name, _ = load_prm(args.prm, problems)
-    # A learned toy PRM has the target's size; the oracle is charged as if it were one too.
-    prm_params = num_parameters(target)
+    inner = getattr(prm, "model", None)
+    # The oracle is charged as a target-sized PRM (a learned toy PRM is one).
+    prm_params = num_parameters(inner) if inner is not None else num_parameters(target)
     rows = []
     for label, delta in [("draft-only", -math.inf), ("target-only", math.inf)] + [
         (f"RSD delta={d:g}", d) for d in args.delta
     ]:
         res = rsd_generate(draft, target, prm, problems, tokenizer=tok,
                            target_tokenizer=target_tok, delta=delta, omega=args.omega,
-                           max_new_tokens=args.max_new_tokens, verifier=verify,
+                           max_new_tokens=args.max_new_tokens, verifier=verifier,
                            prm_parameters=prm_params)
         rows.append({"run": label, **res.stats})
     base = next(r for r in rows if r["run"] == "target-only")["flops"]
