@@ -19,6 +19,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("think_channel_scores", &ponder::cpu::think_channel_scores, nogil);
   m.def("active_isa", &ponder::cpu::active_isa,
         "The instruction set the CPU kernels use here: 'avx512', 'avx2' or 'default'.");
+  // speculative decoding (ponder.ops.speculative)
+  m.def("accept_tokens", &ponder::cpu::accept_tokens, nogil);
+  m.def("accept_steps", &ponder::cpu::accept_steps, nogil);
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

@@ -118,5 +118,23 @@ void think_channel_scores(uintptr_t out, uintptr_t q_window, uintptr_t k, int64_
                   dtype, threads);
 }
 
+// ---- speculative decoding (ponder.ops.speculative) ----
+void accept_tokens(uintptr_t tokens_out, uintptr_t counts_out, uintptr_t draft_tokens,
+                   uintptr_t target_logits, uintptr_t draft_logits, uintptr_t target_thr,
+                   uintptr_t draft_thr, uintptr_t accept_u, uintptr_t race_u, uintptr_t seeds,
+                   int64_t batch, int64_t k, int64_t vocab, int dtype, double temperature,
+                   int per_row_seeds, int threads) {
+  PONDER_ISA_CALL(accept_tokens, tokens_out, counts_out, draft_tokens, target_logits,
+                  draft_logits, target_thr, draft_thr, accept_u, race_u, seeds, batch, k, vocab,
+                  dtype, temperature, per_row_seeds, threads);
+}
+
+void accept_steps(uintptr_t accepted_out, uintptr_t weights_out, uintptr_t rewards,
+                  uintptr_t uniforms, int64_t n, int kind, double threshold, double sharpness,
+                  uint64_t seed, int threads) {
+  PONDER_ISA_CALL(accept_steps, accepted_out, weights_out, rewards, uniforms, n, kind, threshold,
+                  sharpness, seed, threads);
+}
+
 }  // namespace cpu
 }  // namespace ponder

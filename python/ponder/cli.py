@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .kv.cli import add_parser as add_think_parser  # ThinK (ponder.kv)
 
     add_think_parser(sub)
+
+    from .decoding import cli as decoding_cli  # ponder rsd
+
+    decoding_cli.add_parser(sub)
     return parser
 
 
