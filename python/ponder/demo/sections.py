@@ -230,8 +230,90 @@ def think_section(ctx: Context) -> Section:
         tables=[table1, table2], findings=findings, seconds=time.perf_counter() - start)
 
 
+def prm_section(ctx: Context) -> Section:
+    """The toy PRM: how well it judges steps, and best-of-N with it against majority vote."""
+    from ..toy import SPECS
+    from ..toy.prm import evaluate_toy_prm, load_toy_prm
+
+    start = time.perf_counter()
+    n, samples = (16, 4) if ctx.quick else (150, 8)
+    problems = SPECS["target"].splits().test[:n]
+    prm = load_toy_prm()
+    result = evaluate_toy_prm(prm, problems, n=samples, seed=ctx.seed + 1)
+    bon = result["best_of_n"]["accuracy"]
+    names = {"first": "first sample", "majority": "majority vote", "oracle": "oracle (any right)"}
+    rows = [[names.get(rule, rule.replace("prm-", "PRM, ") + " step score"), _pct(acc)]
+            for rule, acc in bon.items()]
+    steps = result["steps"]
+    judge = Table(["steps judged", "AUC", "accuracy at 0.5"],
+                  [[f"{steps['n']:,}", f"{steps['auc']:.3f}", _pct(steps["accuracy"])]],
+                  caption="step-level judgement on held-out draft samples and corrupted "
+                          "solutions (labels from step-by-step verification)")
+    best = max((v for k, v in bon.items() if k.startswith("prm-")), default=float("nan"))
+    findings = [f"choosing among {samples} draft samples by the PRM's score: {_pct(best)} right, "
+                f"against {_pct(bon.get('majority', float('nan')))} for majority vote and "
+                f"{_pct(bon.get('first', float('nan')))} for the first sample"]
+    return Section(
+        "prm", "Process reward model: judging steps and best-of-N",
+        intro="ponder.toy.load_toy_prm() is a ponder.rewards.ProcessRewardModel trained by "
+              "ponder's PRMTrainer on the toy world; it scores every step from the hidden states "
+              "at the step tags only (ponder.ops.prm.score_steps), never the full vocabulary.",
+        tables=[judge, Table(["selection rule", "accuracy"], rows,
+                             caption=f"best-of-{samples} over {n} test problems, draft samples at "
+                                     "temperature 1")],
+        findings=findings, seconds=time.perf_counter() - start)
+
+
+def rsd_section(ctx: Context) -> Section:
+    """RSD with the toy models: accuracy and estimated FLOPs against draft-only and target-only."""
+    import math
+
+    from ..decoding import rsd_generate
+    from ..decoding.cli import ToyOracleScorer
+    from ..toy import SPECS, load_toy_model, verify
+    from ..toy.prm import load_toy_prm
+
+    start = time.perf_counter()
+    n = 24 if ctx.quick else 300
+    problems = SPECS["target"].splits().test[:n]
+    draft, tok = load_toy_model("draft")
+    target, _ = load_toy_model("target")
+    prm = load_toy_prm()
+    runs = [("draft only", None, -math.inf), ("target only", None, math.inf)]
+    runs += [(f"RSD, toy PRM, delta={d}", prm, d) for d in (0.3, 0.5, 0.7)]
+    runs.append(("RSD, oracle step checker", ToyOracleScorer(problems), 0.5))
+    stats = {}
+    for name, scorer, delta in runs:
+        stats[name] = rsd_generate(draft, target, scorer, problems, tokenizer=tok, delta=delta,
+                                   verifier=verify).stats
+    ref = stats["target only"]["flops"]
+    rows = []
+    for name, st in stats.items():
+        steps = st["draft_steps"] + st["target_steps"]
+        rows.append([name, _pct(st["accuracy"]),
+                     _pct(st["target_steps"] / steps) if steps else "-",
+                     f"{st['flops'] / ref:.2f}", f"{(st['flops'] - st['flops_prm']) / ref:.2f}"])
+    table = Table(["run", "accuracy", "steps by the target", "FLOPs vs target only",
+                   "same, PRM cost left out"], rows,
+                  caption=f"{n} test problems, greedy; FLOPs estimated as 2 x parameters per "
+                          "token per model (the toy PRM is as large as the target)")
+    findings = [
+        "the draft writes steps, the PRM scores each, and the target rewrites only the rejected "
+        "ones: accuracy climbs from draft-only towards target-only as delta rises",
+        "FLOPs are only saved when scoring a step costs much less than writing it: the paper's "
+        "PRMs are small next to their targets, the toy PRM is not (see the last column)",
+    ]
+    return Section(
+        "rsd", "RSD: reward-guided speculative decoding",
+        intro="ponder.decoding.rsd_generate with the toy draft and target models and the toy PRM "
+              "(and, for comparison, an oracle step checker that knows the right steps).",
+        tables=[table], findings=findings, seconds=time.perf_counter() - start)
+
+
 SECTIONS: dict[str, Callable[[Context], Section]] = {
     "toy": toy_section,
     "think": think_section,
+    "prm": prm_section,
+    "rsd": rsd_section,
     "samplers": samplers_section,
 }
