@@ -11,7 +11,8 @@ The cache is filled synthetically (random keys and values at the context length,
 random observation-window queries for the channel scores) instead of by a real prefill: a 32K
 prefill costs tens of TFLOP, minutes of two shared cores, and decode speed does not depend on
 where the cache came from. Then ``--steps`` greedy decode steps run through the whole model
-(``model(token, cache=...)``), timed after one warm-up step (median step). Rows:
+(``model(token, cache=...)``), the caches taking turns step by step so that the load of a
+shared machine falls on all alike; the median step after one warm-up round. Rows:
 
 - ``dense``: transformers' DynamicCache + SDPA (what ``generate`` uses by default; its
   ``torch.cat`` per step copies the cache, as it does in real use);
@@ -91,18 +92,12 @@ def fill_think(model, context: int, dtype: torch.dtype, ratio: float, steps: int
 
 
 @torch.inference_mode()
-def decode(model, cache, context: int, steps: int) -> float:
-    """Seconds per decode step (the whole model, one token, batch 1): the median of ``steps``
-    steps after one warm-up step (the median: the machine is shared, outliers are neighbours)."""
-    token = torch.tensor([[3]])
-    times = []
-    for i in range(steps + 1):
-        pos = torch.tensor([[context + i]])
-        start = time.perf_counter()
-        logits = model(token, cache=cache, position_ids=pos, use_cache=True).logits
-        times.append(time.perf_counter() - start)
-        token = logits[:, -1:].argmax(-1)
-    return statistics.median(times[1:])
+def decode_step(model, cache, position: int, token: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One decode step through the whole model (batch 1): (seconds, next greedy token)."""
+    start = time.perf_counter()
+    logits = model(token, cache=cache, position_ids=torch.tensor([[position]]),
+                   use_cache=True).logits
+    return time.perf_counter() - start, logits[:, -1:].argmax(-1)
 
 
 class _Clock:
@@ -160,31 +155,35 @@ def run_generate(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> l
 
 
 def run(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> list[dict]:
-    from ponder.kv import apply_think, cache_nbytes, remove_think
+    """Per context: every cache built first, then ``steps + 1`` rounds of one decode step per
+    cache, in turn (so the load of the shared machine falls on all of them alike); the median
+    step of each cache, the first round left out (warm-up)."""
+    from ponder.kv import apply_think, cache_nbytes
 
     model = build_model(dtype)
+    # With a DynamicCache ponder's attention is transformers' SDPA: one patched model serves
+    # every row, each ThinK cache carrying its own settings.
+    apply_think(model, window=WINDOW, recent=RECENT, backend=backend)
     rows = []
     for context in contexts:
-        cache = fill_dense(model, context, dtype)
-        remove_think(model)
-        s = decode(model, cache, context, steps)
-        dense_bytes = cache_nbytes(cache)
-        rows.append({"context": context, "impl": "dense (DynamicCache + SDPA)", "s_per_token": s,
-                         "bytes": dense_bytes})
-        dense_s = rows[-1]["s_per_token"]
-        print(_fmt(rows[-1], dense_bytes, dense_s), flush=True)
-        del cache
-        gc.collect()
-        for ratio in ratios:
-            apply_think(model, prune_ratio=ratio, window=WINDOW, recent=RECENT, backend=backend)
-            cache = fill_think(model, context, dtype, ratio, steps, backend)
-            s = decode(model, cache, context, steps)
-            rows.append({"context": context, "impl": f"ThinK lambda={ratio}", "s_per_token": s,
-                             "bytes": cache_nbytes(cache)})
+        names = ["dense (DynamicCache + SDPA)"] + [f"ThinK lambda={r}" for r in ratios]
+        caches = [fill_dense(model, context, dtype)] + [
+            fill_think(model, context, dtype, r, steps, backend) for r in ratios
+        ]
+        tokens = [torch.tensor([[3]]) for _ in caches]
+        times: list[list[float]] = [[] for _ in caches]
+        for step in range(steps + 1):
+            for i, cache in enumerate(caches):
+                dt, tokens[i] = decode_step(model, cache, context + step, tokens[i])
+                if step:
+                    times[i].append(dt)
+        dense_bytes, dense_s = cache_nbytes(caches[0]), statistics.median(times[0])
+        for name, cache, t in zip(names, caches, times):
+            rows.append({"context": context, "impl": name, "s_per_token": statistics.median(t),
+                         "bytes": cache_nbytes(cache)})
             print(_fmt(rows[-1], dense_bytes, dense_s), flush=True)
-            remove_think(model)
-            del cache
-            gc.collect()
+        del caches, cache
+        gc.collect()
     return rows
 
 

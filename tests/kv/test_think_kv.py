@@ -152,6 +152,36 @@ def test_beam_search_prune_zero_equals_dense():
     assert torch.equal(think, dense)
 
 
+def test_assisted_generation_crops_the_think_cache():
+    """Speculative (assisted) generate: the target verifies draft tokens in chunks and crops the
+    rejected ones. With nothing pruned it equals plain generate; pruned, it runs on a ThinK cache
+    (its first forward holds the prompt and the first draft token: that is what gets scored)."""
+    m = _model("llama")
+    draft = _model("llama", seed=3, num_hidden_layers=1)
+    ids, mask = _batch(batch=1, pads=(0,))
+    gen = {"max_new_tokens": 12, "do_sample": False, "eos_token_id": None, "pad_token_id": PAD}
+    kv.apply_think(m, prune_ratio=0.0, window=8, recent=4)
+    plain = m.generate(input_ids=ids, attention_mask=mask, **gen)
+    crops = []
+    original = kv.ThinKLayer.crop
+
+    def spy(self, n):
+        crops.append(n)
+        return original(self, n)
+
+    kv.ThinKLayer.crop = spy
+    try:
+        assisted = m.generate(input_ids=ids, attention_mask=mask, assistant_model=draft, **gen)
+        assert torch.equal(assisted, plain)
+        assert any(n < 0 for n in crops)  # some draft tokens were rejected and cropped
+        kv.apply_think(m, prune_ratio=0.4, window=8, recent=4)
+        out = m.generate(input_ids=ids, attention_mask=mask, assistant_model=draft,
+                         return_dict_in_generate=True, **gen)
+        assert isinstance(out.cache, kv.ThinKCache) and out.sequences.shape == (1, 52)
+    finally:
+        kv.ThinKLayer.crop = original
+
+
 def test_step_by_step_forward_and_multi_token_chunks():
     """A hand-made ThinKCache through model(...): chunks of S > 1 after prefill equal S = 1."""
     m = kv.apply_think(_model("qwen2"), prune_ratio=0.4, window=8, recent=4)
