@@ -20,6 +20,7 @@ compact keys + recent keys + values (+ q and the output) for ponder, full K + V 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -131,7 +132,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     copy_gbs = _copy_gbs()
     print(f"copy bandwidth (512 MiB fp32 copy, read + write): {copy_gbs:.1f} GB/s; "
-          f"torch threads {threads}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"torch threads {threads}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print()
     print("| L | dtype | lambda | T | SDPA full (ms) | ponder cpu (ms) | speed-up | "
           "MB read | GB/s | % of copy |")
@@ -147,6 +149,7 @@ def main() -> None:
                       f"{sdpa_ms / ms:.2f}x | {nbytes / 1e6:.0f} | {gbs:.1f} | "
                       f"{100 * gbs / copy_gbs:.0f}% |")
                 sys.stdout.flush()
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -215,6 +215,7 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
     l[r] = 0.0f;
   }
   std::fill(acc, acc + R * a.dv, 0.0f);
+  const int64_t min_end = *std::min_element(row_end, row_end + R);
   for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
     const int64_t jn = std::min(kBlock, hi - j0);
     // Scores: each key row is read once and dotted with all R query rows.
@@ -247,8 +248,8 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
           __builtin_prefetch(vn + off, 0, 3);
       }
     }
-    // Causal / padding mask: only rows whose window ends inside this block lose keys.
-    for (int64_t r = 0; r < R; ++r) {
+    // Causal / padding mask, only where the block crosses a row's window boundary.
+    for (int64_t r = 0; (j0 < start || j0 + jn > min_end) && r < R; ++r) {
       float* sr = score + r * kBlock;
       for (int64_t jj = 0; jj < jn; ++jj) {
         const int64_t pos = j0 + jj;
@@ -259,9 +260,17 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
     for (int64_t r = 0; r < R; ++r) {
       float* s = score + r * kBlock;
       float mb = kNegInf;
-      for (int64_t jj = 0; jj < jn; ++jj) mb = std::max(mb, s[jj]);
-      if (mb == kNegInf) {  // nothing visible in this block for row r
+      // A NaN score (NaN inputs) wins the max, so it propagates to the output as in torch.
+      for (int64_t jj = 0; jj < jn; ++jj) mb = (s[jj] > mb || s[jj] != s[jj]) ? s[jj] : mb;
+      if (mb == kNegInf || mb != mb) {  // nothing visible in this block for row r, or a NaN
         for (int64_t jj = 0; jj < jn; ++jj) s[jj] = 0.0f;
+        if (mb != mb) {
+          // Poison the row: m = +inf keeps later blocks from rescaling it, and the merge then
+          // gives this chunk weight 1 and a NaN sum, so the output is NaN, as in torch.
+          m[r] = std::numeric_limits<float>::infinity();
+          l[r] = std::numeric_limits<float>::quiet_NaN();
+          std::fill(acc + r * a.dv, acc + (r + 1) * a.dv, l[r]);
+        }
         continue;
       }
       const float m_new = std::max(m[r], mb);
@@ -377,14 +386,14 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
         for (int64_t c = 0; c < chunks; ++c) {
           const int64_t p = (bh * chunks + c) * R + r;
           if (part_m[p] == kNegInf) continue;
-          const float w = think::exp2_neg(part_m[p] - mx);
+          const float w = part_m[p] == mx ? 1.0f : think::exp2_neg(part_m[p] - mx);
           total += w * part_l[p];
           const float* ap = part_acc.data() + p * a.dv;
           for (int64_t d = 0; d < a.dv; ++d) o[d] += w * ap[d];
         }
       }
       T* orow = out + row * a.dv;
-      if (total > 0.0f) {
+      if (total != 0.0f) {  // (a NaN total passes: NaN inputs give a NaN output)
         const float inv = 1.0f / total;
         for (int64_t d = 0; d < a.dv; ++d) store(orow[d], o[d] * inv);
         lse[row] = (mx + std::log2(total)) * think::kLn2;

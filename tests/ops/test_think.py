@@ -167,6 +167,21 @@ def test_lse_merges_split_caches(cpu_backend):
     torch.testing.assert_close(full, merged, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("where", ["k_pruned", "v"])
+def test_nan_propagates(cpu_backend, where):
+    """A NaN key or value makes the outputs that attend to it NaN, as in torch, never zeros."""
+    q, kp, idx, kr, v = make_inputs(2, 4, 2, 1, 8, 5, 1100, 3, 8, torch.float32)
+    (kp if where == "k_pruned" else v)[0, 1, 700, 0] = float("nan")
+    out, lse = T.pruned_decode_attention(q, kp, idx, kr, v, return_lse=True, backend=cpu_backend)
+    ref, ref_lse = T.pruned_decode_attention_reference(q, kp, idx, kr, v)
+    # KV head 1 of row 0 serves query heads 2 and 3; a NaN value poisons its channel 0 only.
+    poisoned = out[0, 2:] if where == "k_pruned" else out[0, 2:, :, 0]
+    assert bool(torch.isnan(poisoned).all())
+    assert bool(torch.isfinite(out[0, :2]).all()) and bool(torch.isfinite(out[1]).all())
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-6, equal_nan=True)
+    assert torch.equal(torch.isnan(lse), torch.isnan(ref_lse))
+
+
 def test_non_contiguous_inputs(cpu_backend):
     """q from a [B, S, H, D] layout, keys/values as slices of preallocated cache buffers, a
     column-strided compact store: the same result as contiguous copies."""
