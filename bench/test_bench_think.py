@@ -90,6 +90,33 @@ def test_pruned_decode_attention(measure, prune_ratio, impl, size, dtype):
                    "recent": RECENT}, bytes=nbytes)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("size", list(LENGTHS))
+@pytest.mark.parametrize("impl", ["ponder-triton", "sdpa-full"])
+@pytest.mark.parametrize("prune_ratio", LAMBDAS)
+def test_pruned_decode_attention_gpu(measure, prune_ratio, impl, size, dtype):
+    """The same on a GPU: ponder's Triton split-K kernel vs SDPA (FlashAttention/efficient) on
+    the dense cache; target >= 80% of HBM bandwidth on the bytes read (PERF.md)."""
+    if impl == "sdpa-full" and prune_ratio != 0.0:
+        pytest.skip("SDPA reads the dense cache: one row per (L, dtype)")
+    dev = torch.device("cuda")
+    q, k, v, kp, idx, kr = (t.to(dev) for t in make_cache(LENGTHS[size], DTYPES[dtype],
+                                                          prune_ratio))
+    if impl == "sdpa-full":
+        def fn():
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        nbytes = sdpa_bytes(q, k, v)
+    else:
+        def fn():
+            return think.pruned_decode_attention(q, kp, idx, kr, v, backend="triton")
+        nbytes = ponder_bytes(q, kp, kr, v)
+    measure(fn, device=dev, group=f"think decode L={size} {dtype} gpu", kind="think_decode",
+            op="pruned_decode_attention", size=size, impl=impl, dtype=dtype,
+            prune_ratio=prune_ratio, kept=kp.shape[-1], bytes=nbytes)
+
+
 # --------------------------------------------------------------------------------------------
 # python bench/test_bench_think.py: the table, measured in one process
 # --------------------------------------------------------------------------------------------
