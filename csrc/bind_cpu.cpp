@@ -14,6 +14,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("proximal_step", &ponder::cpu::proximal_step, nogil);
   m.def("uld_step", &ponder::cpu::uld_step, nogil);
   m.def("mala_accept", &ponder::cpu::mala_accept, nogil);
+  // ThinK (ponder.ops.think)
+  m.def("think_pruned_decode_attention", &ponder::cpu::think_pruned_decode_attention, nogil);
+  m.def("think_channel_scores", &ponder::cpu::think_channel_scores, nogil);
   m.def("active_isa", &ponder::cpu::active_isa,
         "The instruction set the CPU kernels use here: 'avx512', 'avx2' or 'default'.");
 #ifdef _OPENMP
@@ -21,7 +24,4 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("openmp") = false;
 #endif
-  // ThinK (ponder.ops.think)
-  m.def("think_pruned_decode_attention", &ponder::cpu::think_pruned_decode_attention, nogil);
-  m.def("think_channel_scores", &ponder::cpu::think_channel_scores, nogil);
 }
