@@ -151,7 +151,7 @@ def _merge_kernel(
         mask=s_ok[:, None] & (offs_dv[None, :] < dv), other=0.0,
     )
     o = tl.sum(w[:, None] * acc, axis=0)
-    seen = total > 0.0
+    seen = total != 0.0  # a NaN total (NaN inputs) passes, so the output is NaN as in torch
     o = tl.where(seen, o / tl.where(seen, total, 1.0), 0.0)
     tl.store(out_ptr + row * dv + offs_dv, o.to(out_ptr.dtype.element_ty), mask=offs_dv < dv)
     lse = tl.where(seen, (mx_safe + tl.log2(tl.where(seen, total, 1.0))) * 0.6931471805599453,

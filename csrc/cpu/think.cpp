@@ -127,14 +127,46 @@ inline float hsum(vfloat v) {
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
+// The four horizontal sums of a, b, c, d together: three rounds of shuffles and adds shared by
+// the four vectors instead of four separate reductions.
+inline void hsum4(vfloat a, vfloat b, vfloat c, vfloat d, float* out, int64_t ostride) {
+  using v8 = float __attribute__((vector_size(32)));
+  using i8 = int32_t __attribute__((vector_size(32)));
+  auto halves = [](vfloat v) {
+    v8 lo, hi;
+    std::memcpy(&lo, &v, 32);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
+    return lo + hi;
+  };
+  const v8 a8 = halves(a), b8 = halves(b), c8 = halves(c), d8 = halves(d);
+  const i8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  const v8 ab = __builtin_shuffle(a8, b8, lo4) + __builtin_shuffle(a8, b8, hi4);  // a:0-3 b:4-7
+  const v8 cd = __builtin_shuffle(c8, d8, lo4) + __builtin_shuffle(c8, d8, hi4);  // c:0-3 d:4-7
+  const i8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const v8 x = __builtin_shuffle(ab, cd, lo2) + __builtin_shuffle(ab, cd, hi2);  // a c b d pairs
+  const i8 swap = {1, 0, 3, 2, 5, 4, 7, 6};
+  const v8 y = x + __builtin_shuffle(x, swap);
+  out[0] = y[0];
+  out[ostride] = y[4];
+  out[2 * ostride] = y[2];
+  out[3 * ostride] = y[6];
+}
+
 // out[r * ostride] = dot(q[r, :n], key[:n]) for r < R. q rows are zero-padded to padded(n)
-// floats; key is read only in [0, n), so the last row of a tensor never reads past its end.
-// Four query rows share each load of the key (the GQA group reads the key row once).
+// floats. The key is read only in [0, n), so the last row of a tensor never reads past its end:
+// a partial last vector is loaded as the 16 values ending at n (overlapping the previous vector)
+// and dotted with `qtail` ([R, 16]: each row's last n % 16 values, right-aligned, zeros before),
+// which avoids a staging copy whose wide reload would stall on store forwarding. Rows shorter
+// than 16 use a staged copy. Four query rows share each load of the key (the GQA group).
 template <class E>
-inline void dot_rows(const float* q, int64_t R, const E* key, int64_t n, float* out,
-                     int64_t ostride) {
-  const int64_t np = padded(n), full = n / kLanes;
-  const vfloat tail = vload_part(key + full * kLanes, n - full * kLanes);
+inline void dot_rows(const float* q, const float* qtail, int64_t R, const E* key, int64_t n,
+                     float* out, int64_t ostride) {
+  const int64_t np = padded(n), full = n / kLanes, rem = n - full * kLanes;
+  const bool overlap = rem > 0 && n >= kLanes;
+  const vfloat tail = overlap ? vload(key + n - kLanes) : vload_part(key + full * kLanes, rem);
+  // Where each row's tail query vector lives, and the stride between rows.
+  const float* qt = overlap ? qtail : q + full * kLanes;
+  const int64_t qt_stride = overlap ? kLanes : np;
   int64_t r = 0;
   for (; r + 4 <= R; r += 4) {
     const float* q0 = q + r * np;
@@ -146,23 +178,33 @@ inline void dot_rows(const float* q, int64_t R, const E* key, int64_t n, float* 
       a2 += vload(q0 + 2 * np + c * kLanes) * kv;
       a3 += vload(q0 + 3 * np + c * kLanes) * kv;
     }
-    if (full * kLanes < n) {
-      a0 += vload(q0 + full * kLanes) * tail;
-      a1 += vload(q0 + np + full * kLanes) * tail;
-      a2 += vload(q0 + 2 * np + full * kLanes) * tail;
-      a3 += vload(q0 + 3 * np + full * kLanes) * tail;
+    if (rem > 0) {
+      const float* t0 = qt + r * qt_stride;
+      a0 += vload(t0) * tail;
+      a1 += vload(t0 + qt_stride) * tail;
+      a2 += vload(t0 + 2 * qt_stride) * tail;
+      a3 += vload(t0 + 3 * qt_stride) * tail;
     }
-    out[r * ostride] = hsum(a0);
-    out[(r + 1) * ostride] = hsum(a1);
-    out[(r + 2) * ostride] = hsum(a2);
-    out[(r + 3) * ostride] = hsum(a3);
+    hsum4(a0, a1, a2, a3, out + r * ostride, ostride);
   }
   for (; r < R; ++r) {
     const float* q0 = q + r * np;
     vfloat a0 = {};
     for (int64_t c = 0; c < full; ++c) a0 += vload(q0 + c * kLanes) * vload(key + c * kLanes);
-    if (full * kLanes < n) a0 += vload(q0 + full * kLanes) * tail;
+    if (rem > 0) a0 += vload(qt + r * qt_stride) * tail;
     out[r * ostride] = hsum(a0);
+  }
+}
+
+// tail[r, :] = the last n % 16 values of q row r (rows of padded(n) floats), right-aligned in
+// 16 lanes with zeros before them: the partner of dot_rows' overlapping last key vector.
+inline void fill_tails(float* tail, const float* q, int64_t R, int64_t n) {
+  const int64_t np = padded(n), rem = n % kLanes;
+  for (int64_t r = 0; r < R; ++r) {
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      const int64_t i = n - kLanes + lane;  // the channel this lane meets in the key
+      tail[r * kLanes + lane] = (rem > 0 && i >= n - rem && i >= 0) ? q[r * np + i] : 0.0f;
+    }
   }
 }
 
@@ -203,11 +245,12 @@ inline void accumulate_rows(float* acc, int64_t dv, const float* p, const E* con
 
 // The online softmax of one chunk of keys [lo, hi) for the R query rows of KV head (b, h).
 // qk: [R, T] gathered queries, qf: [R, D] full queries, both pre-scaled by scale * log2(e), so
-// scores are in base 2. row_end[r]: one past the last key row r sees; `start`: the first.
+// scores are in base 2; qk_tail / qf_tail: their tails for dot_rows (fill_tails). row_end[r]: one past the last key row r sees; `start`: the first.
 // On return m[r] (base-2 max), l[r] (sum of 2^(score - m)) and acc[r, :] (unnormalised output).
 template <class T>
 void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, const float* qk,
-                  const float* qf, const int64_t* row_end, int64_t start, int64_t lo, int64_t hi,
+                  const float* qf, const float* qk_tail, const float* qf_tail,
+                  const int64_t* row_end, int64_t start, int64_t lo, int64_t hi,
                   float* m, float* l, float* acc, float* kbuf, float* vbuf, float* score) {
   const int64_t R = a.rows();
   for (int64_t r = 0; r < R; ++r) {
@@ -215,24 +258,27 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
     l[r] = 0.0f;
   }
   std::fill(acc, acc + R * a.dv, 0.0f);
+  const int64_t min_end = *std::min_element(row_end, row_end + R);
   for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
     const int64_t jn = std::min(kBlock, hi - j0);
     // Scores: each key row is read once and dotted with all R query rows.
     for (int64_t jj = 0; jj < jn; ++jj) {
       const int64_t pos = j0 + jj;
       const direct_t<T>* krow;
-      const float* qsrc;
+      const float *qsrc, *qtail;
       int64_t n;
       if (pos < a.lp) {
         krow = direct_row(kp + pos * a.kp_sl, a.kept, kbuf);
         qsrc = qk;
+        qtail = qk_tail;
         n = a.kept;
       } else {
         krow = direct_row(kr + (pos - a.lp) * a.kr_sl, a.dim, kbuf);
         qsrc = qf;
+        qtail = qf_tail;
         n = a.dim;
       }
-      dot_rows(qsrc, R, krow, n, score + jj, kBlock);
+      dot_rows(qsrc, qtail, R, krow, n, score + jj, kBlock);
       // Software prefetch two blocks ahead: the arithmetic between loads is enough to leave the
       // hardware prefetcher behind, and a decode step is one long stream over K and V.
       const int64_t ahead = pos + 2 * kBlock;
@@ -247,8 +293,8 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
           __builtin_prefetch(vn + off, 0, 3);
       }
     }
-    // Causal / padding mask: only rows whose window ends inside this block lose keys.
-    for (int64_t r = 0; r < R; ++r) {
+    // Causal / padding mask, only where the block crosses a row's window boundary.
+    for (int64_t r = 0; (j0 < start || j0 + jn > min_end) && r < R; ++r) {
       float* sr = score + r * kBlock;
       for (int64_t jj = 0; jj < jn; ++jj) {
         const int64_t pos = j0 + jj;
@@ -259,9 +305,23 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
     for (int64_t r = 0; r < R; ++r) {
       float* s = score + r * kBlock;
       float mb = kNegInf;
-      for (int64_t jj = 0; jj < jn; ++jj) mb = std::max(mb, s[jj]);
-      if (mb == kNegInf) {  // nothing visible in this block for row r
+      int nan = 0;
+#pragma omp simd reduction(max : mb) reduction(| : nan)
+      for (int64_t jj = 0; jj < jn; ++jj) {
+        mb = s[jj] > mb ? s[jj] : mb;
+        nan |= s[jj] != s[jj];
+      }
+      // A NaN score (NaN inputs) wins, so it propagates to the output as in torch.
+      if (nan) mb = std::numeric_limits<float>::quiet_NaN();
+      if (mb == kNegInf || mb != mb) {  // nothing visible in this block for row r, or a NaN
         for (int64_t jj = 0; jj < jn; ++jj) s[jj] = 0.0f;
+        if (mb != mb) {
+          // Poison the row: m = +inf keeps later blocks from rescaling it, and the merge then
+          // gives this chunk weight 1 and a NaN sum, so the output is NaN, as in torch.
+          m[r] = std::numeric_limits<float>::infinity();
+          l[r] = std::numeric_limits<float>::quiet_NaN();
+          std::fill(acc + r * a.dv, acc + (r + 1) * a.dv, l[r]);
+        }
         continue;
       }
       const float m_new = std::max(m[r], mb);
@@ -326,6 +386,7 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
   {
     // Zero-padded to whole vectors (dot_rows); kbuf holds a converted key row.
     std::vector<float> qk(R * padded(a.kept), 0.0f), qf(R * padded(a.dim), 0.0f),
+        qk_tail(R * kLanes), qf_tail(R * kLanes),
         kbuf(padded(wide), 0.0f), vbuf(std::max(kBlock * a.dv, wide)), score(R * kBlock);
     std::vector<int64_t> row_end(R);
 #pragma omp for schedule(dynamic, 1)
@@ -360,9 +421,12 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
         for (int64_t i = 0; i < a.kept; ++i) qk[r * tp + i] = load(qr[ih[i]]) * qscale;
         for (int64_t d = 0; d < a.dim; ++d) qf[r * dp + d] = load(qr[d]) * qscale;
       }
+      fill_tails(qk_tail.data(), qk.data(), R, a.kept);
+      fill_tails(qf_tail.data(), qf.data(), R, a.dim);
       attend_chunk(a, kp + b * a.kp_sb + h * a.kp_sh, kr + b * a.kr_sb + h * a.kr_sh,
-                   v + b * a.v_sb + h * a.v_sh, qk.data(), qf.data(), row_end.data(), start, lo,
-                   hi, m, l, acc, kbuf.data(), vbuf.data(), score.data());
+                   v + b * a.v_sb + h * a.v_sh, qk.data(), qf.data(), qk_tail.data(),
+                   qf_tail.data(), row_end.data(), start, lo, hi, m, l, acc, kbuf.data(),
+                   vbuf.data(), score.data());
     }
     // Merge the chunks of each query row, in chunk order (deterministic).
 #pragma omp for schedule(static)
@@ -377,14 +441,14 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
         for (int64_t c = 0; c < chunks; ++c) {
           const int64_t p = (bh * chunks + c) * R + r;
           if (part_m[p] == kNegInf) continue;
-          const float w = think::exp2_neg(part_m[p] - mx);
+          const float w = part_m[p] == mx ? 1.0f : think::exp2_neg(part_m[p] - mx);
           total += w * part_l[p];
           const float* ap = part_acc.data() + p * a.dv;
           for (int64_t d = 0; d < a.dv; ++d) o[d] += w * ap[d];
         }
       }
       T* orow = out + row * a.dv;
-      if (total > 0.0f) {
+      if (total != 0.0f) {  // (a NaN total passes: NaN inputs give a NaN output)
         const float inv = 1.0f / total;
         for (int64_t d = 0; d < a.dv; ++d) store(orow[d], o[d] * inv);
         lse[row] = (mx + std::log2(total)) * think::kLn2;

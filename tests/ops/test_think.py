@@ -167,6 +167,21 @@ def test_lse_merges_split_caches(cpu_backend):
     torch.testing.assert_close(full, merged, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("where", ["k_pruned", "v"])
+def test_nan_propagates(cpu_backend, where):
+    """A NaN key or value makes the outputs that attend to it NaN, as in torch, never zeros."""
+    q, kp, idx, kr, v = make_inputs(2, 4, 2, 1, 8, 5, 1100, 3, 8, torch.float32)
+    (kp if where == "k_pruned" else v)[0, 1, 700, 0] = float("nan")
+    out, lse = T.pruned_decode_attention(q, kp, idx, kr, v, return_lse=True, backend=cpu_backend)
+    ref, ref_lse = T.pruned_decode_attention_reference(q, kp, idx, kr, v)
+    # KV head 1 of row 0 serves query heads 2 and 3; a NaN value poisons its channel 0 only.
+    poisoned = out[0, 2:] if where == "k_pruned" else out[0, 2:, :, 0]
+    assert bool(torch.isnan(poisoned).all())
+    assert bool(torch.isfinite(out[0, :2]).all()) and bool(torch.isfinite(out[1]).all())
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-6, equal_nan=True)
+    assert torch.equal(torch.isnan(lse), torch.isnan(ref_lse))
+
+
 def test_non_contiguous_inputs(cpu_backend):
     """q from a [B, S, H, D] layout, keys/values as slices of preallocated cache buffers, a
     column-strided compact store: the same result as contiguous copies."""
@@ -476,3 +491,49 @@ def test_gpu_channel_scores(dtype):
     k = torch.randn(2, 2, 3000, 128).to(dtype)
     out = T.channel_scores(qw.cuda(), k.cuda())
     torch.testing.assert_close(out.cpu(), T.channel_scores_reference(qw, k), rtol=1e-4, atol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# The narrower CPU builds (baseline x86-64, AVX2): never picked on an AVX-512 machine, so run
+# here in subprocesses with PONDER_CPU_ISA capped, against the reference.
+# --------------------------------------------------------------------------------------------
+
+_ISA_SCRIPT = r"""
+import sys, torch
+import ponder._C as C
+from ponder.ops import think as T
+torch.manual_seed(0)
+res = {"isa": C.active_isa()}
+for dt in (torch.float32, torch.float16, torch.bfloat16):
+    for case in ((2, 8, 2, 3, 33, 21, 600, 7), (1, 4, 4, 1, 128, 77, 40, 3), (1, 2, 1, 2, 7, 5, 9, 4)):
+        b, hq, hkv, s, d, t, lp, lr = case
+        q = torch.randn(b, hq, s, d).to(dt)
+        kp, kr = torch.randn(b, hkv, lp, t).to(dt), torch.randn(b, hkv, lr, d).to(dt)
+        v = torch.randn(b, hkv, lp + lr, d).to(dt)
+        idx = torch.stack([torch.randperm(d)[:t] for _ in range(b * hkv)]).view(b, hkv, t)
+        starts = torch.arange(b)
+        out = T.pruned_decode_attention(q, kp, idx, kr, v, starts=starts, backend="cpu")
+        ref = T.pruned_decode_attention_reference(q, kp, idx, kr, v, None, None, starts)[0]
+        res[(str(dt), case)] = (out.float() - ref.float()).abs().max().item()
+    qw, k = torch.randn(2, 8, 5, 24).to(dt), torch.randn(2, 2, 1100, 24).to(dt)
+    sc, sr = T.channel_scores(qw, k, backend="cpu"), T.channel_scores_reference(qw, k)
+    res[(str(dt), "scores")] = ((sc - sr).abs() / sr).max().item()
+torch.save(res, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2"])
+def test_narrower_cpu_isa_matches_reference(tmp_path, cap):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PONDER_CPU_ISA=cap)
+    path = tmp_path / f"{cap}.pt"
+    subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path)], check=True, env=env)
+    res = torch.load(path)
+    if res.pop("isa") != cap:
+        pytest.skip(f"this CPU cannot run the {cap} build")
+    tol = {"torch.float32": 2e-6, "torch.float16": 2e-3, "torch.bfloat16": 1.6e-2}
+    for (dtype, case), err in res.items():
+        assert err <= (2e-5 if case == "scores" else tol[dtype]), (dtype, case, err)
