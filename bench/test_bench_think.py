@@ -14,7 +14,7 @@ Bytes per call (``extra_info["bytes"]``) are what each implementation must read 
 compact keys + recent keys + values (+ q and the output) for ponder, full K + V for SDPA.
 
     pytest bench/test_bench_think.py          pytest-benchmark's report (or python bench/run.py)
-    python bench/test_bench_think.py          the markdown table of bench/think-ops.md, with the
+    python bench/test_bench_think.py          the markdown table of bench/think.md, with the
                                               copy bandwidth measured in the same process
 """
 
