@@ -14,8 +14,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("proximal_step", &ponder::cpu::proximal_step, nogil);
   m.def("uld_step", &ponder::cpu::uld_step, nogil);
   m.def("mala_accept", &ponder::cpu::mala_accept, nogil);
+  // ThinK (ponder.ops.think)
+  m.def("think_pruned_decode_attention", &ponder::cpu::think_pruned_decode_attention, nogil);
+  m.def("think_channel_scores", &ponder::cpu::think_channel_scores, nogil);
   m.def("active_isa", &ponder::cpu::active_isa,
         "The instruction set the CPU kernels use here: 'avx512', 'avx2' or 'default'.");
+  // speculative decoding (ponder.ops.speculative)
+  m.def("accept_tokens", &ponder::cpu::accept_tokens, nogil);
+  m.def("accept_steps", &ponder::cpu::accept_steps, nogil);
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

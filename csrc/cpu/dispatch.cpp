@@ -97,5 +97,44 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
                   dtype, threads);
 }
 
+// ---- ThinK (ponder.ops.think) ----
+void think_pruned_decode_attention(uintptr_t out, uintptr_t lse, uintptr_t q, uintptr_t k_pruned,
+                                   uintptr_t idx, uintptr_t k_recent, uintptr_t v,
+                                   uintptr_t starts, uintptr_t lengths, int64_t batch, int64_t hq,
+                                   int64_t hkv, int64_t s_len, int64_t lp, int64_t lr,
+                                   int64_t dim, int64_t kept, int64_t dv, int64_t kp_sb,
+                                   int64_t kp_sh, int64_t kp_sl, int64_t kr_sb, int64_t kr_sh,
+                                   int64_t kr_sl, int64_t v_sb, int64_t v_sh, int64_t v_sl,
+                                   int dtype, double scale, int threads) {
+  PONDER_ISA_CALL(think_pruned_decode_attention, out, lse, q, k_pruned, idx, k_recent, v, starts,
+                  lengths, batch, hq, hkv, s_len, lp, lr, dim, kept, dv, kp_sb, kp_sh, kp_sl,
+                  kr_sb, kr_sh, kr_sl, v_sb, v_sh, v_sl, dtype, scale, threads);
+}
+
+void think_channel_scores(uintptr_t out, uintptr_t q_window, uintptr_t k, int64_t batch,
+                          int64_t hq, int64_t hkv, int64_t window, int64_t length, int64_t dim,
+                          int dtype, int threads) {
+  PONDER_ISA_CALL(think_channel_scores, out, q_window, k, batch, hq, hkv, window, length, dim,
+                  dtype, threads);
+}
+
+// ---- speculative decoding (ponder.ops.speculative) ----
+void accept_tokens(uintptr_t tokens_out, uintptr_t counts_out, uintptr_t draft_tokens,
+                   uintptr_t target_logits, uintptr_t draft_logits, uintptr_t target_thr,
+                   uintptr_t draft_thr, uintptr_t accept_u, uintptr_t race_u, uintptr_t seeds,
+                   int64_t batch, int64_t k, int64_t vocab, int dtype, double temperature,
+                   int per_row_seeds, int threads) {
+  PONDER_ISA_CALL(accept_tokens, tokens_out, counts_out, draft_tokens, target_logits,
+                  draft_logits, target_thr, draft_thr, accept_u, race_u, seeds, batch, k, vocab,
+                  dtype, temperature, per_row_seeds, threads);
+}
+
+void accept_steps(uintptr_t accepted_out, uintptr_t weights_out, uintptr_t rewards,
+                  uintptr_t uniforms, int64_t n, int kind, double threshold, double sharpness,
+                  uint64_t seed, int threads) {
+  PONDER_ISA_CALL(accept_steps, accepted_out, weights_out, rewards, uniforms, n, kind, threshold,
+                  sharpness, seed, threads);
+}
+
 }  // namespace cpu
 }  // namespace ponder

@@ -4,8 +4,9 @@
     ponder info                                   versions and backends (= python -m ponder)
     ponder sample [SAMPLER] [--target NAME] ...   run a sampler and report what it did
     ponder experiments samplers [--quick]         regenerate the SPS / RTK tables and plots
-    ponder toy train [--out DIR] [--models ...]   (re)train the toy models (draft, target, retrieval)
-    ponder toy eval [--models ...]                accuracy of the shipped toy models
+    ponder toy train [--out DIR] [--models ...]   (re)train the toy draft / target models
+    ponder toy eval [--models ...]                greedy accuracy of the shipped toy models
+    ponder think [--model M] [--prompts FILE]     ThinK vs dense: cache bytes, decode tok/s
     ponder prm score|collect|train|best-of-n      process reward models on JSONL files
 """
 
@@ -120,49 +121,36 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
-    from .toy import SPECS, evaluate_accuracy, load_toy_model, make_retrieval
-    from .toy.retrieval_model import RETRIEVAL_SPEC, evaluate_retrieval, train_retrieval_model
+    from .toy import SPECS, evaluate_accuracy, load_toy_model
 
-    names = args.models or [*SPECS, RETRIEVAL_SPEC.name, "prm"]
-    lm_names = [n for n in names if n in SPECS]
     if args.action == "train":
         from .toy.models import default_weights_dir
         from .toy.train import format_accuracies, train_all
 
         out = args.out or default_weights_dir()
+        names = args.models or [*SPECS, "prm"]
+        lm_names = [n for n in names if n in SPECS]
         if lm_names:
             results = train_all(out, names=lm_names, progress=not args.quiet)
             print(format_accuracies(results))
-        if RETRIEVAL_SPEC.name in names:
-            r = train_retrieval_model(out, progress=not args.quiet)
-            print("retrieval lookup accuracy: " + ", ".join(
-                f"{length} tokens {v['accuracy']:.1%}" for length, v in r["test"].items()))
         if "prm" in names:  # after the LMs: the PRM's data comes from the draft in ``out``
             from .toy.prm import format_prm_result, train_toy_prm
 
             print(format_prm_result(train_toy_prm(out, source_dir=out, progress=not args.quiet)))
         print(f"wrote {out}")
         return 0
-    for name in lm_names:
-        model, tokenizer = load_toy_model(name, weights_dir=args.out)
-        problems = SPECS[name].splits().test[: args.n]
-        acc = evaluate_accuracy(model, tokenizer, problems)
-        by = ", ".join(f"{k} steps {v:.1%}" for k, v in sorted(acc["by_steps"].items()))
-        print(f"{name:<7} greedy accuracy {acc['accuracy']:.1%} on {acc['n']} test problems ({by})")
+    names = args.models or [*SPECS, "prm"]
     if "prm" in names:  # sampling N drafts per problem is slow: report the measured recipe
         from .toy.models import read_recipe
         from .toy.prm import format_prm_result
 
         print(format_prm_result(read_recipe("prm", weights_dir=args.out)) + " (recipe.json)")
-    if RETRIEVAL_SPEC.name in names:
-        spec = RETRIEVAL_SPEC
-        model, tokenizer = load_toy_model(spec.name, weights_dir=args.out)
-        for length in spec.eval_context:
-            lookups = make_retrieval(min(args.n, 100), context_tokens=length, seed=spec.eval_seed,
-                                     key_digits=spec.key_digits, value_digits=spec.value_digits)
-            acc = evaluate_retrieval(model, tokenizer, lookups)
-            print(f"retrieval lookup accuracy {acc['accuracy']:.1%} on {acc['n']} lookups in "
-                  f"{length}-token contexts")
+    for name in [n for n in names if n in SPECS]:
+        model, tokenizer = load_toy_model(name, weights_dir=args.out)
+        problems = SPECS[name].splits().test[: args.n]
+        acc = evaluate_accuracy(model, tokenizer, problems)
+        by = ", ".join(f"{k} steps {v:.1%}" for k, v in sorted(acc["by_steps"].items()))
+        print(f"{name:<7} greedy accuracy {acc['accuracy']:.1%} on {acc['n']} test problems ({by})")
     return 0
 
 
@@ -209,13 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_toy = sub.add_parser("toy", help="the toy arithmetic world's models")
     p_toy.add_argument("action", choices=["train", "eval"])
-    p_toy.add_argument("--models", nargs="+", choices=["draft", "target", "retrieval", "prm"],
-                       default=None, help="default: all")
+    p_toy.add_argument("--models", nargs="+", choices=["draft", "target", "prm"], default=None)
     p_toy.add_argument("--out", default=None,
                        help="weights folder (default: the package's shipped weights)")
     p_toy.add_argument("--n", type=int, default=300, help="eval: test problems")
     p_toy.add_argument("--quiet", action="store_true")
     p_toy.set_defaults(func=_cmd_toy)
+
+    from .kv.cli import add_parser as add_think_parser  # ThinK (ponder.kv)
+
+    add_think_parser(sub)
+
+    from .decoding import cli as decoding_cli  # ponder rsd
+
+    decoding_cli.add_parser(sub)
 
     from .rewards.cli import add_parser as add_prm_parser  # ponder prm score|collect|train|...
 

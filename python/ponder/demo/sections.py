@@ -35,10 +35,8 @@ def _pct(x: float) -> str:
 
 
 def toy_section(ctx: Context) -> Section:
-    """The toy world: the shipped draft and target models' greedy accuracy on held-out problems
-    (and the retrieval model's lookup accuracy by context length, when it is shipped)."""
-    from ..toy import SPECS, evaluate_accuracy, load_toy_model, make_retrieval
-    from ..toy.models import default_weights_dir
+    """The toy world: the shipped draft and target models' greedy accuracy on held-out problems."""
+    from ..toy import SPECS, evaluate_accuracy, load_toy_model
 
     start = time.perf_counter()
     n = 60 if ctx.quick else 300
@@ -58,19 +56,6 @@ def toy_section(ctx: Context) -> Section:
                  f"{_pct(acc['draft'])}: room for a PRM to pick better draft samples and for RSD "
                  "to call the target only where the draft fails")]
 
-    if (default_weights_dir() / "retrieval" / "model.safetensors").is_file():
-        from ..toy.retrieval_model import evaluate_retrieval
-
-        model, tok = load_toy_model("retrieval")
-        lengths = (512, 1024) if ctx.quick else (512, 1024, 2048)
-        m = 20 if ctx.quick else 100
-        rrows = []
-        for length in lengths:
-            r = evaluate_retrieval(model, tok, make_retrieval(m, context_tokens=length,
-                                                              seed=ctx.seed + 1))
-            rrows.append([str(length), str(r["n"]), _pct(r["accuracy"])])
-        tables.append(Table(["context tokens", "lookups", "accuracy"], rrows,
-                            caption="the retrieval model (key-value lookup among distractors)"))
     return Section(
         "toy", "The toy world and its models",
         intro="Multi-step arithmetic problems written step by step (steps separated by a blank "
@@ -128,7 +113,207 @@ def samplers_section(ctx: Context) -> Section:
         tables=tables, findings=findings, images=images, seconds=time.perf_counter() - start)
 
 
+def _generate_timed(model, tokenizer, prompts, *, batch_size, max_new_tokens):
+    """Greedy continuations, the largest cache's bytes (used) and the decode tokens/s."""
+    from transformers import LogitsProcessorList
+
+    from ..kv import cache_nbytes
+
+    stamps: list[float] = []
+
+    def clock(input_ids, scores):  # called once per forward: times the decode steps
+        stamps.append(time.perf_counter())
+        return scores
+
+    texts, nbytes, seconds, tokens = [], 0, 0.0, 0
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
+                          padding=True, padding_side="left")
+        stamps.clear()
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             return_dict_in_generate=True,
+                             logits_processor=LogitsProcessorList([clock]),
+                             pad_token_id=tokenizer.pad_token_id)
+        new = out.sequences[:, batch["input_ids"].shape[1]:]
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+        # transformers renamed generate's past_key_values to cache; read whichever is there
+        cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
+        nbytes = max(nbytes, cache_nbytes(cache, used=True))
+        if len(stamps) > 1:
+            seconds += stamps[-1] - stamps[0]
+            tokens += (len(stamps) - 1) * new.shape[0]
+    return texts, nbytes, tokens / seconds if seconds > 0 else float("nan")
+
+
+def _think_rows(model, tokenizer, prompts, settings, *, batch_size, max_new_tokens):
+    """Dense, then ThinK at each of ``settings``: rows of (name, KiB, ratio, tokens/s, texts)."""
+    import torch
+
+    from ..kv import apply_think, remove_think
+
+    runs = {}
+    with torch.inference_mode():
+        runs["dense"] = _generate_timed(model, tokenizer, prompts, batch_size=batch_size,
+                                        max_new_tokens=max_new_tokens)
+        for name, kwargs in settings.items():
+            apply_think(model, **kwargs)
+            try:
+                runs[name] = _generate_timed(model, tokenizer, prompts, batch_size=batch_size,
+                                             max_new_tokens=max_new_tokens)
+            finally:
+                remove_think(model)
+    dense_bytes = runs["dense"][1]
+    return [(name, nbytes / 2**10, nbytes / dense_bytes, rate, texts)
+            for name, (texts, nbytes, rate) in runs.items()]
+
+
+def think_section(ctx: Context) -> Section:
+    """ThinK: the toy target model patched with ponder.kv.apply_think (accuracy and agreement
+    with the dense cache are kept), and a random-init Llama at a long prompt (bytes, speed)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ..toy import SPECS, load_toy_model, make_tokenizer, verify
+
+    start = time.perf_counter()
+    # 1. The toy target on arithmetic test problems. Its prompts are short (about 20 tokens),
+    # hence a small observation window and recent store: the pruning still covers most keys.
+    n = 16 if ctx.quick else 96
+    problems = SPECS["target"].splits().test[:n]
+    model, tok = load_toy_model("target")
+    short = {f"ThinK lambda={r}": {"prune_ratio": r, "window": 8, "recent": 8}
+             for r in (0.4, 0.5)}
+    rows = _think_rows(model, tok, [p.prompt for p in problems], short, batch_size=16,
+                       max_new_tokens=max(len(p.target) for p in problems) + 8)
+    dense_texts = rows[0][4]
+    table1 = Table(
+        ["cache", "KV KiB (batch of 16)", "vs dense", "accuracy", "same output as dense"],
+        [[name, f"{kib:,.1f}", f"{ratio:.3f}",
+          _pct(sum(verify(p, t) for p, t in zip(problems, texts)) / n),
+          f"{sum(a == b for a, b in zip(texts, dense_texts))}/{n}"]
+         for name, kib, ratio, _, texts in rows],
+        caption=f"the toy target model on {n} arithmetic test problems, greedy; window 8, "
+                "recent 8 (prompts are ~20 tokens)")
+
+    # 2. A random-init Llama (GQA, head dim 64) at a long prompt: what the cache holds, and
+    # decode speed. Its outputs mean nothing; the bytes and the time do.
+    length = 512 if ctx.quick else 4096
+    torch.manual_seed(ctx.seed)
+    config = LlamaConfig(vocab_size=len(make_tokenizer()), hidden_size=512, intermediate_size=1024,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+                         max_position_embeddings=length + 64, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2)
+    big = LlamaForCausalLM(config).eval()
+    big.generation_config.update(eos_token_id=None)  # decode exactly max_new_tokens
+    prompt = "".join(str(i % 10) for i in range(length - 1))
+    long = {f"ThinK lambda={r}": {"prune_ratio": r} for r in (0.4, 0.5)}
+    rows2 = _think_rows(big, tok, [prompt], long, batch_size=1, max_new_tokens=16)
+    table2 = Table(["cache", "KV KiB", "vs dense", "decode tokens/s"],
+                   [[name, f"{kib:,.0f}", f"{ratio:.3f}", f"{rate:,.1f}"]
+                    for name, kib, ratio, rate, _ in rows2],
+                   caption=f"random-init Llama (4 layers, 8 query / 2 KV heads of dim 64), one "
+                           f"{length}-token prompt, 16 new tokens; window 32, recent 32")
+    same = [sum(a == b for a, b in zip(r[4], dense_texts)) for r in rows[1:]]
+    findings = [
+        f"keys are half of the cache, so pruning a fraction lambda of their channels holds about "
+        f"1 - lambda/2 of the dense bytes: measured {rows2[1][2]:.3f} at lambda = 0.4 and "
+        f"{rows2[2][2]:.3f} at 0.5 on the {length}-token prompt",
+        f"on the toy target, ThinK's greedy outputs are identical to the dense cache's for "
+        f"{min(same)}/{n} problems or more",
+    ]
+    return Section(
+        "think", "ThinK: a channel-pruned KV cache",
+        intro="ponder.kv.apply_think(model) patches a loaded Hugging Face model: after prefill "
+              "each layer keeps the key channels its last prompt queries use most, stores them "
+              "compactly (fewer bytes, for real) and decodes with "
+              "ponder.ops.think.pruned_decode_attention; remove_think undoes it.",
+        tables=[table1, table2], findings=findings, seconds=time.perf_counter() - start)
+
+
+def prm_section(ctx: Context) -> Section:
+    """The toy PRM: how well it judges steps, and best-of-N with it against majority vote."""
+    from ..toy import SPECS
+    from ..toy.prm import evaluate_toy_prm, load_toy_prm
+
+    start = time.perf_counter()
+    n, samples = (16, 4) if ctx.quick else (150, 8)
+    problems = SPECS["target"].splits().test[:n]
+    prm = load_toy_prm()
+    result = evaluate_toy_prm(prm, problems, n=samples, seed=ctx.seed + 1)
+    bon = result["best_of_n"]["accuracy"]
+    names = {"first": "first sample", "majority": "majority vote", "oracle": "oracle (any right)"}
+    rows = [[names.get(rule, rule.replace("prm-", "PRM, ") + " step score"), _pct(acc)]
+            for rule, acc in bon.items()]
+    steps = result["steps"]
+    judge = Table(["steps judged", "AUC", "accuracy at 0.5"],
+                  [[f"{steps['n']:,}", f"{steps['auc']:.3f}", _pct(steps["accuracy"])]],
+                  caption="step-level judgement on held-out draft samples and corrupted "
+                          "solutions (labels from step-by-step verification)")
+    best = max((v for k, v in bon.items() if k.startswith("prm-")), default=float("nan"))
+    findings = [f"choosing among {samples} draft samples by the PRM's score: {_pct(best)} right, "
+                f"against {_pct(bon.get('majority', float('nan')))} for majority vote and "
+                f"{_pct(bon.get('first', float('nan')))} for the first sample"]
+    return Section(
+        "prm", "Process reward model: judging steps and best-of-N",
+        intro="ponder.toy.load_toy_prm() is a ponder.rewards.ProcessRewardModel trained by "
+              "ponder's PRMTrainer on the toy world; it scores every step from the hidden states "
+              "at the step tags only (ponder.ops.prm.score_steps), never the full vocabulary.",
+        tables=[judge, Table(["selection rule", "accuracy"], rows,
+                             caption=f"best-of-{samples} over {n} test problems, draft samples at "
+                                     "temperature 1")],
+        findings=findings, seconds=time.perf_counter() - start)
+
+
+def rsd_section(ctx: Context) -> Section:
+    """RSD with the toy models: accuracy and estimated FLOPs against draft-only and target-only."""
+    import math
+
+    from ..decoding import rsd_generate
+    from ..decoding.cli import ToyOracleScorer
+    from ..toy import SPECS, load_toy_model, verify
+    from ..toy.prm import load_toy_prm
+
+    start = time.perf_counter()
+    n = 24 if ctx.quick else 300
+    problems = SPECS["target"].splits().test[:n]
+    draft, tok = load_toy_model("draft")
+    target, _ = load_toy_model("target")
+    prm = load_toy_prm()
+    runs = [("draft only", None, -math.inf), ("target only", None, math.inf)]
+    runs += [(f"RSD, toy PRM, delta={d}", prm, d) for d in (0.3, 0.5, 0.7)]
+    runs.append(("RSD, oracle step checker", ToyOracleScorer(problems), 0.5))
+    stats = {}
+    for name, scorer, delta in runs:
+        stats[name] = rsd_generate(draft, target, scorer, problems, tokenizer=tok, delta=delta,
+                                   verifier=verify).stats
+    ref = stats["target only"]["flops"]
+    rows = []
+    for name, st in stats.items():
+        steps = st["draft_steps"] + st["target_steps"]
+        rows.append([name, _pct(st["accuracy"]),
+                     _pct(st["target_steps"] / steps) if steps else "-",
+                     f"{st['flops'] / ref:.2f}", f"{(st['flops'] - st['flops_prm']) / ref:.2f}"])
+    table = Table(["run", "accuracy", "steps by the target", "FLOPs vs target only",
+                   "same, PRM cost left out"], rows,
+                  caption=f"{n} test problems, greedy; FLOPs estimated as 2 x parameters per "
+                          "token per model (the toy PRM is as large as the target)")
+    findings = [
+        "the draft writes steps, the PRM scores each, and the target rewrites only the rejected "
+        "ones: accuracy climbs from draft-only towards target-only as delta rises",
+        "FLOPs are only saved when scoring a step costs much less than writing it: the paper's "
+        "PRMs are small next to their targets, the toy PRM is not (see the last column)",
+    ]
+    return Section(
+        "rsd", "RSD: reward-guided speculative decoding",
+        intro="ponder.decoding.rsd_generate with the toy draft and target models and the toy PRM "
+              "(and, for comparison, an oracle step checker that knows the right steps).",
+        tables=[table], findings=findings, seconds=time.perf_counter() - start)
+
+
 SECTIONS: dict[str, Callable[[Context], Section]] = {
     "toy": toy_section,
+    "think": think_section,
+    "prm": prm_section,
+    "rsd": rsd_section,
     "samplers": samplers_section,
 }

@@ -3,8 +3,10 @@
 - :mod:`ponder.ops.langevin`: fused ULA/SGLD, MALA, underdamped Langevin and SPS proximal steps.
 - :mod:`ponder.ops.prm`: batched PRM step scoring (two-label or value head) from the hidden states
   at the step positions only, with min / last / product / mean aggregates and a training path.
+- :mod:`ponder.ops.speculative`: speculative sampling's token acceptance and RSD's step acceptance.
+- :mod:`ponder.ops.think`: ThinK channel scores / selection / compaction and pruned decode attention.
 """
 
-from . import langevin, prm
+from . import langevin, prm, speculative, think
 
-__all__ = ["langevin", "prm"]
+__all__ = ["langevin", "prm", "speculative", "think"]

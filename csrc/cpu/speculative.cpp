@@ -1,0 +1,323 @@
+// CPU launchers for ponder.ops.speculative: validate -> dispatch dtype -> OpenMP over batch rows ->
+// per row, the speculative-sampling test position by position, stopping at the first rejection.
+// A vocabulary row is read from memory once for its log-sum-exp (two passes, the second from
+// cache) and, at the final position only, once more for the exponential race; no probability
+// row is ever stored.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpu/dtype.h"
+#include "cpu/ops.h"
+#include "ponder/check.h"
+#include "ponder/random.h"
+#include "ponder/speculative.h"
+
+#ifndef PONDER_CPU_ISA
+#define PONDER_CPU_ISA isa_default
+#endif
+
+namespace ponder {
+namespace cpu {
+namespace PONDER_CPU_ISA {
+namespace {
+
+// Vocabulary entries per inner block (a multiple of 4: one Philox block draws 4 uniforms).
+constexpr int64_t kBlock = 1024;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// One vocabulary row seen through temperature and a keep-threshold: s_v = l_v / T, kept when
+// l_v >= thr and l_v > -inf (a 0/1 float weight, so that loops multiply instead of branching).
+template <class T>
+struct Row {
+  const T* logits;
+  int64_t vocab;
+  float inv_t;
+  float thr;  // -inf: keep all
+
+  float s(int64_t v) const { return load(logits[v]) * inv_t; }
+  float keep(int64_t v) const {
+    const float l = load(logits[v]);
+    return static_cast<float>(l >= thr) * static_cast<float>(l > kNegInf);
+  }
+  float scaled(int64_t v) const { return keep(v) != 0.0f ? s(v) : kNegInf; }
+  // Without top-k / top-p every token is kept: a -inf logit then weighs exp(-87) ~ 1e-38 rather
+  // than 0 in the unfiltered loops (negligible; those loops must stay branch-free).
+  bool filtered() const { return thr > kNegInf; }
+
+  // The log-sum-exp of the kept scaled logits (max pass, then a sum pass from cache).
+  float lse() const {
+    float m = kNegInf;
+    for (int64_t b = 0; b < vocab; b += kBlock) {
+      const int64_t n = std::min(kBlock, vocab - b);
+      float bm = kNegInf;
+#pragma omp simd reduction(max : bm)
+      for (int64_t i = 0; i < n; ++i) {
+        const float l = load(logits[b + i]);
+        bm = std::max(bm, l >= thr ? l * inv_t : kNegInf);
+      }
+      m = std::max(m, bm);
+    }
+    double total = 0.0;
+    for (int64_t b = 0; b < vocab; b += kBlock) {
+      const int64_t n = std::min(kBlock, vocab - b);
+      float sum = 0.0f;
+      if (filtered()) {
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < n; ++i) {
+          sum += speculative::exp_nonpos_f32(s(b + i) - m) * keep(b + i);
+        }
+      } else {  // the common case, kept branch-free so that it vectorises
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < n; ++i) sum += speculative::exp_nonpos_f32(s(b + i) - m);
+      }
+      total += sum;
+    }
+    return m + static_cast<float>(std::log(total));
+  }
+
+  float prob(int64_t v, float lse) const {
+    const float x = scaled(v);
+    return x == kNegInf ? 0.0f : std::exp(x - lse);
+  }
+
+  // First index of the largest logit (greedy decoding; temperature and filters do not move it).
+  int64_t argmax() const {
+    int64_t best = 0;
+    float bv = load(logits[0]);
+    for (int64_t v = 1; v < vocab; ++v) {
+      const float l = load(logits[v]);
+      if (l > bv || (bv != bv && l == l)) {  // a NaN never wins over a number
+        bv = l;
+        best = v;
+      }
+    }
+    return best;
+  }
+};
+
+// Sample v with probability proportional to w_v = max(0, p_v - q_v) by an exponential race:
+// argmax_v w_v / E_v with E_v ~ Exp(1) independent. No normalisation of w is needed. q is the draft
+// row (draft != nullptr), a point mass on `point` (point >= 0), or zero (bonus token: w = p).
+// E_v = -log u_v, from `race_u` (explicit float64 uniforms) or Philox (stream, seed).
+template <class T>
+int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d, int64_t point,
+             const double* race_u, uint32_t stream, uint64_t seed) {
+  const int64_t vocab = target.vocab;
+  int64_t best = -1;
+  float best_key = 0.0f;
+  float key[kBlock];
+  for (int64_t b = 0; b < vocab; b += kBlock) {
+    const int64_t n = std::min(kBlock, vocab - b);
+    float e[kBlock];
+    if (race_u != nullptr) {
+      for (int64_t i = 0; i < n; ++i) e[i] = static_cast<float>(-std::log(race_u[b + i]));
+    } else {
+      const uint64_t first = static_cast<uint64_t>(b) / 4;
+#pragma omp simd
+      for (int64_t j = 0; j < (n + 3) / 4; ++j) {
+        const random::U32x4 r = random::philox4x32_10(first + j, stream, seed);
+        e[4 * j] = -random::log_f32(random::uniform_open_f32(r.v0));
+        e[4 * j + 1] = -random::log_f32(random::uniform_open_f32(r.v1));
+        e[4 * j + 2] = -random::log_f32(random::uniform_open_f32(r.v2));
+        e[4 * j + 3] = -random::log_f32(random::uniform_open_f32(r.v3));
+      }
+    }
+    if (target.filtered()) {
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        key[i] = speculative::exp_nonpos_f32(target.s(b + i) - lse_t) * target.keep(b + i);
+      }
+    } else {
+      const T* lt = target.logits + b;
+      const float it = target.inv_t;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) key[i] = speculative::exp_nonpos_f32(load(lt[i]) * it - lse_t);
+    }
+    if (draft != nullptr) {
+      if (draft->filtered()) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          const float q =
+              speculative::exp_nonpos_f32(draft->s(b + i) - lse_d) * draft->keep(b + i);
+          key[i] = std::max(key[i] - q, 0.0f);
+        }
+      } else {
+        const T* ld = draft->logits + b;
+        const float it = draft->inv_t;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          key[i] = std::max(key[i] - speculative::exp_nonpos_f32(load(ld[i]) * it - lse_d), 0.0f);
+        }
+      }
+    } else if (point >= b && point < b + n) {
+      key[point - b] = 0.0f;  // max(0, p - 1)
+    }
+    float bm = 0.0f;
+#pragma omp simd reduction(max : bm)
+    for (int64_t i = 0; i < n; ++i) {
+      key[i] = key[i] / e[i];
+      bm = std::max(bm, key[i]);
+    }
+    if (bm > best_key) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (key[i] == bm) {
+          best = b + i;
+          break;
+        }
+      }
+      best_key = bm;
+    }
+  }
+  return best;  // -1: every weight is 0
+}
+
+template <class F>
+void dispatch_dtype(int dtype, const char* op, F f) {
+  switch (dtype) {
+    case kFloat32: f(float{}); break;
+    case kFloat64: f(double{}); break;
+    case kFloat16: f(Half{}); break;
+    case kBFloat16: f(BFloat16{}); break;
+    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
+  }
+}
+
+}  // namespace
+
+void accept_tokens(uintptr_t tokens_out, uintptr_t counts_out, uintptr_t draft_tokens,
+                   uintptr_t target_logits, uintptr_t draft_logits, uintptr_t target_thr,
+                   uintptr_t draft_thr, uintptr_t accept_u, uintptr_t race_u, uintptr_t seeds,
+                   int64_t batch, int64_t k, int64_t vocab, int dtype, double temperature,
+                   int per_row_seeds, int threads) {
+  const char* op = "accept_tokens";
+  PONDER_CHECK(batch >= 0, op << ": batch must be >= 0, got " << batch);
+  PONDER_CHECK(k >= 1, op << ": K (draft tokens per row) must be >= 1, got " << k);
+  PONDER_CHECK(vocab >= 1, op << ": vocab must be >= 1, got " << vocab);
+  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
+  PONDER_CHECK(temperature >= 0.0 && std::isfinite(temperature),
+               op << ": temperature must be finite and >= 0, got " << temperature);
+  if (batch == 0) return;
+  PONDER_CHECK(tokens_out && counts_out && draft_tokens && target_logits,
+               op << ": a required buffer is a null pointer");
+  const bool greedy = temperature == 0.0;
+  PONDER_CHECK(greedy || (accept_u != 0) == (race_u != 0),
+               op << ": pass both uniform buffers or neither");
+  PONDER_CHECK(greedy || accept_u != 0 || seeds != 0, op << ": seeds is a null pointer");
+  const int64_t* x = reinterpret_cast<const int64_t*>(draft_tokens);
+  // Every index this launcher uses comes from draft_tokens: check them all before any work.
+  for (int64_t i = 0; i < batch * k; ++i) {
+    PONDER_CHECK(x[i] >= 0 && x[i] < vocab, op << ": draft token " << x[i] << " at flat index "
+                                                << i << " is outside [0, " << vocab << ")");
+  }
+  dispatch_dtype(dtype, op, [&](auto tag) {
+    using T = decltype(tag);
+    int64_t* out = reinterpret_cast<int64_t*>(tokens_out);
+    int64_t* counts = reinterpret_cast<int64_t*>(counts_out);
+    const T* lt = reinterpret_cast<const T*>(target_logits);
+    const T* ld = reinterpret_cast<const T*>(draft_logits);
+    const float* tt = reinterpret_cast<const float*>(target_thr);
+    const float* dt = reinterpret_cast<const float*>(draft_thr);
+    const double* au = reinterpret_cast<const double*>(accept_u);
+    const double* ru = reinterpret_cast<const double*>(race_u);
+    const uint64_t* sd = reinterpret_cast<const uint64_t*>(seeds);
+    const float inv_t = greedy ? 1.0f : static_cast<float>(1.0 / temperature);
+    const int nt = static_cast<int>(std::min<int64_t>(threads, batch));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t b = 0; b < batch; ++b) {
+      int64_t* o = out + b * (k + 1);
+      const uint64_t seed = sd != nullptr ? sd[b] : 0;
+      const int64_t srow = per_row_seeds ? 0 : b;
+      auto target_row = [&](int64_t j) {
+        return Row<T>{lt + (b * (k + 1) + j) * vocab, vocab, inv_t,
+                      tt != nullptr ? tt[b * (k + 1) + j] : kNegInf};
+      };
+      auto draft_row = [&](int64_t j) {
+        return Row<T>{ld + (b * k + j) * vocab, vocab, inv_t,
+                      dt != nullptr ? dt[b * k + j] : kNegInf};
+      };
+      int64_t accepted = 0;
+      int64_t final_token = -1;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t xj = x[b * k + j];
+        const Row<T> tr = target_row(j);
+        if (greedy) {
+          const int64_t best = tr.argmax();
+          if (best != xj) {
+            final_token = best;
+            break;
+          }
+          o[j] = xj;
+          ++accepted;
+          continue;
+        }
+        const float lse_t = tr.lse();
+        const float p = tr.prob(xj, lse_t);
+        float q = 1.0f, lse_d = 0.0f;
+        Row<T> dr{};
+        if (ld != nullptr) {
+          dr = draft_row(j);
+          lse_d = dr.lse();
+          q = dr.prob(xj, lse_d);
+        }
+        const double u = au != nullptr
+                             ? au[b * k + j]
+                             : random::uniform_at(static_cast<uint64_t>(j),
+                                                  speculative::accept_stream(srow), seed);
+        if (u * static_cast<double>(q) < static_cast<double>(p)) {
+          o[j] = xj;
+          ++accepted;
+          continue;
+        }
+        const double* rrow = ru != nullptr ? ru + b * vocab : nullptr;
+        const uint32_t rs = speculative::race_stream(srow);
+        final_token = race(tr, lse_t, ld != nullptr ? &dr : nullptr, lse_d, ld != nullptr ? -1 : xj,
+                           rrow, rs, seed);
+        if (final_token < 0) {  // p <= q everywhere (rounding): fall back to p itself
+          final_token = race<T>(tr, lse_t, nullptr, 0.0f, -1, rrow, rs, seed);
+        }
+        break;
+      }
+      if (accepted == k) {  // every draft token accepted: a bonus token from p at position K
+        const Row<T> tr = target_row(k);
+        if (greedy) {
+          final_token = tr.argmax();
+        } else {
+          final_token = race<T>(tr, tr.lse(), nullptr, 0.0f, -1,
+                                ru != nullptr ? ru + b * vocab : nullptr,
+                                speculative::race_stream(srow), seed);
+        }
+      }
+      o[accepted] = final_token;
+      for (int64_t j = accepted + 1; j <= k; ++j) o[j] = -1;
+      counts[b] = accepted;
+    }
+  });
+}
+
+void accept_steps(uintptr_t accepted_out, uintptr_t weights_out, uintptr_t rewards,
+                  uintptr_t uniforms, int64_t n, int kind, double threshold, double sharpness,
+                  uint64_t seed, int threads) {
+  const char* op = "accept_steps";
+  PONDER_CHECK(n >= 0, op << ": n must be >= 0, got " << n);
+  PONDER_CHECK(kind >= 0 && kind <= 3, op << ": unknown omega code " << kind);
+  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
+  if (n == 0) return;
+  PONDER_CHECK(accepted_out && weights_out && rewards, op << ": a buffer is a null pointer");
+  bool* acc = reinterpret_cast<bool*>(accepted_out);
+  double* w = reinterpret_cast<double*>(weights_out);
+  const double* r = reinterpret_cast<const double*>(rewards);
+  const double* u = reinterpret_cast<const double*>(uniforms);
+  for (int64_t i = 0; i < n; ++i) {
+    w[i] = speculative::step_weight(kind, r[i], threshold, sharpness);
+    const double ui = u != nullptr ? u[i]
+                                   : random::uniform_at(static_cast<uint64_t>(i),
+                                                        speculative::kStepStream, seed);
+    // u in (0, 1): omega = 1 always accepts, omega = 0 (or NaN) never does.
+    acc[i] = ui < w[i];
+  }
+}
+
+}  // namespace PONDER_CPU_ISA
+}  // namespace cpu
+}  // namespace ponder

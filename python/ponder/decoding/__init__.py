@@ -1,0 +1,7 @@
+"""Decoding with a draft and a target model: token-level speculative decoding
+(:func:`speculative_generate`) and reward-guided speculative decoding (:func:`rsd_generate`)."""
+
+from .rsd import RSDResult, StepScorer, rsd_generate
+from .speculative import SpeculativeOutput, speculative_generate
+
+__all__ = ["RSDResult", "SpeculativeOutput", "StepScorer", "rsd_generate", "speculative_generate"]

@@ -1,0 +1,166 @@
+"""``ponder rsd``: RSD on the toy world (or given models) next to draft-only and target-only runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+
+from ..toy import STEP_SEPARATOR, Problem, check_steps, extract_answer, verify
+
+
+class ToyOracleScorer:
+    """A step scorer for the toy world that knows the truth: a step scores 1 when
+    ``ponder.toy.check_steps`` judges it right (an ``"Answer: N"`` step: when N is the right
+    answer), else 0. An upper bound for a learned PRM, for when none is trained."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self._by_question = {p.prompt: p for p in problems}
+
+    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
+        out = []
+        for q, cand in zip(questions, steps):
+            p = self._by_question[q]
+            text = STEP_SEPARATOR.join(cand)
+            flags = check_steps(p, text)
+            scores = [float(f) for f in flags]
+            if cand and extract_answer(cand[-1]) is not None and cand[-1].startswith("Answer"):
+                scores.append(float(verify(p, text)))
+            while len(scores) < len(cand):
+                scores.append(0.0)
+            out.append(scores[: len(cand)])
+        return out
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "rsd", help="reward-guided speculative decoding vs draft-only and target-only",
+        description="Run RSD on the toy arithmetic world (default models: the toy draft and "
+        "target) and print accuracy, steps, tokens and estimated FLOPs next to draft-only and "
+        "target-only runs.")
+    parser.add_argument("--draft", default="draft",
+                        help="toy model name or a transformers model folder (default: draft)")
+    parser.add_argument("--target", default="target",
+                        help="toy model name or a transformers model folder (default: target)")
+    parser.add_argument("--prm", default="toy",
+                        help="'toy' (the shipped toy PRM if present, else the oracle step "
+                        "checker) or 'oracle' (toy problems only)")
+    parser.add_argument("--data", default=None,
+                        help="JSONL of problems {\"prompt\": ..., \"answer\": ...} "
+                        "(default: toy test problems)")
+    parser.add_argument("--n", type=int, default=100, help="problems to run (default 100)")
+    parser.add_argument("--delta", type=float, nargs="+", default=[0.7],
+                        help="acceptance thresholds (default 0.7)")
+    parser.add_argument("--omega", default="binary")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def load_prm(kind: str, problems):
+    """(scorer, name, parameters for FLOPs)."""
+    if kind not in ("toy", "oracle"):
+        raise ValueError(f"--prm must be 'toy' or 'oracle', got {kind!r}")
+    if kind == "toy":
+        try:
+            from ..toy import load_toy_prm  # lands with the PRM branch
+        except ImportError:
+            load_toy_prm = None
+        if load_toy_prm is not None:
+            try:
+                prm = load_toy_prm()
+                return prm, "toy PRM", None
+            except FileNotFoundError:
+                pass
+    if any(isinstance(p, str) for p in problems):
+        raise ValueError("--data needs a learned PRM (the oracle only knows the toy test "
+                         "problems), and the toy PRM is not installed")
+    return ToyOracleScorer(problems), "oracle step checker", None
+
+
+def _load_model(name: str, load_toy_model):
+    """A toy model by name, or (model, tokenizer) from a transformers folder."""
+    from pathlib import Path
+
+    if not Path(name).is_dir():
+        return load_toy_model(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(name, local_files_only=True, padding_side="left")
+    return model, tok
+
+
+def read_problems(path: str, n: int) -> tuple[list[str], list[object]]:
+    """Prompts and answers from a JSONL file of {"prompt": str, "answer": ...} rows."""
+    prompts, answers = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "prompt" not in row or "answer" not in row:
+                raise ValueError(f"{path}:{line_no}: a row needs 'prompt' and 'answer'")
+            prompts.append(row["prompt"])
+            answers.append(row["answer"])
+            if len(prompts) >= n:
+                break
+    if not prompts:
+        raise ValueError(f"{path}: no problems")
+    return prompts, answers
+
+
+def run(args) -> int:
+    from ..toy import SPECS, load_toy_model
+    from ._models import num_parameters
+    from .rsd import rsd_generate
+
+    draft, tok = _load_model(args.draft, load_toy_model)
+    target, target_tok = _load_model(args.target, load_toy_model)
+    verifier = verify
+    if args.data is None:
+        problems = SPECS["target"].splits().test[: args.n]
+    else:
+        problems, answers = read_problems(args.data, args.n)
+        by_prompt = dict(zip(problems, answers))
+
+        def verifier(prompt, text):
+            answer = by_prompt[prompt]
+            if isinstance(answer, str) and answer.strip().lstrip("-").isdigit():
+                answer = int(answer)  # a str would be read as a question
+            return verify(answer, text)
+
+    prm, prm_name, _ = load_prm(args.prm, problems)
+    inner = getattr(prm, "model", None)
+    # The oracle is charged as a target-sized PRM (a learned toy PRM is one).
+    prm_params = num_parameters(inner) if inner is not None else num_parameters(target)
+    rows = []
+    for label, delta in [("draft-only", -math.inf), ("target-only", math.inf)] + [
+        (f"RSD delta={d:g}", d) for d in args.delta
+    ]:
+        res = rsd_generate(draft, target, prm, problems, tokenizer=tok,
+                           target_tokenizer=target_tok, delta=delta, omega=args.omega,
+                           max_new_tokens=args.max_new_tokens, verifier=verifier,
+                           prm_parameters=prm_params)
+        rows.append({"run": label, **res.stats})
+    base = next(r for r in rows if r["run"] == "target-only")["flops"]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print(f"{len(problems)} toy test problems; PRM: {prm_name}; omega={args.omega}")
+    head = (f"{'run':<18}{'accuracy':>9}{'draft st':>9}{'target st':>10}{'accept':>8}"
+            f"{'draft tok':>10}{'discard':>8}{'target tok':>11}{'GFLOPs':>8}{'vs target':>10}"
+            f"{'no-PRM':>8}"
+            f"{'wall s':>8}")
+    print(head)
+    for r in rows:
+        acc = r["acceptance_rate"]
+        print(f"{r['run']:<18}{r['accuracy']:>9.3f}{r['draft_steps']:>9}{r['target_steps']:>10}"
+              f"{'-' if math.isnan(acc) else f'{acc:.2f}':>8}{r['draft_tokens']:>10}"
+              f"{r['discarded_draft_tokens']:>8}{r['target_tokens']:>11}"
+              f"{r['flops'] / 1e9:>8.3f}{r['flops'] / base:>10.2f}"
+              f"{(r['flops'] - r['flops_prm']) / base:>8.2f}{r['wall_s']:>8.1f}")
+    return 0

@@ -1,0 +1,267 @@
+"""RSD: reward-guided speculative decoding (arXiv 2501.19324), batched over problems.
+
+Step loop: the draft writes one reasoning step (up to ``step_delimiter``, EOS or a token cap) for
+every unfinished problem; the PRM scores each prefix + new step (the score of the LAST step); a
+step is kept with probability ``omega(r)`` (:func:`ponder.ops.speculative.accept_steps`; binary
+``r >= delta`` by default), otherwise it is discarded and the target writes the step from the same
+prefix. A problem ends at EOS, ``max_new_tokens`` or ``max_steps``. ``delta=-inf`` (binary) is
+draft-only generation and ``delta=+inf`` target-only; neither calls the PRM (nor, for +inf, the
+draft).
+
+Text is kept as token ids, so the target continues exactly the tokens the draft wrote (the two
+must share a tokenizer). Each step is generated with a fresh KV cache over the prefix (prefill
+is batched): caches are not carried across steps in this version.
+
+FLOPs follow the paper's estimate, ~2 x parameters per generated token per model (the draft's
+discarded tokens included) plus 2 x PRM parameters per token of each scored step; prefill of the
+prefixes is not counted (with carried caches it would be computed once).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ..ops.speculative import OMEGAS, accept_steps
+from ._models import (
+    check_pair,
+    check_tokenizers,
+    crop_cache,  # noqa: F401  (re-exported for step generators that carry caches)
+    forward_cached,
+    left_pad,
+    model_device,
+    num_parameters,
+    positions,
+    sample,
+)
+
+
+@runtime_checkable
+class StepScorer(Protocol):
+    """What RSD needs from a process reward model (e.g. ``ponder.rewards.ProcessRewardModel``)."""
+
+    def score(
+        self, questions: Sequence[str], steps: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """Per-step scores in [0, 1]: ``out[i][j]`` scores step j of candidate i."""
+        ...
+
+
+@dataclass
+class RSDResult:
+    """The completions (step texts joined by the delimiter, special tokens removed), the steps
+    with who wrote them (``"draft"`` / ``"target"``), and the statistics (see :func:`rsd_generate`)."""
+
+    texts: list[str]
+    steps: list[list[tuple[str, str]]]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@torch.inference_mode()
+def _generate_steps(
+    model,
+    tokenizer,
+    prefixes: Sequence[Sequence[int]],
+    *,
+    delimiter: str,
+    max_tokens: Sequence[int],
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> tuple[list[list[int]], list[bool]]:
+    """One step per prefix, batched: new token ids (up to and including the delimiter or EOS)
+    and whether the step ended with EOS."""
+    device = model_device(model)
+    eos = tokenizer.eos_token_id
+    ids, mask = left_pad(prefixes, tokenizer.pad_token_id, device)
+    logits, cache = forward_cached(model, ids, mask, positions(mask), None, 1)
+    n = len(prefixes)
+    new: list[list[int]] = [[] for _ in range(n)]
+    ended_eos = [False] * n
+    active = [max_tokens[i] > 0 for i in range(n)]
+    while any(active):
+        tok = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)
+        for i in range(n):
+            if not active[i]:
+                continue
+            t = int(tok[i])
+            new[i].append(t)
+            if t == eos:
+                ended_eos[i], active[i] = True, False
+            elif len(new[i]) >= max_tokens[i] or tokenizer.decode(new[i]).endswith(delimiter):
+                active[i] = False
+        if not any(active):
+            break
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], 1)
+        logits, cache = forward_cached(
+            model, tok[:, None], mask, positions(mask)[:, -1:], cache, 1
+        )
+    return new, ended_eos
+
+
+def _question_text(problem) -> str:
+    return problem if isinstance(problem, str) else problem.prompt
+
+
+def rsd_generate(
+    draft,
+    target,
+    prm: StepScorer | None,
+    problems: Sequence,
+    *,
+    tokenizer,
+    target_tokenizer=None,
+    delta: float = 0.7,
+    omega: str = "binary",
+    step_delimiter: str = "\n\n",
+    max_steps: int = 100,
+    max_new_tokens: int = 256,
+    max_step_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    batch_size: int = 64,
+    verifier: Callable[[object, str], bool] | None = None,
+    prm_parameters: int | None = None,
+    generator: torch.Generator | int | None = None,
+) -> RSDResult:
+    """Reward-guided speculative decoding over a batch of problems.
+
+    Args:
+        draft, target: transformers causal LMs sharing ``tokenizer``.
+        prm: a :class:`StepScorer` (None only for ``delta = +-inf`` with binary omega).
+        problems: prompts (str) or objects with a ``.prompt`` (e.g. ``ponder.toy.Problem``).
+        tokenizer: the draft's tokenizer; target_tokenizer: the target's, checked equal.
+        delta: the acceptance threshold; omega: one of ``"binary"``, ``"constant"``,
+            ``"clipping"``, ``"sigmoid"``.
+        step_delimiter: ends a step; max_steps / max_new_tokens / max_step_tokens: caps per
+            problem (steps, tokens in all, tokens per step).
+        temperature, top_k, top_p: sampling of both models (0: greedy).
+        batch_size: problems per batch.
+        verifier: ``verifier(problem, text) -> bool``; gives ``stats["accuracy"]``.
+        prm_parameters: the PRM's parameter count for the FLOP estimate (default: its
+            ``model``'s parameters if it has one, else 0).
+        generator: seed for sampling and non-binary omega.
+
+    Returns:
+        :class:`RSDResult`. ``stats``: ``problems``, ``draft_steps`` / ``target_steps`` (steps
+        kept from each), ``proposed_draft_steps``, ``acceptance_rate`` (kept / proposed draft
+        steps), ``draft_tokens`` (all generated, discarded included), ``discarded_draft_tokens``,
+        ``target_tokens``, ``prm_tokens``, ``flops_draft`` / ``flops_target`` / ``flops_prm`` /
+        ``flops`` (2 x params x tokens), ``wall_s``, and ``accuracy`` with a verifier.
+    """
+    check_pair(draft, target)
+    if target_tokenizer is not None:
+        check_tokenizers(tokenizer, target_tokenizer)
+    if omega not in OMEGAS:
+        raise ValueError(f"omega must be one of {OMEGAS}, got {omega!r}")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or math.isnan(delta):
+        raise ValueError(f"delta must be a real number or +-inf, got {delta!r}")
+    for name, v in (("max_steps", max_steps), ("max_new_tokens", max_new_tokens),
+                    ("max_step_tokens", max_step_tokens), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    draft_only = omega == "binary" and delta == -math.inf
+    target_only = omega == "binary" and delta == math.inf
+    if not (draft_only or target_only):
+        if not math.isfinite(delta):
+            raise ValueError(f"delta = {delta} is only meaningful with omega='binary'")
+        if prm is None or not callable(getattr(prm, "score", None)):
+            raise TypeError("prm must have score(questions, steps) -> list[list[float]]")
+    if prm_parameters is None:
+        inner = getattr(prm, "model", None)
+        prm_parameters = num_parameters(inner) if isinstance(inner, torch.nn.Module) else 0
+    seed = int(torch.randint(0, 2**62, ())) if generator is None else (
+        generator if isinstance(generator, int) else
+        int(torch.randint(0, 2**62, (), generator=generator)))
+    draw = torch.Generator(device=model_device(draft)).manual_seed(seed)
+    gen_kw = {"delimiter": step_delimiter, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                  "generator": draw}
+    stats = {"problems": len(problems), "draft_steps": 0, "target_steps": 0, "proposed_draft_steps": 0,
+                 "draft_tokens": 0, "discarded_draft_tokens": 0, "target_tokens": 0, "prm_tokens": 0}
+    start_time = time.perf_counter()
+    texts: list[str] = []
+    all_steps: list[list[tuple[str, str]]] = []
+    for lo in range(0, len(problems), batch_size):
+        batch = problems[lo:lo + batch_size]
+        questions = [_question_text(p) for p in batch]
+        prefix = [list(tokenizer(q)["input_ids"]) for q in questions]
+        written = [0] * len(batch)  # new tokens per problem
+        steps: list[list[tuple[str, str]]] = [[] for _ in batch]
+        step_ids: list[list[list[int]]] = [[] for _ in batch]
+        done = [False] * len(batch)
+        while not all(done):
+            live = [i for i in range(len(batch)) if not done[i]]
+            caps = [min(max_step_tokens, max_new_tokens - written[i]) for i in live]
+            keep = [False] * len(live)
+            d_new: list[list[int]] = [[] for _ in live]
+            d_eos = [False] * len(live)
+            if not target_only:
+                d_new, d_eos = _generate_steps(
+                    draft, tokenizer, [prefix[i] for i in live], max_tokens=caps, **gen_kw)
+                stats["draft_tokens"] += sum(map(len, d_new))
+                stats["proposed_draft_steps"] += len(live)
+                if draft_only:
+                    keep = [True] * len(live)
+                else:
+                    cand = [[s for s, _ in steps[i]] + [_clean(tokenizer, d_new[j],
+                                                               step_delimiter)]
+                            for j, i in enumerate(live)]
+                    scores = prm.score([questions[i] for i in live], cand)
+                    rewards = torch.tensor([float(s[-1]) for s in scores], dtype=torch.float64)
+                    stats["prm_tokens"] += sum(map(len, d_new))
+                    acc, _ = accept_steps(rewards, delta, omega,
+                                          generator=int(torch.randint(0, 2**62, (),
+                                                                      generator=draw)))
+                    keep = acc.tolist()
+            redo = [i for j, i in enumerate(live) if not keep[j]]
+            t_new, t_eos = [], []
+            if redo:
+                t_new, t_eos = _generate_steps(
+                    target, tokenizer, [prefix[i] for i in redo],
+                    max_tokens=[min(max_step_tokens, max_new_tokens - written[i]) for i in redo],
+                    **gen_kw)
+                stats["target_tokens"] += sum(map(len, t_new))
+            by_target = dict(zip(redo, zip(t_new, t_eos)))
+            for j, i in enumerate(live):
+                if keep[j]:
+                    ids, eos, who = d_new[j], d_eos[j], "draft"
+                    stats["draft_steps"] += 1
+                else:
+                    ids, eos = by_target[i]
+                    who = "target"
+                    stats["target_steps"] += 1
+                    stats["discarded_draft_tokens"] += len(d_new[j])
+                prefix[i] = prefix[i] + ids
+                written[i] += len(ids)
+                step_ids[i].append(ids)
+                steps[i].append((_clean(tokenizer, ids, step_delimiter), who))
+                if eos or written[i] >= max_new_tokens or len(steps[i]) >= max_steps:
+                    done[i] = True
+        for i in range(len(batch)):
+            flat = [t for ids in step_ids[i] for t in ids]
+            texts.append(tokenizer.decode(flat, skip_special_tokens=True))
+            all_steps.append(steps[i])
+    stats["wall_s"] = time.perf_counter() - start_time
+    proposed = stats["proposed_draft_steps"]
+    stats["acceptance_rate"] = stats["draft_steps"] / proposed if proposed else float("nan")
+    stats["flops_draft"] = 2.0 * num_parameters(draft) * stats["draft_tokens"]
+    stats["flops_target"] = 2.0 * num_parameters(target) * stats["target_tokens"]
+    stats["flops_prm"] = 2.0 * prm_parameters * stats["prm_tokens"]
+    stats["flops"] = stats["flops_draft"] + stats["flops_target"] + stats["flops_prm"]
+    if verifier is not None:
+        stats["accuracy"] = sum(bool(verifier(p, t)) for p, t in zip(problems, texts)) / max(
+            len(problems), 1)
+    return RSDResult(texts, all_steps, stats)
+
+
+def _clean(tokenizer, ids: Sequence[int], delimiter: str) -> str:
+    """A step's text for the PRM: special tokens and the trailing delimiter removed."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    return text[: -len(delimiter)] if delimiter and text.endswith(delimiter) else text

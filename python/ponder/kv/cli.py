@@ -1,0 +1,181 @@
+"""``ponder think``: generate with and without ThinK; compare cache bytes, decode speed, outputs.
+
+    ponder think                                  toy "target" model on toy arithmetic prompts
+    ponder think --model path/to/hf_model --prompts prompts.jsonl --window 32 --recent 32
+
+Prompts: a ``.jsonl`` file (one ``{"prompt": ...}`` object or JSON string a line), or any other
+file as one prompt. Without ``--prompts``: test problems of the toy arithmetic world (and their
+accuracy is reported). The toy prompts are short (about 20 tokens), hence the small default
+``--window`` / ``--recent``; use ThinK's defaults (32 / 32) on real models and long prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``think`` subcommand to ``ponder``'s subparsers."""
+    p = subparsers.add_parser(
+        "think", help="generate with and without ThinK (cache bytes, decode tokens/s, agreement)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="target",
+                   help="a toy model name (draft, target) or a local Hugging Face model folder")
+    p.add_argument("--prompts", default=None, help=".jsonl (one prompt a line) or a text file")
+    p.add_argument("--n", type=int, default=32, help="toy prompts used (without --prompts)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--prune-ratio", type=float, default=0.4)
+    p.add_argument("--window", type=int, default=8)
+    p.add_argument("--recent", type=int, default=8)
+    p.add_argument("--evict", choices=["snapkv"], default=None)
+    p.add_argument("--token-budget", type=int, default=None)
+    p.add_argument("--fold-block", type=int, default=None,
+                   help="prune generated tokens too, this many at a time")
+    p.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--backend", choices=["cpu", "triton", "torch"], default=None)
+    p.set_defaults(func=run)
+    return p
+
+
+def _read_prompts(path: str) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--prompts: no such file {path}")
+    if file.suffix != ".jsonl":
+        return [file.read_text()]
+    prompts = []
+    for number, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if isinstance(item, dict):
+            item = item.get("prompt")
+        if not isinstance(item, str):
+            raise TypeError(f"--prompts: line {number} of {path} is not a string or a "
+                             "{\"prompt\": ...} object")
+        prompts.append(item)
+    if not prompts:
+        raise ValueError(f"--prompts: {path} holds no prompt")
+    return prompts
+
+
+def _load(args):
+    dtype = getattr(torch, args.dtype)
+    if args.model in ("draft", "target"):
+        from ..toy import load_toy_model
+
+        model, tokenizer = load_toy_model(args.model, dtype=dtype)
+        return model, tokenizer, f"toy {args.model!r}"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer, args.model
+
+
+class _Clock:
+    """A logits processor that only timestamps: called once per forward of ``generate``."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def _generate(model, tokenizer, prompts, args):
+    """All prompts in batches: (texts, (held, used) cache bytes of the largest batch, decode
+    seconds, decode tokens)."""
+    from transformers import LogitsProcessorList
+
+    from . import cache_nbytes
+
+    texts, nbytes, decode_s, decode_tokens = [], (0, 0), 0.0, 0
+    for start in range(0, len(prompts), args.batch_size):
+        batch = tokenizer(prompts[start:start + args.batch_size], return_tensors="pt",
+                          padding=True).to(model.device)
+        clock = _Clock()
+        torch.manual_seed(args.seed + start)
+        out = model.generate(
+            **batch, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+            return_dict_in_generate=True, logits_processor=LogitsProcessorList([clock]),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = out.sequences[:, batch["input_ids"].shape[1]:]
+        texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        nbytes = max(nbytes, (cache_nbytes(out.cache), cache_nbytes(out.cache, used=True)))
+        if len(clock.times) > 1:  # the first call follows prefill: decode is what comes after
+            decode_s += clock.times[-1] - clock.times[0]
+            decode_tokens += (len(clock.times) - 1) * new.shape[0]
+    return texts, nbytes, decode_s, decode_tokens
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``ponder think`` (see the module docstring); returns the exit status."""
+    from . import apply_think, remove_think
+
+    for name in ("n", "batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    model, tokenizer, label = _load(args)
+    problems = None
+    if args.prompts is not None:
+        prompts = _read_prompts(args.prompts)
+    else:
+        from ..toy import SPECS
+
+        problems = SPECS["target"].splits().test[: args.n]
+        prompts = [p.prompt for p in problems]
+    settings = {"prune_ratio": args.prune_ratio, "window": args.window, "recent": args.recent,
+                    "evict": args.evict, "token_budget": args.token_budget, "backend": args.backend,
+                    "fold_block": args.fold_block}
+    apply_think(model, **settings)  # validates the settings before the slow part
+    remove_think(model)
+    cfg = model.config
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    print(f"model        {label} ({cfg.model_type}, {cfg.num_hidden_layers} layers, "
+          f"{cfg.num_key_value_heads} KV heads, {args.dtype})")
+    print(f"prompts      {len(prompts)} ({min(lengths)}-{max(lengths)} tokens), batch "
+          f"{args.batch_size}, {'sampled' if args.sample else 'greedy'}, max_new_tokens "
+          f"{args.max_new_tokens}")
+    print("ThinK        " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None))
+    results = {}
+    with torch.inference_mode():
+        results["dense"] = _generate(model, tokenizer, prompts, args)
+        apply_think(model, **settings)
+        try:
+            results["think"] = _generate(model, tokenizer, prompts, args)
+        finally:
+            remove_think(model)
+    d_text, d_bytes, d_s, d_tok = results["dense"]
+    t_text, t_bytes, t_s, t_tok = results["think"]
+    print(f"{'':<24}{'dense':>14}{'ThinK':>14}")
+    for i, what in enumerate(("held", "used")):
+        print(f"{'cache bytes ' + what:<24}{d_bytes[i]:>14,}{t_bytes[i]:>14,}   "
+              f"ratio {t_bytes[i] / max(d_bytes[i], 1):.3f}")
+    rate = [tok / s if s > 0 else float("nan") for tok, s in ((d_tok, d_s), (t_tok, t_s))]
+    print(f"{'decode tokens/s':<24}{rate[0]:>14.1f}{rate[1]:>14.1f}")
+    same = sum(a == b for a, b in zip(d_text, t_text))
+    print(f"outputs agree: {same}/{len(prompts)} identical")
+    if problems is not None:
+        from ..toy import verify
+
+        acc = [sum(verify(p, t) for p, t in zip(problems, texts)) / len(problems)
+               for texts in (d_text, t_text)]
+        print(f"{'toy accuracy':<24}{acc[0]:>14.1%}{acc[1]:>14.1%}")
+    return 0

@@ -1,0 +1,524 @@
+"""ThinK kernels: query-driven channel pruning of the key cache, and decode attention over it.
+
+ThinK (arXiv 2407.21018, METHODS.md) scores each key channel of each KV head once, after prefill,
+keeps the ``T = D - floor(lambda * D)`` best channels of the keys (values keep full width), and
+stores those keys compactly. Decode then attends over two key stores with one softmax:
+
+- the *pruned* store: ``k_pruned [B, Hkv, Lp, T]`` with the kept channels ``idx [B, Hkv, T]``
+  (logit = ``q[idx] . k_pruned``), and
+- the *recent* store: ``k_recent [B, Hkv, Lr, D]`` at full width (the last prompt tokens and all
+  generated ones; logit = ``q . k_recent``),
+
+with values ``v [B, Hkv, Lp + Lr, D]`` in the same token order (pruned tokens first).
+
+Ops (each with a plain-torch ``*_reference`` that defines it):
+
+- :func:`channel_scores` ``(q_window, k) -> [B, Hkv, D]`` float32;
+- :func:`select_channels` ``(scores, keep) -> idx [B, Hkv, T]`` **int64**, sorted ascending;
+- :func:`compact_keys` ``(k, idx) -> [B, Hkv, L, T]``;
+- :func:`pruned_decode_attention` ``(q, k_pruned, idx, k_recent, v, ...) -> [B, Hq, S, D]``.
+
+GQA: query head ``hq`` uses KV head ``hq // (Hq // Hkv)`` (transformers' ``repeat_kv`` order);
+K and V are never expanded.
+
+Positions, padding and the causal rule of :func:`pruned_decode_attention`
+--------------------------------------------------------------------------
+The keys of one batch row are the concatenation ``[pruned ; recent]``, positions ``0 .. L - 1``
+with ``L = Lp + Lr``. Each row ``b`` has a valid window ``[start_b, end_b)``:
+
+- ``starts`` (``[B]``, default all 0): the first valid position. **Left padding** (what
+  transformers' ``generate`` makes for batches) sets ``starts[b]`` = the number of pad tokens
+  on the left of row ``b``; they are never attended to.
+- ``lengths`` (``[B]``, default all ``L``): one past the last valid position. **Right padding**
+  (a cache with spare capacity, rows of different lengths) sets ``lengths[b]``.
+
+The ``S`` queries of row ``b`` are the last ``S`` valid positions: query ``s`` sits at position
+``p_s = end_b - S + s`` and sees key ``t`` iff ``start_b <= t <= p_s`` (causal among the ``S``
+queries, and their own keys must already be in the cache, as transformers does). With ``S = 1``
+that is just the window. A query that sees no key gets a zero output and ``lse = -inf``.
+
+Scale: ``1/sqrt(D)`` with the full ``D`` (METHODS.md), whatever ``T`` is. Math in float32 for
+float32 / float16 / bfloat16 inputs; outputs in the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from ._common import call_op, check_backend_dtype, check_tensor, launch_native
+
+__all__ = [
+    "DTYPES",
+    "channel_scores",
+    "channel_scores_reference",
+    "compact_keys",
+    "compact_keys_reference",
+    "kept_channels",
+    "pruned_decode_attention",
+    "pruned_decode_attention_reference",
+    "select_channels",
+    "select_channels_reference",
+]
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# References: plain torch, float32 math. The definition of each op.
+# --------------------------------------------------------------------------------------------
+
+
+def kept_channels(head_dim: int, prune_ratio: float) -> int:
+    """``T = D - floor(lambda * D)``: the key channels ThinK keeps (METHODS.md).
+
+    A tiny epsilon absorbs float error in ``lambda * D`` (0.29 * 100 is 28.999999999999996).
+    """
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"kept_channels: head_dim must be an int >= 1, got {head_dim!r}")
+    if not 0.0 <= float(prune_ratio) < 1.0:
+        raise ValueError(f"kept_channels: prune_ratio must be in [0, 1), got {prune_ratio!r}")
+    return head_dim - math.floor(float(prune_ratio) * head_dim + 1e-9)
+
+
+def channel_scores_reference(q_window: Tensor, k: Tensor) -> Tensor:
+    """``score[b, h, j] = mean_{g in group(h), w} q[b, g, w, j]^2 * mean_t k[b, h, t, j]^2``.
+
+    The factorised ThinK score (METHODS.md): float32 ``[B, Hkv, D]``.
+    """
+    batch, hq, _, dim = q_window.shape
+    hkv = k.shape[1]
+    q_term = q_window.float().pow(2).mean(dim=2).view(batch, hkv, hq // hkv, dim).mean(dim=2)
+    k_term = k.float().pow(2).mean(dim=2)
+    return q_term * k_term
+
+
+def select_channels_reference(scores: Tensor, keep: int) -> Tensor:
+    """The ``keep`` highest-scoring channels per ``(b, h)``, sorted ascending, int64.
+
+    Ties go to the lower channel index (a stable descending sort), so the choice is unique.
+    """
+    order = torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices
+    return order[..., :keep].sort(dim=-1).values.contiguous()
+
+
+def compact_keys_reference(k: Tensor, idx: Tensor) -> Tensor:
+    """``out[b, h, t, i] = k[b, h, t, idx[b, h, i]]``: ``[B, Hkv, L, T]``, dtype of ``k``."""
+    batch, hkv, length, _ = k.shape
+    index = idx.long()[:, :, None, :].expand(batch, hkv, length, idx.shape[-1])
+    return torch.gather(k, 3, index).contiguous()
+
+
+def _visible(
+    batch: int,
+    s_len: int,
+    length: int,
+    starts: Tensor | None,
+    lengths: Tensor | None,
+    device: torch.device,
+) -> Tensor:
+    """``[B, S, L]`` bool: query ``s`` of row ``b`` sees key position ``t`` (module docstring)."""
+    pos = torch.arange(length, device=device)
+    start = (
+        torch.zeros(batch, dtype=torch.long, device=device) if starts is None else starts.long()
+    )
+    end = (
+        torch.full((batch,), length, dtype=torch.long, device=device)
+        if lengths is None
+        else lengths.long()
+    )
+    q_pos = end[:, None] - s_len + torch.arange(s_len, device=device)[None, :]  # [B, S]
+    return (pos[None, None, :] >= start[:, None, None]) & (pos[None, None, :] <= q_pos[:, :, None])
+
+
+def pruned_decode_attention_reference(
+    q: Tensor,
+    k_pruned: Tensor,
+    idx: Tensor,
+    k_recent: Tensor,
+    v: Tensor,
+    lengths: Tensor | None = None,
+    scale: float | None = None,
+    starts: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Attention over ``[pruned ; recent]`` keys with one softmax (module docstring).
+
+    Returns:
+        ``(out [B, Hq, S, Dv] in q's dtype, lse [B, Hq, S] float32)``, where ``lse`` is the
+        natural log of the sum of ``exp(scale * logit)`` over the visible keys.
+    """
+    batch, hq, s_len, dim = q.shape
+    hkv, lp = k_pruned.shape[1], k_pruned.shape[2]
+    lr = k_recent.shape[2]
+    group = hq // hkv
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    # Query heads of one KV head side by side: [B, Hkv, G * S, D], row g * S + s.
+    qf = q.float().reshape(batch, hkv, group * s_len, dim)
+    q_kept = torch.gather(qf, 3, idx.long()[:, :, None, :].expand(-1, -1, group * s_len, -1))
+    logits = torch.cat(
+        [q_kept @ k_pruned.float().transpose(-1, -2), qf @ k_recent.float().transpose(-1, -2)],
+        dim=-1,
+    ) * scale  # [B, Hkv, G * S, L]
+    visible = _visible(batch, s_len, lp + lr, starts, lengths, q.device)  # [B, S, L]
+    visible = visible[:, None, None].expand(batch, hkv, group, s_len, lp + lr)
+    logits = logits.masked_fill(~visible.reshape(logits.shape), -math.inf)
+    lse = torch.logsumexp(logits, dim=-1)  # -inf where nothing is visible
+    probs = torch.exp(logits - lse.clamp_min(torch.finfo(torch.float32).min)[..., None])
+    out = probs @ v.float()  # [B, Hkv, G * S, Dv]
+    dv = v.shape[-1]
+    return (
+        out.reshape(batch, hq, s_len, dv).to(q.dtype),
+        lse.reshape(batch, hq, s_len),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Backends and custom ops
+# --------------------------------------------------------------------------------------------
+
+
+def _channel_scores_impl(q_window: Tensor, k: Tensor, backend: str) -> Tensor:
+    batch, hkv, _, dim = k.shape
+    if backend == "torch" or q_window.numel() == 0 or k.numel() == 0:
+        return channel_scores_reference(q_window, k).contiguous()
+    q_window, k = q_window.contiguous(), k.contiguous()
+    out = torch.empty(batch, hkv, dim, dtype=torch.float32, device=k.device)
+    if backend == "triton":
+        _backend.triton_kernels("think").channel_scores(out, q_window, k)
+    else:
+        hq, w = q_window.shape[1], q_window.shape[2]
+        code = _backend.DTYPE_CODES[k.dtype]
+        launch_native(
+            backend, "think_channel_scores", [out, q_window, k],
+            batch, hq, hkv, w, k.shape[2], dim, code,
+        )
+    return out
+
+
+_channel_scores_op = torch.library.custom_op(
+    "ponder::channel_scores", _channel_scores_impl, mutates_args=()
+)
+
+
+@_channel_scores_op.register_fake
+def _(q_window, k, backend):
+    return k.new_empty(k.shape[0], k.shape[1], k.shape[3], dtype=torch.float32)
+
+
+def _select_channels_impl(scores: Tensor, keep: int) -> Tensor:
+    return select_channels_reference(scores, keep)
+
+
+_select_channels_op = torch.library.custom_op(
+    "ponder::select_channels", _select_channels_impl, mutates_args=()
+)
+
+
+@_select_channels_op.register_fake
+def _(scores, keep):
+    return scores.new_empty(*scores.shape[:-1], keep, dtype=torch.int64)
+
+
+def _compact_keys_impl(k: Tensor, idx: Tensor) -> Tensor:
+    return compact_keys_reference(k, idx)
+
+
+_compact_keys_op = torch.library.custom_op(
+    "ponder::compact_keys", _compact_keys_impl, mutates_args=()
+)
+
+
+@_compact_keys_op.register_fake
+def _(k, idx):
+    return k.new_empty(*k.shape[:-1], idx.shape[-1])
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``t`` with a unit stride on the last dimension (other strides are passed to the kernels,
+    so a slice of a preallocated cache is read in place, not copied)."""
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def _pruned_decode_attention_impl(
+    q: Tensor,
+    k_pruned: Tensor,
+    idx: Tensor,
+    k_recent: Tensor,
+    v: Tensor,
+    lengths: Tensor | None,
+    starts: Tensor | None,
+    scale: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    batch, hq, s_len, _ = q.shape
+    dv = v.shape[-1]
+    if backend == "torch" or q.numel() == 0 or v.shape[2] == 0 or dv == 0:
+        out, lse = pruned_decode_attention_reference(
+            q, k_pruned, idx, k_recent, v, lengths, scale, starts
+        )
+        return out.contiguous(), lse.contiguous()
+    out = torch.empty(batch, hq, s_len, dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, hq, s_len, dtype=torch.float32, device=q.device)
+    q, idx = q.contiguous(), idx.to(torch.int64).contiguous()
+    k_pruned, k_recent, v = _rows(k_pruned), _rows(k_recent), _rows(v)
+    starts = None if starts is None else starts.to(torch.int64).contiguous()
+    lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
+    if backend == "triton":
+        _backend.triton_kernels("think").pruned_decode_attention(
+            out, lse, q, k_pruned, idx, k_recent, v, starts, lengths, scale
+        )
+    else:
+        hkv, lp, t_kept = k_pruned.shape[1], k_pruned.shape[2], k_pruned.shape[3]
+        lr, dim = k_recent.shape[2], k_recent.shape[3]
+        code = _backend.DTYPE_CODES[q.dtype]
+        launch_native(
+            backend,
+            "think_pruned_decode_attention",
+            [out, lse, q, k_pruned, idx, k_recent, v, starts, lengths],
+            batch, hq, hkv, s_len, lp, lr, dim, t_kept, dv,
+            *k_pruned.stride()[:3], *k_recent.stride()[:3], *v.stride()[:3],
+            code, scale,
+        )
+    return out, lse
+
+
+_pruned_decode_attention_op = torch.library.custom_op(
+    "ponder::pruned_decode_attention", _pruned_decode_attention_impl, mutates_args=()
+)
+
+
+@_pruned_decode_attention_op.register_fake
+def _(q, k_pruned, idx, k_recent, v, lengths, starts, scale, backend):
+    batch, hq, s_len, _ = q.shape
+    return (
+        q.new_empty(batch, hq, s_len, v.shape[-1]),
+        q.new_empty(batch, hq, s_len, dtype=torch.float32),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Public API: validate, choose the backend, call the op.
+# --------------------------------------------------------------------------------------------
+
+
+def _backend_for(op: str, t: Tensor, backend: str | None) -> str:
+    """The backend for one call. ThinK has no hand-written CUDA C++ kernel (Triton is its GPU
+    backend), so CUDA tensors default to ``triton`` and a forced ``cuda`` is an error."""
+    forced = backend if backend is not None else (os.environ.get("PONDER_BACKEND") or None)
+    if forced is None and t.device.type == "cuda":
+        forced = "triton"
+    if forced == "cuda":
+        raise _backend.BackendUnavailableError(
+            f"{op}: ponder.ops.think has no CUDA C++ kernel; use backend='triton' on GPUs "
+            "(or 'torch', the reference)"
+        )
+    name = _backend.resolve_backend(op, t.device, forced)
+    check_backend_dtype(op, name, t.dtype)
+    return name
+
+
+def _values_checkable() -> bool:
+    """Index values are checked eagerly (one small reduction each). Under torch.compile they are
+    data-dependent and cannot be: there the C++ launcher's own checks still refuse bad indices."""
+    return not torch.compiler.is_compiling()
+
+
+def _check_groups(op: str, hq: int, hkv: int, q_name: str) -> None:
+    if hkv < 1 or hq % hkv != 0:
+        raise ValueError(
+            f"{op}: {q_name} has {hq} heads, which must be a positive multiple of the {hkv} "
+            "KV heads (GQA: Hq % Hkv == 0)"
+        )
+
+
+def _check_idx(op: str, idx: Tensor, like: Tensor, shape: tuple[int, ...], dim: int) -> None:
+    check_tensor(op, "idx", idx, dtype=INDEX_DTYPES, device=like.device, shape=shape)
+    if _values_checkable() and idx.numel() and not bool(((idx >= 0) & (idx < dim)).all()):
+        bad = idx[(idx < 0) | (idx >= dim)][0].item()
+        raise ValueError(f"{op}: idx must hold channel indices in [0, {dim}), found {bad}")
+
+
+def channel_scores(q_window: Tensor, k: Tensor, *, backend: str | None = None) -> Tensor:
+    """The ThinK channel score of every key channel of every KV head, reading ``k`` once.
+
+    ``score[b, h, j] = mean_{g, w} q_window[b, g, w, j]^2 * mean_t k[b, h, t, j]^2`` where ``g``
+    runs over the query heads of KV head ``h``'s GQA group.
+
+    Padding: the selection is per ``(b, h)`` and a positive factor common to a row does not change
+    it, so zeroing the keys / queries at padded positions gives the same channels as leaving them
+    out (the means' denominators only scale a row).
+
+    Args:
+        q_window: ``[B, Hq, W, D]`` the last ``W >= 1`` queries (after RoPE), float32/16, bfloat16.
+        k: ``[B, Hkv, L, D]`` keys after RoPE, ``L >= 1``, same dtype and device; ``Hq % Hkv == 0``.
+        backend: ``"cpu"``, ``"triton"`` or ``"torch"``; default by device.
+
+    Returns:
+        float32 ``[B, Hkv, D]``.
+    """
+    op = "channel_scores"
+    check_tensor(op, "k", k, dtype=DTYPES, ndim=4)
+    check_tensor(op, "q_window", q_window, dtype=k.dtype, device=k.device, ndim=4)
+    batch, hkv, length, dim = k.shape
+    if q_window.shape[0] != batch or q_window.shape[3] != dim:
+        raise ValueError(
+            f"{op}: q_window must be [B={batch}, Hq, W, D={dim}] like k, "
+            f"got {tuple(q_window.shape)}"
+        )
+    _check_groups(op, q_window.shape[1], hkv, "q_window")
+    if q_window.shape[2] < 1 or length < 1:
+        raise ValueError(
+            f"{op}: need at least one query (W = {q_window.shape[2]}) and one key (L = {length})"
+        )
+    name = _backend_for(op, k, backend)
+    return call_op(torch.ops.ponder.channel_scores, _channel_scores_impl, q_window, k, name)
+
+
+def select_channels(scores: Tensor, keep: int) -> Tensor:
+    """The ``keep`` best channels of each KV head, as sorted int64 indices.
+
+    A sort over ``[B, Hkv, D]`` scores: no kernel is warranted, so this is the same torch code on
+    every device. Ties go to the lower channel index.
+
+    Args:
+        scores: ``[B, Hkv, D]`` finite floats (from :func:`channel_scores`).
+        keep: ``T``, the number of channels kept, ``0 <= T <= D``
+            (``kept_channels(D, prune_ratio)`` gives ThinK's count).
+
+    Returns:
+        int64 ``[B, Hkv, T]``, ascending along the last dimension.
+    """
+    op = "select_channels"
+    check_tensor(op, "scores", scores, dtype=(*DTYPES, torch.float64), ndim=3)
+    dim = scores.shape[-1]
+    if isinstance(keep, bool) or not isinstance(keep, int):
+        raise TypeError(f"{op}: keep must be an int, got {type(keep).__name__}")
+    if not 0 <= keep <= dim:
+        raise ValueError(f"{op}: keep must be in [0, D={dim}], got {keep}")
+    if _values_checkable() and scores.numel() and not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"{op}: scores must be finite (a NaN or inf has no rank)")
+    return call_op(torch.ops.ponder.select_channels, _select_channels_impl, scores, keep)
+
+
+def compact_keys(k: Tensor, idx: Tensor) -> Tensor:
+    """The kept channels of the keys, stored densely: ``out[..., i] = k[..., idx[..., i]]``.
+
+    Args:
+        k: ``[B, Hkv, L, D]`` float32/16 or bfloat16.
+        idx: ``[B, Hkv, T]`` int64 (or int32) channel indices in ``[0, D)``.
+
+    Returns:
+        ``[B, Hkv, L, T]``, contiguous, dtype of ``k``.
+    """
+    op = "compact_keys"
+    check_tensor(op, "k", k, dtype=DTYPES, ndim=4)
+    batch, hkv, _, dim = k.shape
+    check_tensor(op, "idx", idx, dtype=INDEX_DTYPES, device=k.device, ndim=3)
+    _check_idx(op, idx, k, (batch, hkv, idx.shape[-1]), dim)
+    return call_op(torch.ops.ponder.compact_keys, _compact_keys_impl, k, idx)
+
+
+def _check_positions(
+    op: str, name: str, t: Tensor | None, like: Tensor, batch: int
+) -> Tensor | None:
+    if t is None:
+        return None
+    check_tensor(op, name, t, dtype=INDEX_DTYPES, device=like.device, shape=(batch,))
+    return t
+
+
+def pruned_decode_attention(
+    q: Tensor,
+    k_pruned: Tensor,
+    idx: Tensor,
+    k_recent: Tensor,
+    v: Tensor,
+    lengths: Tensor | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+    *,
+    starts: Tensor | None = None,
+    backend: str | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Decode attention over channel-pruned keys plus full-width recent keys, one softmax.
+
+    ``logit[t] = scale * q[idx] . k_pruned[t]`` for ``t < Lp``, ``scale * q . k_recent[t - Lp]``
+    after; ``out = softmax(logits over the visible keys) @ v``. Positions, padding (``starts``
+    for left padding, ``lengths`` for right padding) and the causal rule among the ``S`` queries
+    are defined in the module docstring.
+
+    Args:
+        q: ``[B, Hq, S, D]`` queries, float32/16 or bfloat16; ``Hq % Hkv == 0``.
+        k_pruned: ``[B, Hkv, Lp, T]`` compact keys (``T <= D``), same dtype.
+        idx: ``[B, Hkv, T]`` int64 (or int32) channels of ``k_pruned``, in ``[0, D)``.
+        k_recent: ``[B, Hkv, Lr, D]`` full-width keys.
+        v: ``[B, Hkv, Lp + Lr, Dv]`` values, pruned tokens first.
+        lengths: optional int ``[B]``, ``starts[b] <= lengths[b] <= Lp + Lr``: end of the valid keys.
+        scale: logit scale; default ``1/sqrt(D)`` with the full ``D``.
+        return_lse: also return the float32 ``[B, Hq, S]`` log-sum-exp of the scaled logits
+            (``-inf`` for a query that sees nothing), for merging partial attentions.
+        starts: optional int ``[B]``, ``0 <= starts[b]``: first valid key (left padding).
+        backend: ``"cpu"``, ``"triton"`` or ``"torch"``; default by device.
+
+    Returns:
+        ``out [B, Hq, S, Dv]`` in q's dtype (contiguous), and ``lse`` if ``return_lse``.
+
+    Memory read per call: ``k_pruned``, ``k_recent`` and ``v`` once each (K/V of a KV head are
+    shared by its query heads, never expanded).
+    """
+    op = "pruned_decode_attention"
+    check_tensor(op, "q", q, dtype=DTYPES, ndim=4)
+    batch, hq, _, dim = q.shape
+    check_tensor(op, "k_pruned", k_pruned, dtype=q.dtype, device=q.device, ndim=4)
+    hkv, lp, t_kept = k_pruned.shape[1], k_pruned.shape[2], k_pruned.shape[3]
+    if k_pruned.shape[0] != batch:
+        raise ValueError(
+            f"{op}: k_pruned must be [B={batch}, Hkv, Lp, T], got {tuple(k_pruned.shape)}"
+        )
+    _check_groups(op, hq, hkv, "q")
+    if t_kept > dim:
+        raise ValueError(f"{op}: k_pruned keeps T={t_kept} channels, more than q's D={dim}")
+    check_tensor(op, "k_recent", k_recent, dtype=q.dtype, device=q.device, ndim=4)
+    if (k_recent.shape[0], k_recent.shape[1], k_recent.shape[3]) != (batch, hkv, dim):
+        raise ValueError(
+            f"{op}: k_recent must be [B={batch}, Hkv={hkv}, Lr, D={dim}], "
+            f"got {tuple(k_recent.shape)}"
+        )
+    lr = k_recent.shape[2]
+    check_tensor(op, "v", v, dtype=q.dtype, device=q.device, ndim=4)
+    if v.shape[:3] != (batch, hkv, lp + lr):
+        raise ValueError(
+            f"{op}: v must be [B={batch}, Hkv={hkv}, Lp + Lr={lp + lr}, Dv], "
+            f"got {tuple(v.shape)}"
+        )
+    _check_idx(op, idx, q, (batch, hkv, t_kept), dim)
+    length = lp + lr
+    lengths = _check_positions(op, "lengths", lengths, q, batch)
+    starts = _check_positions(op, "starts", starts, q, batch)
+    if batch and _values_checkable():
+        lo = starts if starts is not None else torch.zeros(batch, dtype=torch.long, device=q.device)
+        if bool((lo < 0).any()):
+            raise ValueError(f"{op}: starts must be >= 0, got {starts.tolist()}")
+        if lengths is not None and not bool(((lengths >= lo) & (lengths <= length)).all()):
+            raise ValueError(
+                f"{op}: lengths must satisfy starts <= lengths <= Lp + Lr = {length}, "
+                f"got lengths={lengths.tolist()}"
+            )
+        if starts is not None and lengths is None and bool((starts > length).any()):
+            raise ValueError(f"{op}: starts must be <= Lp + Lr = {length}, got {starts.tolist()}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(dim) if dim else 1.0
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"{op}: scale must be a finite float or None, got {scale!r}")
+    name = _backend_for(op, q, backend)
+    out, lse = call_op(
+        torch.ops.ponder.pruned_decode_attention,
+        _pruned_decode_attention_impl,
+        q, k_pruned, idx, k_recent, v, lengths, starts, float(scale), name,
+    )
+    return (out, lse) if return_lse else out

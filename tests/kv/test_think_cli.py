@@ -1,0 +1,51 @@
+"""``ponder think`` (ponder.kv.cli) on the shipped toy model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from ponder import cli
+
+
+@pytest.fixture(autouse=True)
+def _keep_global_rng():
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
+def _row(out: str, key: str) -> list[float]:
+    match = re.search(rf"^{key}\s+([0-9.,%]+)\s+([0-9.,%]+)", out, flags=re.MULTILINE)
+    assert match, f"no {key!r} line in:\n{out}"
+    return [float(g.replace(",", "").rstrip("%")) for g in match.groups()]
+
+
+def test_think_on_toy_prompts(capsys):
+    rc = cli.main(["think", "--n", "4", "--batch-size", "2", "--max-new-tokens", "40",
+                   "--prune-ratio", "0.5", "--window", "4", "--recent", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    dense, think = _row(out, "cache bytes used")
+    assert 0.5 < think / dense < 1.0  # keys of the pruned prompt tokens lost half their width
+    assert min(_row(out, "decode tokens/s")) > 0
+    agree = re.search(r"outputs agree: (\d+)/4", out)
+    assert agree, out
+    assert "toy accuracy" in out
+
+
+def test_think_prompt_file_and_errors(tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Q: 12+34=?\n\n"}) + "\n" + json.dumps("Q: 5-3=?\n\n"))
+    rc = cli.main(["think", "--prompts", str(prompts), "--max-new-tokens", "4", "--window", "2",
+                   "--recent", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert "prompts      2" in out and "toy accuracy" not in out
+    assert cli.main(["think", "--prune-ratio", "1.5"]) == 2
+    assert "prune_ratio" in capsys.readouterr().err
+    assert cli.main(["think", "--prompts", str(tmp_path / "missing.jsonl")]) == 2

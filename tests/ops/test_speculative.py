@@ -1,0 +1,461 @@
+"""ponder.ops.speculative: accept_tokens and accept_steps against their references, on every
+backend that runs here, and statistically.
+
+Statistical tests use fixed seeds, so each passes or fails the same way on every run; the stated
+false-alarm rate is the probability that a *correct* implementation fails for a seed drawn at
+random (each chi-square test rejects at p < 1e-4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ponder
+import pytest
+import scipy.stats
+import torch
+from ponder import _backend
+from ponder.ops import speculative as S
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# (B, K, V): a single token vocabulary, odd sizes, a vocabulary longer than one 1024-wide tile.
+SHAPES = [(1, 1, 1), (7, 3, 97), (2, 2, 1025)]
+FILTERS = [(None, None), (5, None), (None, 0.8), (3, 0.9)]
+P_VALUE = 1e-4
+
+
+def _skip_triton_bf16(backend, dtype):
+    if backend == "triton" and dtype == torch.bfloat16 and _backend.triton_interpreted():
+        pytest.skip("the Triton interpreter has no bfloat16")
+
+
+def make_inputs(b, k, v, dtype=torch.float32, seed=0, draft=True, temperature=1.0):
+    """Target logits, draft logits near them, draft tokens sampled from the draft, uniforms."""
+    gen = torch.Generator().manual_seed(seed)
+    target = (2.0 * torch.randn(b, k + 1, v, generator=gen)).to(dtype)
+    dl = (target[:, :k].float() + 0.7 * torch.randn(b, k, v, generator=gen)).to(dtype)
+    t = max(temperature, 0.05)
+    probs = torch.softmax(dl.float().reshape(-1, v) / t, -1)
+    tokens = torch.multinomial(probs, 1, generator=gen).reshape(b, k)
+    au = 1.0 - torch.rand(b, k, generator=gen, dtype=torch.float64)
+    ru = 1.0 - torch.rand(b, v, generator=gen, dtype=torch.float64)
+    return tokens, target, (dl if draft else None), (au, ru)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact: explicit uniforms
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: f"k{f[0]}-p{f[1]}")
+@pytest.mark.parametrize("draft", [True, False], ids=["draft", "point"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_accept_tokens_matches_reference(shape, draft, filters, cpu_backend):
+    top_k, top_p = filters
+    tokens, target, dl, (au, ru) = make_inputs(*shape, draft=draft, seed=sum(shape))
+    for temperature in (1.0, 0.6):
+        out = S.accept_tokens(tokens, target, dl, temperature, top_k, top_p,
+                              uniforms=(au, ru), backend=cpu_backend)
+        ref = S.accept_tokens_reference(tokens, target, dl, temperature, top_k, top_p,
+                                        accept_uniforms=au, race_uniforms=ru)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_accept_tokens_dtypes(dtype, cpu_backend):
+    _skip_triton_bf16(cpu_backend, dtype)
+    tokens, target, dl, (au, ru) = make_inputs(5, 4, 97, dtype=dtype, seed=3)
+    out = S.accept_tokens(tokens, target, dl, 0.8, uniforms=(au, ru), backend=cpu_backend)
+    ref = S.accept_tokens_reference(tokens, target, dl, 0.8, accept_uniforms=au,
+                                    race_uniforms=ru)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+
+
+def test_inputs_are_discriminating():
+    """The shared inputs exercise early rejections, full acceptance and the bonus token."""
+    counts = []
+    for seed in range(6):
+        tokens, target, dl, (au, ru) = make_inputs(7, 3, 97, seed=seed)
+        counts.append(S.accept_tokens_reference(tokens, target, dl, 1.0, accept_uniforms=au,
+                                                race_uniforms=ru)[1])
+    counts = torch.cat(counts)
+    assert (counts == 0).any() and (counts == 3).any() and ((counts > 0) & (counts < 3)).any()
+
+
+def test_output_layout(cpu_backend):
+    tokens, target, dl, (au, ru) = make_inputs(7, 3, 97, seed=1)
+    out, n = S.accept_tokens(tokens, target, dl, uniforms=(au, ru), backend=cpu_backend)
+    assert out.shape == (7, 4) and out.dtype == torch.int64 and n.dtype == torch.int64
+    for b in range(7):
+        m = int(n[b])
+        assert torch.equal(out[b, :m], tokens[b, :m])  # the kept draft tokens
+        assert 0 <= int(out[b, m]) < 97  # one target token
+        assert (out[b, m + 1 :] == -1).all()
+
+
+def test_non_contiguous_inputs(cpu_backend):
+    tokens, target, dl, (au, ru) = make_inputs(5, 3, 97, seed=2)
+    # Same values, other layouts: a vocabulary-major copy and every other column.
+    t2 = target.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    d2 = torch.zeros(5, 3, 194)
+    d2[..., ::2] = dl
+    d2 = d2[..., ::2]
+    tok2 = torch.zeros(5, 6, dtype=torch.int64)
+    tok2[:, ::2] = tokens
+    tok2 = tok2[:, ::2]
+    assert not (t2.is_contiguous() or d2.is_contiguous() or tok2.is_contiguous())
+    got = S.accept_tokens(tok2, t2, d2, uniforms=(au.t().contiguous().t(), ru),
+                          backend=cpu_backend)
+    ref = S.accept_tokens_reference(tokens, target, dl, accept_uniforms=au, race_uniforms=ru)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+def test_empty_batch(cpu_backend):
+    out, n = S.accept_tokens(torch.zeros(0, 3, dtype=torch.int64), torch.zeros(0, 4, 11),
+                             torch.zeros(0, 3, 11), generator=0, backend=cpu_backend)
+    assert out.shape == (0, 4) and n.shape == (0,)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_greedy_equals_argmax_chain(shape, cpu_backend):
+    b, k, v = shape
+    gen = torch.Generator().manual_seed(5)
+    target = torch.randn(b, k + 1, v, generator=gen)
+    best = target.argmax(-1)
+    # Draft = the target's argmax except for a wrong token at a random position (or none).
+    tokens = best[:, :k].clone()
+    wrong_at = torch.randint(0, k + 1, (b,), generator=gen)
+    for r in range(b):
+        if wrong_at[r] < k and v > 1:
+            tokens[r, wrong_at[r]] = (tokens[r, wrong_at[r]] + 1) % v
+    out, n = S.accept_tokens(tokens, target, None, 0.0, backend=cpu_backend)
+    for r in range(b):
+        m = int(wrong_at[r]) if v > 1 else k
+        assert int(n[r]) == m
+        assert torch.equal(out[r, : m + 1], best[r, : m + 1])  # argmaxes, then the correction
+    ref = S.accept_tokens_reference(tokens, target, None, 0.0)
+    assert torch.equal(out, ref[0]) and torch.equal(n, ref[1])
+
+
+def test_keep_thresholds_definition():
+    logits = torch.tensor([[3.0, 1.0, 2.0, 2.0, -1.0]])
+    assert S.keep_thresholds(logits, 1.0, None, None) is None
+    assert float(S.keep_thresholds(logits, 1.0, 3, None)) == 2.0  # ties at the k-th are kept
+    probs = torch.softmax(logits[0], -1)  # 3 takes ~0.52 of the mass
+    assert float(S.keep_thresholds(logits, 1.0, None, float(probs[0]) - 1e-3)) == 3.0
+    assert float(S.keep_thresholds(logits, 1.0, None, float(probs[0]) + 1e-3)) == 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# Statistical: the emitted tokens have the target's distribution
+# --------------------------------------------------------------------------------------------
+
+
+def warped(logits, temperature, top_k, top_p):
+    """The target's sampling distribution, computed independently of keep_thresholds."""
+    s = logits.double() / temperature
+    order = torch.argsort(s, descending=True)
+    keep = torch.zeros_like(s, dtype=torch.bool)
+    n = len(s) if top_k is None else top_k
+    keep[order[:n]] = True
+    s = s.masked_fill(~keep, float("-inf"))
+    if top_p is not None:
+        p = torch.softmax(s, -1)[order]
+        before = torch.cumsum(p, 0) - p
+        drop = order[before >= top_p]
+        s[drop] = float("-inf")
+    return torch.softmax(s, -1)
+
+
+def chi_square_p(samples, probs):
+    counts = np.bincount(samples, minlength=len(probs))
+    expected = probs.numpy() * len(samples)
+    support = expected > 0
+    assert counts[~support].sum() == 0, "a token outside the support was emitted"
+    return scipy.stats.chisquare(counts[support], expected[support]).pvalue
+
+
+STAT_CASES = [
+    # (temperature, top_k, top_p, draft logits?)
+    (1.0, None, None, True),
+    (0.7, 4, None, True),
+    (1.3, None, 0.8, True),
+    (1.0, 5, 0.9, False),
+]
+
+
+@pytest.mark.parametrize("case", STAT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_speculative_sampling_reproduces_target(case, cpu_backend):
+    """Emitted tokens at positions 0 and 1 follow the warped target distributions (false-alarm
+    rate 2e-4 per case: two chi-square tests at p < 1e-4)."""
+    temperature, top_k, top_p, with_draft = case
+    if cpu_backend == "triton" and case not in (STAT_CASES[0], STAT_CASES[3]):
+        pytest.skip("the Triton interpreter is slow: two cases suffice (the GPU runs all)")
+    n = {"cpu": 40_000, "torch": 3_000, "triton": 150}[cpu_backend]
+    k, v = 2, 6
+    gen = torch.Generator().manual_seed(123)
+    target = torch.randn(k + 1, v, generator=gen) * 1.5
+    draft = target[:k] + torch.randn(k, v, generator=gen)
+    q = torch.stack([warped(draft[j], temperature, top_k, top_p) for j in range(k)]).float()
+    if not with_draft:  # a deterministic draft proposes token 0 and 3
+        tokens = torch.tensor([[0, 3]]).expand(n, k).contiguous()
+        dl = None
+    else:
+        tokens = torch.multinomial(q, n, replacement=True, generator=gen).t().contiguous()
+        dl = draft.expand(n, k, v).contiguous()
+    tl = target.expand(n, k + 1, v).contiguous()
+    out, acc = S.accept_tokens(tokens, tl, dl, temperature, top_k, top_p, generator=2024,
+                               backend=cpu_backend)
+    for pos in range(2):
+        emitted = acc >= pos  # rows that emitted a token at this position
+        p = warped(target[pos], temperature, top_k, top_p)
+        assert chi_square_p(out[emitted, pos].numpy(), p) > P_VALUE
+
+
+def test_acceptance_rate_is_the_overlap(cpu_backend):
+    """P(accept x ~ q) = sum_v min(p_v, q_v): a binomial z-test, |z| < 4.5 (false alarm ~7e-6)."""
+    n = {"cpu": 20_000, "torch": 2_000, "triton": 150}[cpu_backend]
+    gen = torch.Generator().manual_seed(9)
+    target = torch.randn(2, 8, generator=gen)
+    draft = torch.randn(1, 8, generator=gen)
+    p, q = torch.softmax(target[0].double(), -1), torch.softmax(draft[0].double(), -1)
+    tokens = torch.multinomial(q.float(), n, replacement=True, generator=gen)[:, None]
+    _, acc = S.accept_tokens(tokens, target.expand(n, 2, 8).contiguous(),
+                             draft.expand(n, 1, 8).contiguous(), generator=7,
+                             backend=cpu_backend)
+    rate = float(torch.minimum(p, q).sum())
+    z = (float(acc.double().mean()) - rate) / np.sqrt(rate * (1 - rate) / n)
+    assert abs(z) < 4.5
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds
+# --------------------------------------------------------------------------------------------
+
+
+def test_int_seed_reproduces_and_seeds_differ(cpu_backend):
+    tokens, target, dl, _ = make_inputs(16, 3, 97, seed=4)
+    a = S.accept_tokens(tokens, target, dl, generator=11, backend=cpu_backend)
+    b = S.accept_tokens(tokens, target, dl, generator=11, backend=cpu_backend)
+    c = S.accept_tokens(tokens, target, dl, generator=12, backend=cpu_backend)
+    assert torch.equal(a[0], b[0])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_per_row_seeds_in_a_mixed_batch(cpu_backend):
+    """Row b's result depends on its own seed and inputs only, not on its batch neighbours."""
+    tokens, target, dl, _ = make_inputs(6, 3, 97, seed=6)
+    seeds = torch.tensor([5, 6, 7, 8, 9, 10])
+    full = S.accept_tokens(tokens, target, dl, generator=seeds, backend=cpu_backend)[0]
+    for rows in ([0], [3], [5, 1], [2, 4, 0]):
+        idx = torch.tensor(rows)
+        part = S.accept_tokens(tokens[idx], target[idx], dl[idx], generator=seeds[idx],
+                               backend=cpu_backend)[0]
+        assert torch.equal(part, full[idx])
+    # The same inputs with different per-row seeds give different draws somewhere.
+    rep = 32
+    same_t = target[:1].expand(rep, -1, -1).contiguous()
+    same_d = dl[:1].expand(rep, -1, -1).contiguous()
+    outs = S.accept_tokens(tokens[:1].expand(rep, -1).contiguous(), same_t, same_d,
+                           generator=torch.arange(rep), backend=cpu_backend)[0]
+    assert len({tuple(r.tolist()) for r in outs}) > 1
+
+
+def test_cpu_independent_of_thread_count(restore_threads):
+    tokens, target, dl, _ = make_inputs(9, 3, 1025, seed=8)
+    torch.set_num_threads(1)
+    one = S.accept_tokens(tokens, target, dl, generator=3, backend="cpu")
+    torch.set_num_threads(2)
+    two = S.accept_tokens(tokens, target, dl, generator=3, backend="cpu")
+    assert torch.equal(one[0], two[0])
+
+
+# --------------------------------------------------------------------------------------------
+# accept_steps
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("omega", S.OMEGAS)
+def test_accept_steps_matches_reference(omega, cpu_backend):
+    gen = torch.Generator().manual_seed(1)
+    rewards = torch.rand(97, generator=gen, dtype=torch.float64)
+    u = 1.0 - torch.rand(97, generator=gen, dtype=torch.float64)
+    acc, w = S.accept_steps(rewards, 0.6, omega, uniforms=u, backend=cpu_backend)
+    ref_acc, ref_w = S.accept_steps_reference(rewards, 0.6, omega, uniforms=u)
+    torch.testing.assert_close(w, ref_w, rtol=1e-12, atol=1e-12)
+    assert torch.equal(acc, ref_acc)
+    assert acc.any() and not acc.all()
+
+
+def test_accept_steps_binary_is_the_threshold(cpu_backend):
+    rewards = torch.tensor([0.0, 0.69, 0.7, 0.71, 1.0], dtype=torch.float64)
+    acc, _ = S.accept_steps(rewards, 0.7, "binary", generator=0, backend=cpu_backend)
+    assert acc.tolist() == [False, False, True, True, True]
+
+
+def test_accept_steps_frequency(cpu_backend):
+    """Sigmoid weighting accepts with probability omega(r): binomial z-test |z| < 4.5."""
+    n = 20_000
+    rewards = torch.full((n,), 0.65, dtype=torch.float64)
+    acc, w = S.accept_steps(rewards, 0.7, "sigmoid", generator=5, backend=cpu_backend)
+    rate = float(w[0])
+    z = (float(acc.double().mean()) - rate) / np.sqrt(rate * (1 - rate) / n)
+    assert abs(z) < 4.5
+
+
+def test_accept_steps_empty(cpu_backend):
+    acc, w = S.accept_steps(torch.zeros(0), 0.5, backend=cpu_backend)
+    assert acc.shape == (0,) and w.shape == (0,)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------
+
+
+def _good():
+    tokens, target, dl, _uni = make_inputs(2, 3, 11)
+    return {"draft_tokens": tokens, "target_logits": target, "draft_logits": dl}
+
+
+ERRORS = [
+    ("draft_tokens", lambda a: a["draft_tokens"].float(), TypeError, "draft_tokens must have"),
+    ("draft_tokens", lambda a: a["draft_tokens"] + 11, ValueError, r"in \[0, 11\)"),
+    ("draft_tokens", lambda a: a["draft_tokens"] - 20, ValueError, r"in \[0, 11\)"),
+    ("draft_tokens", lambda a: a["draft_tokens"][:, :0], ValueError, "K >= 1"),
+    ("target_logits", lambda a: a["target_logits"][:, :3], ValueError, r"\[B, K \+ 1, V\]"),
+    ("target_logits", lambda a: a["target_logits"].int(), TypeError, "target_logits must have"),
+    ("draft_logits", lambda a: a["draft_logits"][..., :5], ValueError, "draft_logits must"),
+    ("draft_logits", lambda a: a["draft_logits"].double(), TypeError, "draft_logits must"),
+]
+
+
+@pytest.mark.parametrize("arg,make,exc,match", ERRORS)
+def test_accept_tokens_errors(arg, make, exc, match):
+    args = _good()
+    args[arg] = make(args)
+    with pytest.raises(exc, match=match):
+        S.accept_tokens(**args, generator=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"temperature": -1.0}, ValueError, "temperature must be >= 0"),
+        ({"top_k": 0}, ValueError, "top_k must be"),
+        ({"top_p": 1.5}, ValueError, "top_p must be in"),
+        ({"generator": torch.tensor([1])}, ValueError, "per-row seeds"),
+        ({"generator": "x"}, TypeError, "generator must be"),
+        ({"generator": 1, "uniforms": (torch.rand(2, 3), torch.rand(2, 11))}, ValueError,
+         "not both"),
+        ({"uniforms": (torch.zeros(2, 3), torch.rand(2, 11))}, ValueError, r"in \(0, 1\]"),
+        ({"uniforms": (torch.rand(2, 3), torch.rand(2, 10))}, ValueError, "race"),
+        ({"backend": "gpu"}, ValueError, "not a backend"),
+    ],
+)
+def test_accept_tokens_argument_errors(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        S.accept_tokens(**_good(), **kwargs)
+
+
+def test_accept_steps_errors():
+    r = torch.rand(4)
+    with pytest.raises(ValueError, match="omega must be one of"):
+        S.accept_steps(r, 0.5, "logistic")
+    with pytest.raises(ValueError, match="needs threshold > 0"):
+        S.accept_steps(r, 0.0, "clipping")
+    with pytest.raises(ValueError, match="threshold must be finite"):
+        S.accept_steps(r, float("nan"))
+    with pytest.raises(ValueError, match="rewards must have 1 dimensions"):
+        S.accept_steps(r[None], 0.5)
+
+
+def test_native_launcher_rechecks_token_ids():
+    """The C++ launcher refuses a token id it would index with, whatever the caller did."""
+    native = _backend.cpu_module()
+    tokens = torch.tensor([[0, 11]])
+    logits = torch.zeros(1, 3, 11)
+    out = torch.empty(1, 3, dtype=torch.int64)
+    counts = torch.empty(1, dtype=torch.int64)
+    seeds = torch.zeros(1, dtype=torch.int64)
+    args = [out.data_ptr(), counts.data_ptr(), tokens.data_ptr(), logits.data_ptr(), 0, 0, 0, 0,
+            0, seeds.data_ptr()]
+    with pytest.raises(ValueError, match=r"draft token 11 .* outside \[0, 11\)"):
+        native.accept_tokens(*args, 1, 2, 11, 0, 1.0, 0, 1)
+    with pytest.raises(ValueError, match="K .* must be >= 1"):
+        native.accept_tokens(*args, 1, 0, 11, 0, 1.0, 0, 1)
+    with pytest.raises(ValueError, match="unknown dtype code"):
+        tokens[0, 1] = 3
+        native.accept_tokens(*args, 1, 2, 11, 7, 1.0, 0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["uniforms", "seed"])
+def test_opcheck_accept_tokens(explicit, cpu_backend):
+    tokens, target, dl, (au, ru) = make_inputs(3, 2, 13, seed=1)
+    thr = S.keep_thresholds(target, 1.0, 4, None)
+    seeds = torch.tensor([1, 2, 3])
+    args = (tokens, target, dl, 1.0, thr, None, au if explicit else None,
+            ru if explicit else None, seeds, not explicit, cpu_backend)
+    torch.library.opcheck(torch.ops.ponder.accept_tokens.default, args)
+
+
+def test_opcheck_accept_steps(cpu_backend):
+    r = torch.rand(9, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.ponder.accept_steps.default,
+                          (r, 0.5, 3, 10.0, None, 4, cpu_backend))
+
+
+# --------------------------------------------------------------------------------------------
+# GPU (pytest -m gpu)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: f"k{f[0]}-p{f[1]}")
+def test_gpu_triton_matches_reference(dtype, filters):
+    if not ponder.available_backends()["triton"].available:
+        pytest.skip("triton unavailable")
+    tokens, target, dl, (au, ru) = make_inputs(7, 4, 32000, dtype=dtype, seed=2)
+    dev = torch.device("cuda")
+    out = S.accept_tokens(tokens.to(dev), target.to(dev), dl.to(dev), 0.8, *filters,
+                          uniforms=(au.to(dev), ru.to(dev)), backend="triton")
+    ref = S.accept_tokens_reference(tokens, target, dl, 0.8, *filters, accept_uniforms=au,
+                                    race_uniforms=ru)
+    assert torch.equal(out[0].cpu(), ref[0]) and torch.equal(out[1].cpu(), ref[1])
+
+
+def test_no_cuda_kernel_is_said_plainly(monkeypatch):
+    """There is no hand-written CUDA kernel: a CUDA default falls to Triton, a forced 'cuda' is an
+    error that names the alternative."""
+    calls = []
+
+    def fake_resolve(op, device, backend):
+        calls.append(backend)
+        return "cuda" if backend != "triton" else "torch"  # stand-in for triton here
+
+    monkeypatch.setattr(_backend, "resolve_backend", fake_resolve)
+    assert S._resolve("accept_tokens", torch.device("cpu"), None) == "torch"
+    with pytest.raises(_backend.BackendUnavailableError, match="use backend='triton'"):
+        S._resolve("accept_tokens", torch.device("cpu"), "cuda")
+
+
+def test_custom_op_compiles_without_graph_break():
+    """The registered op traces into one graph (its fake gives the shapes) and matches eager."""
+    torch._dynamo.reset()
+    tokens, target, dl, (au, ru) = make_inputs(3, 2, 13, seed=4)
+    seeds = torch.zeros(3, dtype=torch.int64)
+
+    def f(tokens, target, dl, au, ru):
+        out, n = torch.ops.ponder.accept_tokens(tokens, target, dl, 1.0, None, None, au, ru,
+                                                seeds, False, "cpu")
+        return out * 2, n + 1
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    got, want = compiled(tokens, target, dl, au, ru), f(tokens, target, dl, au, ru)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
