@@ -12,9 +12,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest  # noqa: E402
-
-import ponder  # noqa: E402
+import ponder
+import pytest
 
 # Backends that run on CPU tensors here: cpu (ponder._C), torch (the reference) and, when Triton
 # is installed, triton (in the interpreter). Computed once, at collection.

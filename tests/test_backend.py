@@ -7,10 +7,9 @@ import shutil
 import subprocess
 import sys
 
+import ponder
 import pytest
 import torch
-
-import ponder
 from ponder import _backend
 from ponder.ops import langevin as L
 

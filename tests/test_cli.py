@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 
+import ponder
 import pytest
 import torch
-
-import ponder
 from ponder import cli
 
 
@@ -122,4 +121,4 @@ def test_toy_eval(capsys):
     pytest.importorskip("transformers")
     assert cli.main(["toy", "eval", "--models", "target", "--n", "20"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^target\s+greedy accuracy \d+\.\d% on 20 test problems", out, re.M), out
+    assert re.search(r"^target\s+greedy accuracy \d+\.\d% on 20 test problems", out, re.MULTILINE), out

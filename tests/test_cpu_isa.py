@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 
+import ponder
 import pytest
 import torch
-
-import ponder
 
 _SCRIPT = r"""
 import sys, torch

@@ -13,12 +13,12 @@ from . import ops
 from ._backend import BackendStatus, BackendUnavailableError, available_backends
 
 __all__ = [
-    "__version__",
-    "available_backends",
     "BackendStatus",
     "BackendUnavailableError",
-    "ops",
+    "__version__",
+    "available_backends",
     "info",
+    "ops",
 ]
 
 

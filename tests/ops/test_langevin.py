@@ -13,12 +13,11 @@ import math
 import warnings
 
 import numpy as np
+import ponder
 import pytest
 import scipy.linalg
 import scipy.stats
 import torch
-
-import ponder
 from ponder import _backend
 from ponder.ops import langevin as L
 

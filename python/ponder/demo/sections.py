@@ -137,7 +137,7 @@ def _generate_timed(model, tokenizer, prompts, *, batch_size, max_new_tokens):
         new = out.sequences[:, batch["input_ids"].shape[1]:]
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
         # transformers renamed generate's past_key_values to cache; read whichever is there
-        cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
         nbytes = max(nbytes, cache_nbytes(cache, used=True))
         if len(stamps) > 1:
             seconds += stamps[-1] - stamps[0]
@@ -215,11 +215,11 @@ def think_section(ctx: Context) -> Section:
                            f"{length}-token prompt, 16 new tokens; window 32, recent 32")
     same = [sum(a == b for a, b in zip(r[4], dense_texts)) for r in rows[1:]]
     findings = [
-        f"keys are half of the cache, so pruning a fraction lambda of their channels holds about "
-        f"1 - lambda/2 of the dense bytes: measured {rows2[1][2]:.3f} at lambda = 0.4 and "
-        f"{rows2[2][2]:.3f} at 0.5 on the {length}-token prompt",
-        f"on the toy target, ThinK's greedy outputs are identical to the dense cache's for "
-        f"{min(same)}/{n} problems or more",
+        (f"keys are half of the cache, so pruning a fraction lambda of their channels holds about "
+         f"1 - lambda/2 of the dense bytes: measured {rows2[1][2]:.3f} at lambda = 0.4 and "
+         f"{rows2[2][2]:.3f} at 0.5 on the {length}-token prompt"),
+        (f"on the toy target, ThinK's greedy outputs equal the dense cache's on at least "
+         f"{min(same)} of the {n} problems at every lambda tried"),
     ]
     return Section(
         "think", "ThinK: a channel-pruned KV cache",
@@ -250,9 +250,9 @@ def prm_section(ctx: Context) -> Section:
                   caption="step-level judgement on held-out draft samples and corrupted "
                           "solutions (labels from step-by-step verification)")
     best = max((v for k, v in bon.items() if k.startswith("prm-")), default=float("nan"))
-    findings = [f"choosing among {samples} draft samples by the PRM's score: {_pct(best)} right, "
-                f"against {_pct(bon.get('majority', float('nan')))} for majority vote and "
-                f"{_pct(bon.get('first', float('nan')))} for the first sample"]
+    findings = [(f"choosing among {samples} draft samples by the PRM's score: {_pct(best)} right, "
+                 f"against {_pct(bon.get('majority', float('nan')))} for majority vote and "
+                 f"{_pct(bon.get('first', float('nan')))} for the first sample")]
     return Section(
         "prm", "Process reward model: judging steps and best-of-N",
         intro="ponder.toy.load_toy_prm() is a ponder.rewards.ProcessRewardModel trained by "
@@ -296,12 +296,17 @@ def rsd_section(ctx: Context) -> Section:
     table = Table(["run", "accuracy", "steps by the target", "FLOPs vs target only",
                    "same, PRM cost left out"], rows,
                   caption=f"{n} test problems, greedy; FLOPs estimated as 2 x parameters per "
-                          "token per model (the toy PRM is as large as the target)")
+                          "token per model (the toy PRM is larger than the target)")
+    best = max((k for k in stats if k.startswith("RSD, toy PRM")),
+               key=lambda k: stats[k]["accuracy"])
+    st = stats[best]
     findings = [
-        "the draft writes steps, the PRM scores each, and the target rewrites only the rejected "
-        "ones: accuracy climbs from draft-only towards target-only as delta rises",
-        "FLOPs are only saved when scoring a step costs much less than writing it: the paper's "
-        "PRMs are small next to their targets, the toy PRM is not (see the last column)",
+        (f"{best}: {_pct(st['accuracy'])} right (draft only {_pct(stats['draft only']['accuracy'])},"
+         f" target only {_pct(stats['target only']['accuracy'])}) at "
+         f"{(st['flops'] - st['flops_prm']) / ref:.2f} of the target-only FLOPs without the PRM's "
+         f"cost, {st['flops'] / ref:.2f} with it"),
+        ("FLOPs are only saved when scoring a step costs much less than writing it: the paper's "
+         "PRMs are small next to their targets, the toy PRM is larger than the toy target"),
     ]
     return Section(
         "rsd", "RSD: reward-guided speculative decoding",

@@ -18,7 +18,7 @@ as a ``torch.library`` custom op ``ponder::<name>`` with a fake, so it works und
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -37,18 +37,18 @@ from ._common import (
 )
 
 __all__ = [
-    "ula_step",
-    "mala_propose",
     "mala_accept",
-    "uld_step",
-    "proximal_step",
-    "uld_coefficients",
-    "ula_step_reference",
-    "mala_propose_reference",
     "mala_accept_reference",
     "mala_log_alpha_reference",
-    "uld_step_reference",
+    "mala_propose",
+    "mala_propose_reference",
+    "proximal_step",
     "proximal_step_reference",
+    "ula_step",
+    "ula_step_reference",
+    "uld_coefficients",
+    "uld_step",
+    "uld_step_reference",
 ]
 
 
@@ -215,7 +215,7 @@ def _run_elementwise(
     name: str,
     backend: str,
     inputs: Sequence[Tensor],
-    noise: Optional[Tensor],
+    noise: Tensor | None,
     coefs: Sequence[float],
     seed: int,
     reference: Callable[[Sequence[Tensor], Tensor], Tensor | tuple[Tensor, ...]],
@@ -258,7 +258,7 @@ def _ula_step_impl(
     grad_logp: Tensor,
     step_size: float,
     temperature: float,
-    noise: Optional[Tensor],
+    noise: Tensor | None,
     seed: int,
     backend: str,
 ) -> Tensor:
@@ -286,7 +286,7 @@ def _mala_propose_impl(
     x: Tensor,
     grad_logp: Tensor,
     step_size: float,
-    noise: Optional[Tensor],
+    noise: Tensor | None,
     seed: int,
     backend: str,
 ) -> Tensor:
@@ -318,7 +318,7 @@ def _proximal_step_impl(
     grad_logp: Tensor,
     step_size: float,
     eta: float,
-    noise: Optional[Tensor],
+    noise: Tensor | None,
     seed: int,
     backend: str,
 ) -> Tensor:
@@ -351,7 +351,7 @@ def _uld_step_impl(
     grad_logp: Tensor,
     step_size: float,
     friction: float,
-    noise: Optional[Tensor],
+    noise: Tensor | None,
     seed: int,
     backend: str,
 ) -> tuple[Tensor, Tensor]:
@@ -386,7 +386,7 @@ def _mala_accept_impl(
     logp_prop: Tensor,
     grad_logp_prop: Tensor,
     step_size: float,
-    uniforms: Optional[Tensor],
+    uniforms: Tensor | None,
     seed: int,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

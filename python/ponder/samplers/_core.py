@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

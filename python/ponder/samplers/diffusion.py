@@ -220,7 +220,7 @@ class _RTK(_DiffusionSampler):
         return z, calls
 
 
-class RTK_MALA(_RTK):  # noqa: N801 - the method's name
+class RTK_MALA(_RTK):
     """RTK with inner MALA (exact energies from ``logp_t``, or Simpson's rule on the score).
 
     Args:
@@ -234,7 +234,7 @@ class RTK_MALA(_RTK):  # noqa: N801 - the method's name
     inner = "mala"
 
 
-class RTK_ULD(_RTK):  # noqa: N801 - the method's name
+class RTK_ULD(_RTK):
     """RTK with inner underdamped Langevin (exact OU integrator, velocities refreshed from N(0, I)
     each segment, ``friction`` gamma). Args as :class:`RTK_MALA`."""
 

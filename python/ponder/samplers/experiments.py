@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -308,5 +308,13 @@ def run_all(out: str | Path = "bench/samplers", *, quick: bool = False, seed: in
     return md
 
 
-__all__ = ["Row", "sps_experiment", "rtk_experiment", "run_all", "sps_table", "rtk_table", "plot",
-           "findings"]
+__all__ = [
+    "Row",
+    "findings",
+    "plot",
+    "rtk_experiment",
+    "rtk_table",
+    "run_all",
+    "sps_experiment",
+    "sps_table",
+]

@@ -56,7 +56,7 @@ class _SPS(_LangevinBase):
         return x + math.sqrt(self.eta) * xi
 
 
-class SPS_SGLD(_SPS):  # noqa: N801 - the method's name
+class SPS_SGLD(_SPS):
     """SPS with inner SGLD on the RGO: ``inner_steps`` proximal Langevin steps of size
     ``inner_step_size`` (tau), each with a fresh minibatch (full gradient without
     ``batch_size``). One outer step costs ``inner_steps`` gradient calls.
@@ -83,7 +83,7 @@ class SPS_SGLD(_SPS):  # noqa: N801 - the method's name
         return state
 
 
-class SPS_MALA(_SPS):  # noqa: N801 - the method's name
+class SPS_MALA(_SPS):
     """SPS with inner MALA on the RGO: the minibatch (or the full target) is fixed for the outer
     step, so the Metropolis test is exact for that RGO. One outer step costs
     ``inner_steps + 1`` gradient calls. Args as :class:`SPS_SGLD`."""
