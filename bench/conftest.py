@@ -12,6 +12,7 @@ a synchronize, for the record only.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import time
@@ -152,6 +153,40 @@ def _device_info(device: torch.device) -> dict[str, Any]:
     else:
         info["device_name"] = cpu_model()
     return info
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _peak_extra_bytes(fn: Callable[[], object]) -> int | None:
+    """Peak RSS during one call of ``fn`` minus RSS before it (None where /proc is missing).
+
+    Linux's peak resident set size (VmHWM) is reset to the current RSS by writing 5 to
+    /proc/self/clear_refs; the baseline is VmHWM read right after the reset (the same counter as
+    the peak). 4 KiB granularity; it sees every page torch touches, which tracemalloc does not.
+    """
+    try:
+        gc.collect()
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")
+        before = _status_kib("VmHWM")
+    except OSError:
+        return None
+    out = fn()
+    peak = _status_kib("VmHWM")
+    del out
+    return (peak - before) * 1024
+
+
+@pytest.fixture
+def peak_extra_bytes() -> Callable[[Callable[[], object]], int | None]:
+    """``peak_extra_bytes(fn)``: the extra resident memory one call of ``fn`` needs, in bytes."""
+    return _peak_extra_bytes
 
 
 @pytest.fixture

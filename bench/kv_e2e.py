@@ -100,26 +100,16 @@ def decode_step(model, cache, position: int, token: torch.Tensor) -> tuple[float
     return time.perf_counter() - start, logits[:, -1:].argmax(-1)
 
 
-class _Clock:
-    """A logits processor that only records when it is called (once per forward)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
-        return scores
-
-
 @torch.inference_mode()
 def generate_row(model, context: int, steps: int) -> tuple[float, float, int]:
     """(prefill s, median decode s/token, cache bytes) of one real ``generate``."""
     from ponder.kv import cache_nbytes
+    from ponder.kv.cli import DecodeClock
     from transformers import LogitsProcessorList
 
     ids = torch.randint(3, CONFIG["vocab_size"], (1, context),
                         generator=torch.Generator().manual_seed(2))
-    clock = _Clock()
+    clock = DecodeClock()
     start = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                          max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False,

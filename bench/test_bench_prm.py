@@ -24,7 +24,6 @@ Run:  python bench/test_bench_prm.py   (runs this file under pytest-benchmark, p
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -39,29 +38,6 @@ BATCH, LENGTH, HIDDEN, VOCAB, STEPS = 1, 2048, 1536, 151936, 20
 POS_TOKEN, NEG_TOKEN = 10, 20
 CPU = torch.device("cpu")
 GROUP = "prm: L=2048 H=1536 V=151936 20 steps, fp32"
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_extra_bytes(fn) -> int | None:
-    """Peak RSS during one call of ``fn`` minus RSS before it (None where /proc is missing)."""
-    try:
-        gc.collect()
-        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        before = _status_kib("VmHWM")  # = RSS at the reset: the baseline, same counter as after
-    except OSError:
-        return None
-    out = fn()
-    peak = _status_kib("VmHWM")
-    del out
-    return (peak - before) * 1024
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +63,7 @@ def full_logits_scores(hidden, lm_head, step_index):
 
 
 @pytest.mark.parametrize("impl", ["full-logits", "ponder-cpu", "ponder-torch"])
-def test_prm_score_steps(benchmark, measure, workload, impl):
+def test_prm_score_steps(benchmark, measure, peak_extra_bytes, workload, impl):
     hidden, lm_head, step_index = workload
     head = lm_head[[POS_TOKEN, NEG_TOKEN]].contiguous()
     if impl == "full-logits":

@@ -8,16 +8,14 @@ float32. Input: batch 1 of L = 1024 tokens with 20 step tags (L = 2048 would put
 path's logits and softmax at 2 x 1.24 GB next to the 1.7 GB model: more than one engineer's
 share of this shared machine's memory).
 
-Peak extra memory: Linux's peak resident set size during one call (VmHWM, reset through
-/proc/self/clear_refs) minus the resident size before it; torch keeps no statistics for CPU
-tensors and tracemalloc does not see them.
+Peak extra memory: the ``peak_extra_bytes`` fixture of bench/conftest.py (Linux's peak resident
+set size during one call minus its value at the reset just before); torch keeps no statistics
+for CPU tensors and tracemalloc does not see them.
 
 Run:  python -m pytest bench/test_bench_prm_e2e.py --benchmark-only -q
 """
 
 from __future__ import annotations
-
-import gc
 
 import pytest
 import torch
@@ -28,29 +26,6 @@ LAYERS, HIDDEN, INTER, HEADS, KV_HEADS, VOCAB = 4, 1536, 8960, 12, 2, 151936
 LENGTH, STEPS = 1024, 20
 TAG, POS, NEG = 100, 10, 20  # token ids: the step tag and the two labels
 GROUP = "prm end to end: 4-layer H=1536 V=151936 Llama, L=1024, 20 steps, fp32"
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_extra_bytes(fn) -> int | None:
-    """Peak RSS during one call of ``fn`` minus RSS before it (None where /proc is missing)."""
-    try:
-        gc.collect()
-        before = _status_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-    except OSError:
-        return None
-    out = fn()
-    peak = _status_kib("VmHWM")
-    del out
-    return (peak - before) * 1024
 
 
 class _Tok:
@@ -93,7 +68,7 @@ def full_logits_scores(model, ids, positions):
 
 
 @pytest.mark.parametrize("impl", ["full-logits", "ProcessRewardModel"])
-def test_prm_end_to_end(benchmark, setup, impl):
+def test_prm_end_to_end(benchmark, peak_extra_bytes, setup, impl):
     model, prm, ids, positions, encoded = setup
     if impl == "full-logits":
         def fn():

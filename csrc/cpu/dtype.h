@@ -5,6 +5,9 @@
 #include <cstdint>
 #include <cstring>
 
+#include "ponder/check.h"
+#include "ponder/common.h"
+
 namespace ponder {
 namespace cpu {
 
@@ -64,6 +67,19 @@ inline Half to_half(float x) {
 
 inline void store(BFloat16& dst, float x) { dst = to_bf16(x); }
 inline void store(Half& dst, float x) { dst = to_half(x); }
+
+// f(T{}) with T the storage type of dtype code `dtype` (ponder/common.h); an unknown code is a
+// ValueError naming `op`.
+template <class F>
+void dispatch_dtype(int dtype, const char* op, F f) {
+  switch (dtype) {
+    case kFloat32: f(float{}); break;
+    case kFloat64: f(double{}); break;
+    case kFloat16: f(Half{}); break;
+    case kBFloat16: f(BFloat16{}); break;
+    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
+  }
+}
 
 }  // namespace cpu
 }  // namespace ponder

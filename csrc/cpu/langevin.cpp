@@ -58,17 +58,6 @@ void load_or_draw(Acc* xi, const T* noise, int64_t begin, int64_t count, uint32_
   }
 }
 
-template <class F>
-void dispatch_dtype(int dtype, const char* op, F f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); break;
-    case kFloat64: f(double{}); break;
-    case kFloat16: f(Half{}); break;
-    case kBFloat16: f(BFloat16{}); break;
-    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
-  }
-}
-
 void check_common(const char* op, int64_t n, int threads) {
   PONDER_CHECK(n >= 0, op << ": element count must be >= 0, got " << n);
   PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);

@@ -23,17 +23,6 @@ namespace {
 // Below this many multiply-adds the OpenMP fork costs more than it saves.
 constexpr int64_t kParallelMin = 1 << 15;
 
-template <class F>
-void dispatch_dtype(int dtype, const char* op, F f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); break;
-    case kFloat64: f(double{}); break;
-    case kFloat16: f(Half{}); break;
-    case kBFloat16: f(BFloat16{}); break;
-    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
-  }
-}
-
 // dot(row, w) over `width` values, accumulated in Acc; `row` is dense (unit stride).
 template <class T, class Acc>
 Acc dot(const T* row, const Acc* w, int64_t width) {

@@ -172,17 +172,6 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
   return best;  // -1: every weight is 0
 }
 
-template <class F>
-void dispatch_dtype(int dtype, const char* op, F f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); break;
-    case kFloat64: f(double{}); break;
-    case kFloat16: f(Half{}); break;
-    case kBFloat16: f(BFloat16{}); break;
-    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
-  }
-}
-
 }  // namespace
 
 void accept_tokens(uintptr_t tokens_out, uintptr_t counts_out, uintptr_t draft_tokens,

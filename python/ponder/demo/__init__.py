@@ -39,7 +39,7 @@ def run_demo(
     out : str or Path
         The report's folder (created).
     quick : bool
-        Small sizes (a smoke run in about a minute, not numbers to report).
+        Small sizes (a smoke run of about 15 s, not numbers to report).
     sections : sequence of str, optional
         Names from :data:`SECTIONS` to run, in the demo's order; all by default.
     seed : int

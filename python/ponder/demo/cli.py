@@ -15,7 +15,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "OUT/report.md with the plots.")
     p.add_argument("--out", default="ponder-demo", help="report folder (default ./ponder-demo)")
     p.add_argument("--quick", action="store_true",
-                   help="small sizes: a smoke run in about a minute, not numbers to report")
+                   help="small sizes: a smoke run of about 15 s, not numbers to report")
     p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=None, metavar="SECTION",
                    help=f"run only these sections ({', '.join(SECTIONS)})")
     p.add_argument("--seed", type=int, default=0)

@@ -113,58 +113,28 @@ def samplers_section(ctx: Context) -> Section:
         tables=tables, findings=findings, images=images, seconds=time.perf_counter() - start)
 
 
-def _generate_timed(model, tokenizer, prompts, *, batch_size, max_new_tokens):
-    """Greedy continuations, the largest cache's bytes (used) and the decode tokens/s."""
-    from transformers import LogitsProcessorList
-
-    from ..kv import cache_nbytes
-
-    stamps: list[float] = []
-
-    def clock(input_ids, scores):  # called once per forward: times the decode steps
-        stamps.append(time.perf_counter())
-        return scores
-
-    texts, nbytes, seconds, tokens = [], 0, 0.0, 0
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
-                          padding=True, padding_side="left")
-        stamps.clear()
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             return_dict_in_generate=True,
-                             logits_processor=LogitsProcessorList([clock]),
-                             pad_token_id=tokenizer.pad_token_id)
-        new = out.sequences[:, batch["input_ids"].shape[1]:]
-        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
-        # transformers renamed generate's past_key_values to cache; read whichever is there
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        nbytes = max(nbytes, cache_nbytes(cache, used=True))
-        if len(stamps) > 1:
-            seconds += stamps[-1] - stamps[0]
-            tokens += (len(stamps) - 1) * new.shape[0]
-    return texts, nbytes, tokens / seconds if seconds > 0 else float("nan")
-
-
 def _think_rows(model, tokenizer, prompts, settings, *, batch_size, max_new_tokens):
     """Dense, then ThinK at each of ``settings``: rows of (name, KiB, ratio, tokens/s, texts)."""
     import torch
 
     from ..kv import apply_think, remove_think
+    from ..kv.cli import generate_measured
 
+    gen_kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
     runs = {}
     with torch.inference_mode():
-        runs["dense"] = _generate_timed(model, tokenizer, prompts, batch_size=batch_size,
-                                        max_new_tokens=max_new_tokens)
+        runs["dense"] = generate_measured(model, tokenizer, prompts, **gen_kw)
         for name, kwargs in settings.items():
             apply_think(model, **kwargs)
             try:
-                runs[name] = _generate_timed(model, tokenizer, prompts, batch_size=batch_size,
-                                             max_new_tokens=max_new_tokens)
+                runs[name] = generate_measured(model, tokenizer, prompts, **gen_kw)
             finally:
                 remove_think(model)
-    dense_bytes = runs["dense"][1]
-    return [(name, nbytes / 2**10, nbytes / dense_bytes, rate, texts)
-            for name, (texts, nbytes, rate) in runs.items()]
+    rows = []
+    for name, (texts, (_, used), seconds, tokens) in runs.items():
+        rate = tokens / seconds if seconds > 0 else float("nan")
+        rows.append((name, used / 2**10, used / runs["dense"][1][1], rate, texts))
+    return rows
 
 
 def think_section(ctx: Context) -> Section:

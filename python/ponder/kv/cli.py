@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DecodeClock", "add_parser", "generate_measured", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -87,8 +87,9 @@ def _load(args):
     return model.eval(), tokenizer, args.model
 
 
-class _Clock:
-    """A logits processor that only timestamps: called once per forward of ``generate``."""
+class DecodeClock:
+    """A logits processor that only timestamps: ``generate`` calls it once per forward, so the
+    gaps between its ``times`` after the first are the decode steps."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
@@ -98,21 +99,26 @@ class _Clock:
         return scores
 
 
-def _generate(model, tokenizer, prompts, args):
-    """All prompts in batches: (texts, (held, used) cache bytes of the largest batch, decode
-    seconds, decode tokens)."""
+def generate_measured(model, tokenizer, prompts, *, batch_size: int, max_new_tokens: int,
+                      sample: bool = False, seed: int = 0):
+    """``model.generate`` over ``prompts`` in batches (the tokenizer pads as it is set up to).
+
+    Returns ``(texts, (held, used), decode_seconds, decode_tokens)``: the continuations, the
+    largest batch's cache bytes (:func:`ponder.kv.cache_nbytes`, without and with ``used=True``),
+    and the decode time and tokens summed over the batches (prefill excluded).
+    """
     from transformers import LogitsProcessorList
 
     from . import cache_nbytes
 
     texts, nbytes, decode_s, decode_tokens = [], (0, 0), 0.0, 0
-    for start in range(0, len(prompts), args.batch_size):
-        batch = tokenizer(prompts[start:start + args.batch_size], return_tensors="pt",
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
                           padding=True).to(model.device)
-        clock = _Clock()
-        torch.manual_seed(args.seed + start)
+        clock = DecodeClock()
+        torch.manual_seed(seed + start)
         out = model.generate(
-            **batch, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+            **batch, max_new_tokens=max_new_tokens, do_sample=sample,
             return_dict_in_generate=True, logits_processor=LogitsProcessorList([clock]),
             pad_token_id=tokenizer.pad_token_id,
         )
@@ -155,11 +161,13 @@ def run(args: argparse.Namespace) -> int:
           f"{args.max_new_tokens}")
     print("ThinK        " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None))
     results = {}
+    gen_kw = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+              "sample": args.sample, "seed": args.seed}
     with torch.inference_mode():
-        results["dense"] = _generate(model, tokenizer, prompts, args)
+        results["dense"] = generate_measured(model, tokenizer, prompts, **gen_kw)
         apply_think(model, **settings)
         try:
-            results["think"] = _generate(model, tokenizer, prompts, args)
+            results["think"] = generate_measured(model, tokenizer, prompts, **gen_kw)
         finally:
             remove_think(model)
     d_text, d_bytes, d_s, d_tok = results["dense"]
