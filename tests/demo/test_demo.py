@@ -32,6 +32,18 @@ def test_quick_demo_target_beats_draft(quick_demo):
     assert accuracy["target"] >= accuracy["draft"] + 20
 
 
+def test_quick_demo_think_keeps_retrieval(quick_demo):
+    # The retrieval table: dense and ThinK at lambda 0.4 answer all 8 lookups (chance 10% each),
+    # while holding fewer bytes.
+    _, sections = quick_demo
+    think = next(s for s in sections if s.name == "think")
+    table = next(t for t in think.tables if t.headers[1].startswith("accuracy @"))
+    rows = {row[0]: row for row in table.rows}
+    assert rows["dense"][1] == "100.0%" and rows["ThinK lambda=0.4"][1] == "100.0%"
+    assert float(rows["ThinK lambda=0.4"][2]) < 0.9
+    assert any(p.name == "think_retrieval.png" for p in think.images) or not think.images
+
+
 def test_quick_demo_plots(quick_demo):
     pytest.importorskip("matplotlib")
     out, sections = quick_demo

@@ -49,3 +49,18 @@ def test_think_prompt_file_and_errors(tmp_path, capsys):
     assert cli.main(["think", "--prune-ratio", "1.5"]) == 2
     assert "prune_ratio" in capsys.readouterr().err
     assert cli.main(["think", "--prompts", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_think_on_the_retrieval_model(capsys):
+    # The constructed lookup model keeps every answer at lambda 0.6 (its lookup head reads 41 of
+    # 128 key channels) and loses most at 0.95 (6 channels kept); 6 lookups, chance 10% each.
+    for ratio, lo, hi in ((0.6, 100.0, 100.0), (0.95, 0.0, 67.0)):
+        rc = cli.main(["think", "--model", "retrieval", "--context", "300", "--n", "6",
+                       "--batch-size", "3", "--prune-ratio", str(ratio)])
+        out, err = capsys.readouterr()
+        assert rc == 0, out + err
+        assert "window=32, recent=32" in out and "max_new_tokens 2" in out
+        dense, think = _row(out, "lookup accuracy")
+        assert dense == 100.0 and lo <= think <= hi, out
+    assert cli.main(["think", "--model", "retrieval", "--context", "0"]) == 2
+    assert "--context" in capsys.readouterr().err

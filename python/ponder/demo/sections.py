@@ -139,7 +139,8 @@ def _think_rows(model, tokenizer, prompts, settings, *, batch_size, max_new_toke
 
 def think_section(ctx: Context) -> Section:
     """ThinK: the toy target model patched with ponder.kv.apply_think (accuracy and agreement
-    with the dense cache are kept), and a random-init Llama at a long prompt (bytes, speed)."""
+    with the dense cache are kept), long-context retrieval with the toy retrieval model
+    (accuracy by prune ratio), and a random-init Llama at a long prompt (bytes, speed)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -165,7 +166,10 @@ def think_section(ctx: Context) -> Section:
         caption=f"the toy target model on {n} arithmetic test problems, greedy; window 8, "
                 "recent 8 (prompts are ~20 tokens)")
 
-    # 2. A random-init Llama (GQA, head dim 64) at a long prompt: what the cache holds, and
+    # 2. Long-context retrieval: the constructed lookup model answers from the (pruned) cache.
+    table_r, retrieval, image = _think_retrieval(ctx)
+
+    # 3. A random-init Llama (GQA, head dim 64) at a long prompt: what the cache holds, and
     # decode speed. Its outputs mean nothing; the bytes and the time do.
     length = 512 if ctx.quick else 4096
     torch.manual_seed(ctx.seed)
@@ -184,7 +188,16 @@ def think_section(ctx: Context) -> Section:
                    caption=f"random-init Llama (4 layers, 8 query / 2 KV heads of dim 64), one "
                            f"{length}-token prompt, 16 new tokens; window 32, recent 32")
     same = [sum(a == b for a, b in zip(r[4], dense_texts)) for r in rows[1:]]
+    kept = [lam for lam, accs in retrieval.items()
+            if lam is not None and min(accs.values()) >= min(retrieval[None].values())]
+    broken = [lam for lam in retrieval if lam is not None and lam not in kept]
     findings = [
+        (f"long-context retrieval: the lookup model is as accurate with ThinK as with the dense "
+         f"cache at every context length at lambda {', '.join(map(str, kept)) or '(none)'}"
+         + (f", and not at {', '.join(map(str, broken))}: its lookup head reads 41 of its 128 "
+            f"key channels, and past lambda = 0.68 ThinK must drop some of them (it keeps the "
+            f"ones the prompt's last queries use, which is why 0.7 and 0.8 can still work)"
+            if broken else "")),
         (f"keys are half of the cache, so pruning a fraction lambda of their channels holds about "
          f"1 - lambda/2 of the dense bytes: measured {rows2[1][2]:.3f} at lambda = 0.4 and "
          f"{rows2[2][2]:.3f} at 0.5 on the {length}-token prompt"),
@@ -197,7 +210,64 @@ def think_section(ctx: Context) -> Section:
               "each layer keeps the key channels its last prompt queries use most, stores them "
               "compactly (fewer bytes, for real) and decodes with "
               "ponder.ops.think.pruned_decode_attention; remove_think undoes it.",
-        tables=[table1, table2], findings=findings, seconds=time.perf_counter() - start)
+        tables=[table1, table_r, table2], findings=findings, images=image,
+        seconds=time.perf_counter() - start)
+
+
+_RETRIEVAL_LAMBDAS = (0.4, 0.6, 0.7, 0.8, 0.9)
+
+
+def _think_retrieval(ctx: Context):
+    """The toy retrieval model (ponder.toy.retrieval_model) with a dense cache and with ThinK at
+    several lambdas, at each context length: (table, {lambda: {length: accuracy}}, images)."""
+    from ..toy import make_retrieval, verify_retrieval
+    from ..toy.retrieval_model import build_retrieval_model
+
+    model, tok = build_retrieval_model()
+    lengths, n = ((512,), 8) if ctx.quick else ((1024, 4096, 8192), 12)
+    settings = {f"ThinK lambda={lam}": {"prune_ratio": lam} for lam in _RETRIEVAL_LAMBDAS}
+    accuracy: dict[float | None, dict[int, float]] = {}
+    table_rows = {}
+    for length in lengths:
+        examples = make_retrieval(n, context_tokens=length, seed=ctx.seed + length)
+        runs = _think_rows(model, tok, [e.prompt for e in examples], settings, batch_size=8,
+                           max_new_tokens=2)
+        for (name, kib, ratio, _, texts), lam in zip(runs, (None, *_RETRIEVAL_LAMBDAS)):
+            acc = sum(verify_retrieval(e, t) for e, t in zip(examples, texts)) / n
+            accuracy.setdefault(lam, {})[length] = acc
+            table_rows.setdefault(name, [name]).extend([_pct(acc), f"{ratio:.3f}"])
+    header = ["cache"]
+    for length in lengths:
+        header += [f"accuracy @ {length}", f"KV bytes vs dense @ {length}"]
+    table = Table(header, list(table_rows.values()),
+                  caption=f"the toy retrieval model (2 layers, 8 heads of dim 128), {n} lookups "
+                          "per context length (keys of 4 digits among distractor pairs, a "
+                          "1-digit value read in a decode step; chance 10%); ThinK window 32, "
+                          "recent 32")
+    images = []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is optional
+        return table, accuracy, images
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    lams = [0.0, *_RETRIEVAL_LAMBDAS]
+    for length in lengths:
+        ax.plot(lams, [100 * accuracy[None if lam == 0.0 else lam][length] for lam in lams],
+                marker="o", label=f"{length} tokens")
+    ax.axhline(10, color="grey", lw=0.8, ls="--", label="chance")
+    ax.set_xlabel("ThinK prune ratio lambda (0 = dense)")
+    ax.set_ylabel("lookup accuracy (%)")
+    ax.set_ylim(-5, 105)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    path = ctx.out / "think_retrieval.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    images.append(path)
+    return table, accuracy, images
 
 
 def prm_section(ctx: Context) -> Section:

@@ -1,12 +1,14 @@
 """``ponder think``: generate with and without ThinK; compare cache bytes, decode speed, outputs.
 
     ponder think                                  toy "target" model on toy arithmetic prompts
-    ponder think --model path/to/hf_model --prompts prompts.jsonl --window 32 --recent 32
+    ponder think --model retrieval --context 8192 toy lookups in long contexts (accuracy kept?)
+    ponder think --model path/to/hf_model --prompts prompts.jsonl
 
 Prompts: a ``.jsonl`` file (one ``{"prompt": ...}`` object or JSON string a line), or any other
-file as one prompt. Without ``--prompts``: test problems of the toy arithmetic world (and their
-accuracy is reported). The toy prompts are short (about 20 tokens), hence the small default
-``--window`` / ``--recent``; use ThinK's defaults (32 / 32) on real models and long prompts.
+file as one prompt. Without ``--prompts``: test problems of the toy arithmetic world for the toy
+draft and target, key-value lookups of ``--context`` tokens for the toy retrieval model
+(:mod:`ponder.toy.retrieval_model`); their accuracy is reported. ``--window`` / ``--recent``
+default to 8 for the toy arithmetic prompts (about 20 tokens) and to ThinK's 32 otherwise.
 """
 
 from __future__ import annotations
@@ -28,14 +30,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="target",
-                   help="a toy model name (draft, target) or a local Hugging Face model folder")
+                   help="a toy model name (draft, target, retrieval) or a local Hugging Face "
+                        "model folder")
     p.add_argument("--prompts", default=None, help=".jsonl (one prompt a line) or a text file")
     p.add_argument("--n", type=int, default=32, help="toy prompts used (without --prompts)")
+    p.add_argument("--context", type=int, default=4096,
+                   help="--model retrieval: prompt length in tokens (default 4096)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default 48 (2 for --model retrieval: 'v' and the digit)")
     p.add_argument("--prune-ratio", type=float, default=0.4)
-    p.add_argument("--window", type=int, default=8)
-    p.add_argument("--recent", type=int, default=8)
+    p.add_argument("--window", type=int, default=None, help="default 8 on the toy arithmetic "
+                                                             "prompts, else 32")
+    p.add_argument("--recent", type=int, default=None, help="as --window")
     p.add_argument("--evict", choices=["snapkv"], default=None)
     p.add_argument("--token-budget", type=int, default=None)
     p.add_argument("--fold-block", type=int, default=None,
@@ -77,6 +84,11 @@ def _load(args):
 
         model, tokenizer = load_toy_model(args.model, dtype=dtype)
         return model, tokenizer, f"toy {args.model!r}"
+    if args.model == "retrieval":
+        from ..toy.retrieval_model import build_retrieval_model
+
+        model, tokenizer = build_retrieval_model(max_position_embeddings=max(args.context, 64))
+        return model.to(dtype), tokenizer, "toy 'retrieval' (constructed)"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, local_files_only=True)
@@ -135,13 +147,25 @@ def run(args: argparse.Namespace) -> int:
     """Run ``ponder think`` (see the module docstring); returns the exit status."""
     from . import apply_think, remove_think
 
-    for name in ("n", "batch_size", "max_new_tokens"):
+    retrieval = args.model == "retrieval"
+    toy_arithmetic = args.prompts is None and not retrieval
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 2 if retrieval else 48
+    for name in ("window", "recent"):
+        if getattr(args, name) is None:
+            setattr(args, name, 8 if toy_arithmetic else 32)
+    for name in ("n", "batch_size", "max_new_tokens", "context"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     model, tokenizer, label = _load(args)
-    problems = None
+    problems = lookups = None
     if args.prompts is not None:
         prompts = _read_prompts(args.prompts)
+    elif retrieval:
+        from ..toy import make_retrieval
+
+        lookups = make_retrieval(args.n, context_tokens=args.context, seed=args.seed)
+        prompts = [e.prompt for e in lookups]
     else:
         from ..toy import SPECS
 
@@ -186,4 +210,10 @@ def run(args: argparse.Namespace) -> int:
         acc = [sum(verify(p, t) for p, t in zip(problems, texts)) / len(problems)
                for texts in (d_text, t_text)]
         print(f"{'toy accuracy':<24}{acc[0]:>14.1%}{acc[1]:>14.1%}")
+    if lookups is not None:
+        from ..toy import verify_retrieval
+
+        acc = [sum(verify_retrieval(e, t) for e, t in zip(lookups, texts)) / len(lookups)
+               for texts in (d_text, t_text)]
+        print(f"{'lookup accuracy':<24}{acc[0]:>14.1%}{acc[1]:>14.1%}   (chance 10%)")
     return 0

@@ -4,6 +4,8 @@
   (steps separated by ``"\\n\\n"``, a final ``"Answer: N"``), a seeded train / validation / test
   split, a verifier, a step checker (PRM labels) and wrong solutions (negative examples);
 - :mod:`ponder.toy.retrieval`: key-value lookup among distractors in 1K-8K-token contexts;
+- :mod:`ponder.toy.retrieval_model`: a two-layer Llama that answers those lookups at any length,
+  constructed as an explicit lookup circuit (:func:`build_retrieval_model`), for ThinK;
 - :mod:`ponder.toy.tokenizer`: a character tokenizer that transformers loads (needs transformers,
   imported only when it is built);
 - :mod:`ponder.toy.models`: the shipped toy language models, a weaker ``"draft"`` and a stronger
@@ -38,6 +40,7 @@ from .arithmetic import (
 from .models import SPECS, ToyModelSpec, evaluate_accuracy, load_toy_model
 from .prm import PRM_SPEC, load_toy_prm
 from .retrieval import RetrievalExample, extract_value, make_retrieval, verify_retrieval
+from .retrieval_model import build_retrieval_model, evaluate_retrieval
 from .tokenizer import ALPHABET, SPECIAL_TOKENS, make_tokenizer
 
 __all__ = [
@@ -54,9 +57,11 @@ __all__ = [
     "RetrievalExample",
     "Splits",
     "ToyModelSpec",
+    "build_retrieval_model",
     "check_steps",
     "corrupt",
     "evaluate_accuracy",
+    "evaluate_retrieval",
     "extract_answer",
     "extract_value",
     "load_toy_model",

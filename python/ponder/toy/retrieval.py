@@ -2,24 +2,24 @@
 
 The text format (one character = one token with :func:`ponder.toy.make_tokenizer`)::
 
-    k0421=v5532             <- n_pairs lines "k<key>=v<value>", keys and values all distinct
-    k7310=v0087
+    k0421=v5                <- n_pairs lines "k<key>=v<value>", distinct keys
+    k7310=v3
     ...
-    k2958=v1406
+    k2958=v5
                             <- (blank line)
-    Q: k7310=?              <- the query: one of the keys, anywhere in the context
-                            <- (blank line)
-    Answer: v0087           <- the target
+    Q: k7310=               <- the query: one of the keys, anywhere in the context; the model
+                               completes it as the context did: "v3"
 
-``RetrievalExample.prompt`` runs up to and including the blank line after the query, and
-``RetrievalExample.target`` is ``"Answer: v0087"`` (no end-of-sequence marker), in the same
-shape as the arithmetic problems of :mod:`ponder.toy.arithmetic` (a ``"Q: ...=?"`` question, a
-blank line, a final ``"Answer: ..."`` line), so the same verifier rule applies: the first
-``"Answer:"`` decides.
+``RetrievalExample.prompt`` ends with the query's ``"="`` and ``RetrievalExample.target`` is
+``"v3"`` (no end-of-sequence marker). The prompt stops one token short of the value on purpose:
+a model's prefill cannot answer it, so the value is read in a *decode* step, from the KV cache
+(dense, or compressed by ThinK).
 
-Keys and values have fixed widths (``key_digits``, ``value_digits``, zero-padded), so a context of
-``P`` pairs has exactly ``len(prompt) = P * (key_digits + value_digits + 4) + key_digits + 9``
-characters; :func:`make_retrieval` puts as many pairs as fit in the requested budget.
+Keys have a fixed width (``key_digits``, zero-padded) and are distinct within a prompt; values
+(``value_digits`` wide) are drawn independently and may repeat, so a lookup with one-digit values
+has a chance rate of 1 in 10. A context of ``P`` pairs has exactly
+``len(prompt) = P * (key_digits + value_digits + 4) + key_digits + 6`` characters;
+:func:`make_retrieval` puts as many pairs as fit in the requested budget.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .arithmetic import ANSWER_PREFIX, STEP_SEPARATOR, _check_int, _check_seed
+from .arithmetic import STEP_SEPARATOR, _check_int, _check_seed
 
 __all__ = ["RetrievalExample", "extract_value", "make_retrieval", "verify_retrieval"]
 
@@ -42,7 +42,7 @@ class RetrievalExample:
     prompt : str
         The pairs, the query and the blank line after it (see the module docstring).
     answer : str
-        The value to retrieve, as written in the context: ``"v0087"``.
+        The value to retrieve, as written in the context: ``"v3"``.
     key : str
         The queried key: ``"k7310"``.
     position : int
@@ -59,8 +59,8 @@ class RetrievalExample:
 
     @property
     def target(self) -> str:
-        """``"Answer: v0087"``: what a language model should write after the prompt (no EOS)."""
-        return ANSWER_PREFIX + self.answer
+        """``"v3"``: what a language model should write after the prompt (no EOS)."""
+        return self.answer
 
     @property
     def text(self) -> str:
@@ -73,8 +73,8 @@ class RetrievalExample:
 
 
 def _prompt_chars(n_pairs: int, key_digits: int, value_digits: int) -> int:
-    # "k<key>=v<value>" lines joined by "\n", then "\n\nQ: k<key>=?\n\n".
-    return n_pairs * (key_digits + value_digits + 4) - 1 + (key_digits + 10)
+    # "k<key>=v<value>" lines joined by "\n", then "\n\nQ: k<key>=".
+    return n_pairs * (key_digits + value_digits + 4) - 1 + (key_digits + 7)
 
 
 def make_retrieval(
@@ -83,7 +83,7 @@ def make_retrieval(
     context_tokens: int | tuple[int, int] = (1024, 8192),
     seed: int,
     key_digits: int = 4,
-    value_digits: int = 4,
+    value_digits: int = 1,
 ) -> list[RetrievalExample]:
     """``n`` key-value lookups, drawn deterministically from ``seed``.
 
@@ -99,14 +99,15 @@ def make_retrieval(
     seed : int
         Same seed and knobs -> the same examples.
     key_digits, value_digits : int
-        Widths of the keys and values. Keys are distinct within a prompt, and so are values, so
-        ``10**key_digits`` and ``10**value_digits`` bound the number of pairs.
+        Widths of the keys and values. Keys are distinct within a prompt, so ``10**key_digits``
+        bounds the number of pairs; values may repeat. The toy retrieval model
+        (:func:`ponder.toy.retrieval_model.build_retrieval_model`) answers one-digit values.
 
     Raises
     ------
     ValueError
         If a budget is too small for two pairs (the queried one and a distractor) or needs more
-        distinct keys or values than the widths allow.
+        distinct keys than ``key_digits`` allows.
     """
     fn = "make_retrieval"
     n = _check_int(fn, "n", n, 0)
@@ -131,10 +132,10 @@ def make_retrieval(
             f"key_digits={key_digits}, value_digits={value_digits}; got {lo}"
         )
     most_pairs = (hi - fixed) // pair_chars
-    if most_pairs > min(10**key_digits, 10**value_digits):
+    if most_pairs > 10**key_digits:
         raise ValueError(
-            f"{fn}: a budget of {hi} characters holds {most_pairs} pairs, more than there are "
-            f"distinct keys or values; raise key_digits or value_digits"
+            f"{fn}: a budget of {hi} characters holds {most_pairs} pairs, more than the "
+            f"{10**key_digits} distinct keys of {key_digits} digits; raise key_digits"
         )
 
     rng = random.Random(seed)
@@ -143,34 +144,32 @@ def make_retrieval(
         budget = rng.randint(lo, hi)
         n_pairs = (budget - fixed) // pair_chars
         keys = rng.sample(range(10**key_digits), n_pairs)
-        values = rng.sample(range(10**value_digits), n_pairs)
+        values = [rng.randrange(10**value_digits) for _ in range(n_pairs)]
         lines = [f"k{k:0{key_digits}d}=v{v:0{value_digits}d}" for k, v in zip(keys, values)]
         position = rng.randrange(n_pairs)
         key, answer = lines[position][: key_digits + 1], lines[position][key_digits + 2:]
-        prompt = "\n".join(lines) + STEP_SEPARATOR + f"Q: {key}=?" + STEP_SEPARATOR
+        prompt = "\n".join(lines) + STEP_SEPARATOR + f"Q: {key}="
         examples.append(RetrievalExample(prompt, answer, key, position, n_pairs))
     return examples
 
 
-_VALUE_RE = re.compile(r"[ \t]*(v\d+)(?!\d)")
+_VALUE_RE = re.compile(r"v\d+(?!\d)")
 
 
 def extract_value(text: str) -> str | None:
-    """The value (``"v0087"``) after the **first** ``"Answer:"`` in ``text``, or None.
+    """The value a completion of a retrieval prompt gives (``"v3"``), or None.
 
-    The rule of :func:`ponder.toy.arithmetic.extract_answer`: the first ``"Answer:"`` decides,
-    spaces or tabs may precede the value, anything may follow it.
+    ``text`` is what was generated after the prompt (which ends with the query's ``"="``): the
+    value must start it, as ``"v"`` and digits, and may be followed by anything but another
+    digit (``"v3\n..."`` gives ``"v3"``; ``" v3"``, ``"3"`` and ``"v"`` give None).
     """
-    at = text.find("Answer:")
-    if at < 0:
-        return None
-    m = _VALUE_RE.match(text, at + len("Answer:"))
-    return m.group(1) if m else None
+    m = _VALUE_RE.match(text)
+    return m.group(0) if m else None
 
 
 def verify_retrieval(example: RetrievalExample | str, text: str) -> bool:
-    """Whether ``text`` answers the lookup: its first ``"Answer:"`` is followed by exactly the
-    value (digits and width, ``"v0087"``, not ``"v87"``).
+    """Whether the completion ``text`` answers the lookup: it starts with exactly the value
+    (digits and width: ``"v07"``, not ``"v7"``; see :func:`extract_value`).
 
     ``example`` is a :class:`RetrievalExample` or the expected value string. A missing or
     malformed answer is False, never an error.
