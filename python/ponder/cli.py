@@ -4,7 +4,8 @@
     ponder info                                   versions and backends (= python -m ponder)
     ponder sample [SAMPLER] [--target NAME] ...   run a sampler and report what it did
     ponder experiments samplers [--quick]         regenerate the SPS / RTK tables and plots
-    ponder toy train [--out DIR] [--models ...]   (re)train the toy draft / target models
+    ponder toy train [--out DIR] [--models ...]   (re)train the toy models (draft, target, prm,
+                                                  retrieval)
     ponder toy eval [--models ...]                greedy accuracy of the shipped toy models
     ponder think [--model M] [--prompts FILE]     ThinK vs dense: cache bytes, decode tok/s
     ponder prm score|collect|train|best-of-n      process reward models on JSONL files
@@ -128,7 +129,7 @@ def _cmd_toy(args: argparse.Namespace) -> int:
         from .toy.train import format_accuracies, train_all
 
         out = args.out or default_weights_dir()
-        names = args.models or [*SPECS, "prm"]
+        names = args.models or [*SPECS, "prm", "retrieval"]
         lm_names = [n for n in names if n in SPECS]
         if lm_names:
             results = train_all(out, names=lm_names, progress=not args.quiet)
@@ -137,9 +138,13 @@ def _cmd_toy(args: argparse.Namespace) -> int:
             from .toy.prm import format_prm_result, train_toy_prm
 
             print(format_prm_result(train_toy_prm(out, source_dir=out, progress=not args.quiet)))
+        if "retrieval" in names:
+            from .toy.retrieval_train import format_retrieval_result, train_retrieval_model
+
+            print(format_retrieval_result(train_retrieval_model(out, progress=not args.quiet)))
         print(f"wrote {out}")
         return 0
-    names = args.models or [*SPECS, "prm"]
+    names = args.models or [*SPECS, "prm", "retrieval"]
     if "prm" in names:  # sampling N drafts per problem is slow: report the measured recipe
         from .toy.models import read_recipe
         from .toy.prm import format_prm_result
@@ -151,6 +156,17 @@ def _cmd_toy(args: argparse.Namespace) -> int:
         acc = evaluate_accuracy(model, tokenizer, problems)
         by = ", ".join(f"{k} steps {v:.1%}" for k, v in sorted(acc["by_steps"].items()))
         print(f"{name:<7} greedy accuracy {acc['accuracy']:.1%} on {acc['n']} test problems ({by})")
+    if "retrieval" in names:
+        from .toy import evaluate_retrieval, make_retrieval
+
+        model, tokenizer = load_toy_model("retrieval", weights_dir=args.out)
+        n = min(args.n, 24)  # an 8K-token prompt takes about a second
+        cells = []
+        for length in (1024, 4096, 8192):
+            lookups = make_retrieval(n, context_tokens=length, seed=10_000 + length)
+            acc = evaluate_retrieval(model, tokenizer, lookups)["accuracy"]
+            cells.append(f"{length:,} tokens {acc:.1%}")
+        print(f"retrieval lookup accuracy ({n} lookups each, chance 10%): {', '.join(cells)}")
     return 0
 
 
@@ -197,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_toy = sub.add_parser("toy", help="the toy arithmetic world's models")
     p_toy.add_argument("action", choices=["train", "eval"])
-    p_toy.add_argument("--models", nargs="+", choices=["draft", "target", "prm"], default=None)
+    p_toy.add_argument("--models", nargs="+", choices=["draft", "target", "prm", "retrieval"],
+                       default=None)
     p_toy.add_argument("--out", default=None,
                        help="weights folder (default: the package's shipped weights)")
     p_toy.add_argument("--n", type=int, default=300, help="eval: test problems")

@@ -55,7 +55,7 @@ def test_think_on_the_retrieval_model(capsys):
     # The constructed lookup model keeps every answer at lambda 0.6 (its lookup head reads 41 of
     # 128 key channels) and loses most at 0.95 (6 channels kept); 6 lookups, chance 10% each.
     for ratio, lo, hi in ((0.6, 100.0, 100.0), (0.95, 0.0, 67.0)):
-        rc = cli.main(["think", "--model", "retrieval", "--context", "300", "--n", "6",
+        rc = cli.main(["think", "--model", "retrieval-constructed", "--context", "300", "--n", "6",
                        "--batch-size", "3", "--prune-ratio", str(ratio)])
         out, err = capsys.readouterr()
         assert rc == 0, out + err
@@ -64,3 +64,13 @@ def test_think_on_the_retrieval_model(capsys):
         assert dense == 100.0 and lo <= think <= hi, out
     assert cli.main(["think", "--model", "retrieval", "--context", "0"]) == 2
     assert "--context" in capsys.readouterr().err
+
+
+def test_think_on_the_trained_retrieval_model(capsys):
+    rc = cli.main(["think", "--model", "retrieval", "--context", "300", "--n", "6",
+                   "--batch-size", "3", "--prune-ratio", "0.4"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert "(trained)" in out
+    dense, _ = _row(out, "lookup accuracy")
+    assert dense >= 83.0, out  # 5 of 6 or better; chance is 10% a lookup

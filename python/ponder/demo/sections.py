@@ -166,7 +166,7 @@ def think_section(ctx: Context) -> Section:
         caption=f"the toy target model on {n} arithmetic test problems, greedy; window 8, "
                 "recent 8 (prompts are ~20 tokens)")
 
-    # 2. Long-context retrieval: the constructed lookup model answers from the (pruned) cache.
+    # 2. Long-context retrieval: the trained lookup model answers from the (pruned) cache.
     table_r, retrieval, image = _think_retrieval(ctx)
 
     # 3. A random-init Llama (GQA, head dim 64) at a long prompt: what the cache holds, and
@@ -188,16 +188,15 @@ def think_section(ctx: Context) -> Section:
                    caption=f"random-init Llama (4 layers, 8 query / 2 KV heads of dim 64), one "
                            f"{length}-token prompt, 16 new tokens; window 32, recent 32")
     same = [sum(a == b for a, b in zip(r[4], dense_texts)) for r in rows[1:]]
-    kept = [lam for lam, accs in retrieval.items()
-            if lam is not None and min(accs.values()) >= min(retrieval[None].values())]
+    kept = [lam for lam, accs in retrieval.items() if lam is not None
+            and all(acc >= retrieval[None][length] for length, acc in accs.items())]
     broken = [lam for lam in retrieval if lam is not None and lam not in kept]
     findings = [
         (f"long-context retrieval: the lookup model is as accurate with ThinK as with the dense "
          f"cache at every context length at lambda {', '.join(map(str, kept)) or '(none)'}"
-         + (f", and not at {', '.join(map(str, broken))}: its lookup head reads 41 of its 128 "
-            f"key channels, and past lambda = 0.68 ThinK must drop some of them (it keeps the "
-            f"ones the prompt's last queries use, which is why 0.7 and 0.8 can still work)"
-            if broken else "")),
+         + (f", and not at {', '.join(map(str, broken))}: its lookup head's queries and keys "
+            f"live in 72 of its 128 channels, and ThinK keeps the channels the prompt's last "
+            f"queries use, until too few are left" if broken else "")),
         (f"keys are half of the cache, so pruning a fraction lambda of their channels holds about "
          f"1 - lambda/2 of the dense bytes: measured {rows2[1][2]:.3f} at lambda = 0.4 and "
          f"{rows2[2][2]:.3f} at 0.5 on the {length}-token prompt"),
@@ -218,12 +217,11 @@ _RETRIEVAL_LAMBDAS = (0.4, 0.6, 0.7, 0.8, 0.9)
 
 
 def _think_retrieval(ctx: Context):
-    """The toy retrieval model (ponder.toy.retrieval_model) with a dense cache and with ThinK at
-    several lambdas, at each context length: (table, {lambda: {length: accuracy}}, images)."""
-    from ..toy import make_retrieval, verify_retrieval
-    from ..toy.retrieval_model import build_retrieval_model
+    """The trained toy retrieval model with a dense cache and with ThinK at several lambdas, at
+    each context length: (table, {lambda: {length: accuracy}}, images)."""
+    from ..toy import load_toy_model, make_retrieval, verify_retrieval
 
-    model, tok = build_retrieval_model()
+    model, tok = load_toy_model("retrieval")
     lengths, n = ((512,), 8) if ctx.quick else ((1024, 4096, 8192), 12)
     settings = {f"ThinK lambda={lam}": {"prune_ratio": lam} for lam in _RETRIEVAL_LAMBDAS}
     accuracy: dict[float | None, dict[int, float]] = {}
@@ -240,9 +238,9 @@ def _think_retrieval(ctx: Context):
     for length in lengths:
         header += [f"accuracy @ {length}", f"KV bytes vs dense @ {length}"]
     table = Table(header, list(table_rows.values()),
-                  caption=f"the toy retrieval model (2 layers, 8 heads of dim 128), {n} lookups "
-                          "per context length (keys of 4 digits among distractor pairs, a "
-                          "1-digit value read in a decode step; chance 10%); ThinK window 32, "
+                  caption=f"the trained toy retrieval model (2 layers, 8 heads of dim 128), {n} "
+                          "lookups per context length (keys of 4 digits among distractor pairs, "
+                          "a 1-digit value read in a decode step; chance 10%); ThinK window 32, "
                           "recent 32")
     images = []
     try:

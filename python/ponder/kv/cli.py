@@ -6,8 +6,9 @@
 
 Prompts: a ``.jsonl`` file (one ``{"prompt": ...}`` object or JSON string a line), or any other
 file as one prompt. Without ``--prompts``: test problems of the toy arithmetic world for the toy
-draft and target, key-value lookups of ``--context`` tokens for the toy retrieval model
-(:mod:`ponder.toy.retrieval_model`); their accuracy is reported. ``--window`` / ``--recent``
+draft and target, key-value lookups of ``--context`` tokens for the toy retrieval models (the
+trained one, or ``retrieval-constructed``: :func:`ponder.toy.build_retrieval_model`); their
+accuracy is reported. ``--window`` / ``--recent``
 default to 8 for the toy arithmetic prompts (about 20 tokens) and to ThinK's 32 otherwise.
 """
 
@@ -30,8 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="target",
-                   help="a toy model name (draft, target, retrieval) or a local Hugging Face "
-                        "model folder")
+                   help="a toy model name (draft, target, retrieval, retrieval-constructed) or "
+                        "a local Hugging Face model folder")
     p.add_argument("--prompts", default=None, help=".jsonl (one prompt a line) or a text file")
     p.add_argument("--n", type=int, default=32, help="toy prompts used (without --prompts)")
     p.add_argument("--context", type=int, default=4096,
@@ -85,9 +86,14 @@ def _load(args):
         model, tokenizer = load_toy_model(args.model, dtype=dtype)
         return model, tokenizer, f"toy {args.model!r}"
     if args.model == "retrieval":
-        from ..toy.retrieval_model import build_retrieval_model
+        from ..toy import load_toy_model
 
-        model, tokenizer = build_retrieval_model(max_position_embeddings=max(args.context, 64))
+        model, tokenizer = load_toy_model("retrieval", dtype=dtype)
+        return model, tokenizer, "toy 'retrieval' (trained)"
+    if args.model == "retrieval-constructed":
+        from ..toy import build_retrieval_model
+
+        model, tokenizer = build_retrieval_model()
         return model.to(dtype), tokenizer, "toy 'retrieval' (constructed)"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -147,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``ponder think`` (see the module docstring); returns the exit status."""
     from . import apply_think, remove_think
 
-    retrieval = args.model == "retrieval"
+    retrieval = args.model in ("retrieval", "retrieval-constructed")
     toy_arithmetic = args.prompts is None and not retrieval
     if args.max_new_tokens is None:
         args.max_new_tokens = 2 if retrieval else 48

@@ -1,11 +1,12 @@
-"""The toy retrieval model: a two-layer Llama that answers the lookups of
+"""The constructed toy retrieval model: a two-layer Llama that answers the lookups of
 :mod:`ponder.toy.retrieval` at any context length, the long-context workload ThinK is shown on.
 
-It is **constructed, not trained**: its weights are written down, as an explicit n-gram lookup
-circuit, when :func:`build_retrieval_model` runs (milliseconds, nothing shipped). Training small
-Llamas on this lookup from scratch on a CPU stayed on the chance plateau in every attempt (see
-docs/toy.md); a written circuit gives a model whose answer depends on one precise attention
-pattern over the whole context, which is what a KV-cache compression method must preserve.
+Its weights are written down, as an explicit n-gram lookup circuit, when
+:func:`build_retrieval_model` runs (milliseconds, nothing shipped). Its answer depends on one
+precise attention pattern over the whole context, which is what a KV-cache compression method
+must preserve. The shipped, *trained* retrieval model (``load_toy_model("retrieval")``,
+:mod:`ponder.toy.retrieval_train`) starts from this one's layer 0 and learns the rest; see
+docs/toy.md for why.
 
 The circuit, for ``key_digits = n`` (one character = one token)::
 
