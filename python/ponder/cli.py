@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_exp.add_argument("--quiet", action="store_true")
     p_exp.set_defaults(func=_cmd_experiments)
 
-    p_toy = sub.add_parser("toy", help="the toy arithmetic world's models")
+    p_toy = sub.add_parser("toy", help="the toy world's models")
     p_toy.add_argument("action", choices=["train", "eval"])
     p_toy.add_argument("--models", nargs="+", choices=["draft", "target", "prm", "retrieval"],
                        default=None)

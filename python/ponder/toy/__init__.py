@@ -6,6 +6,8 @@
 - :mod:`ponder.toy.retrieval`: key-value lookup among distractors in 1K-8K-token contexts;
 - :mod:`ponder.toy.retrieval_model`: a two-layer Llama that answers those lookups at any length,
   constructed as an explicit lookup circuit (:func:`build_retrieval_model`), for ThinK;
+  :mod:`ponder.toy.retrieval_train` trains the shipped one (``load_toy_model("retrieval")``)
+  from its first layer;
 - :mod:`ponder.toy.tokenizer`: a character tokenizer that transformers loads (needs transformers,
   imported only when it is built);
 - :mod:`ponder.toy.models`: the shipped toy language models, a weaker ``"draft"`` and a stronger
