@@ -88,7 +88,7 @@ def build_retrieval_model(key_digits: int = 4, *, match_scale: float = 12.0,
     Returns
     -------
     (transformers.LlamaForCausalLM, transformers.PreTrainedTokenizerFast)
-        A 2-layer Llama (hidden 192, 8 heads of dim 128, fp32, eval mode; about 1.0M
+        A 2-layer Llama (hidden 192, 8 heads of dim 128, fp32, eval mode; 1.67M
         parameters) and the toy tokenizer padding on the left.
     """
     if isinstance(key_digits, bool) or not isinstance(key_digits, int):

@@ -24,7 +24,6 @@ weights and written to ``recipe.json``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import platform
@@ -246,9 +245,7 @@ def train_retrieval_model(out_dir: str | Path, *, spec: RetrievalSpec = RETRIEVA
     accuracy = {}
     for length in spec.eval_context:
         examples = make_retrieval(spec.eval_examples, context_tokens=length, seed=10_000 + length)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(_no_progress_bars())
-            accuracy[str(length)] = evaluate_retrieval(saved, saved_tok, examples)["accuracy"]
+        accuracy[str(length)] = evaluate_retrieval(saved, saved_tok, examples)["accuracy"]
     result = {
         "name": "retrieval",
         "description": "key-value lookup among distractors: layer 0 constructed (offset heads, "
@@ -259,7 +256,7 @@ def train_retrieval_model(out_dir: str | Path, *, spec: RetrievalSpec = RETRIEVA
         "parameters": sum(p.numel() for p in model.parameters()),
         "trained_parameters": sum(
             p.numel() for n, p in model.named_parameters()
-            if not (n.startswith("model.embed_tokens") or n.startswith("model.layers.0."))),
+            if not n.startswith(("model.embed_tokens", "model.layers.0."))),
         "train_seconds": round(seconds, 1),
         "threads": torch.get_num_threads(),
         "loss": losses,
