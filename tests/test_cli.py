@@ -122,3 +122,13 @@ def test_toy_eval(capsys):
     assert cli.main(["toy", "eval", "--models", "target", "--n", "20"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^target\s+greedy accuracy \d+\.\d% on 20 test problems", out, re.MULTILINE), out
+
+
+def test_toy_eval_retrieval(capsys):
+    pytest.importorskip("transformers")
+    assert cli.main(["toy", "eval", "--models", "retrieval", "--n", "2"]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"retrieval lookup accuracy \(2 lookups each, chance 10%\): 1,024 tokens "
+                      r"(\d+\.\d)%, 4,096 tokens \d+\.\d%, 8,192 tokens \d+\.\d%", out)
+    assert match, out
+    assert float(match.group(1)) == 100.0  # 24/24 at 1K in recipe.json
