@@ -157,16 +157,11 @@ def _cmd_toy(args: argparse.Namespace) -> int:
         by = ", ".join(f"{k} steps {v:.1%}" for k, v in sorted(acc["by_steps"].items()))
         print(f"{name:<7} greedy accuracy {acc['accuracy']:.1%} on {acc['n']} test problems ({by})")
     if "retrieval" in names:
-        from .toy import evaluate_retrieval, make_retrieval
+        from .toy.retrieval_model import format_retrieval_accuracy, retrieval_accuracy
 
         model, tokenizer = load_toy_model("retrieval", weights_dir=args.out)
         n = min(args.n, 24)  # an 8K-token prompt takes about a second
-        cells = []
-        for length in (1024, 4096, 8192):
-            lookups = make_retrieval(n, context_tokens=length, seed=10_000 + length)
-            acc = evaluate_retrieval(model, tokenizer, lookups)["accuracy"]
-            cells.append(f"{length:,} tokens {acc:.1%}")
-        print(f"retrieval lookup accuracy ({n} lookups each, chance 10%): {', '.join(cells)}")
+        print(format_retrieval_accuracy(retrieval_accuracy(model, tokenizer, n=n), n))
     return 0
 
 

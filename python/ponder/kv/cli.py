@@ -210,16 +210,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'decode tokens/s':<24}{rate[0]:>14.1f}{rate[1]:>14.1f}")
     same = sum(a == b for a, b in zip(d_text, t_text))
     print(f"outputs agree: {same}/{len(prompts)} identical")
-    if problems is not None:
-        from ..toy import verify
+    if problems is not None or lookups is not None:
+        from ..toy import verify, verify_retrieval
 
-        acc = [sum(verify(p, t) for p, t in zip(problems, texts)) / len(problems)
+        items, check, label, note = ((problems, verify, "toy accuracy", "") if lookups is None
+                                     else (lookups, verify_retrieval, "lookup accuracy",
+                                           "   (chance 10%)"))
+        acc = [sum(check(x, t) for x, t in zip(items, texts)) / len(items)
                for texts in (d_text, t_text)]
-        print(f"{'toy accuracy':<24}{acc[0]:>14.1%}{acc[1]:>14.1%}")
-    if lookups is not None:
-        from ..toy import verify_retrieval
-
-        acc = [sum(verify_retrieval(e, t) for e, t in zip(lookups, texts)) / len(lookups)
-               for texts in (d_text, t_text)]
-        print(f"{'lookup accuracy':<24}{acc[0]:>14.1%}{acc[1]:>14.1%}   (chance 10%)")
+        print(f"{label:<24}{acc[0]:>14.1%}{acc[1]:>14.1%}{note}")
     return 0

@@ -4,8 +4,8 @@
   (steps separated by ``"\\n\\n"``, a final ``"Answer: N"``), a seeded train / validation / test
   split, a verifier, a step checker (PRM labels) and wrong solutions (negative examples);
 - :mod:`ponder.toy.retrieval`: key-value lookup among distractors in 1K-8K-token contexts;
-- :mod:`ponder.toy.retrieval_model`: a two-layer Llama that answers those lookups at any length,
-  constructed as an explicit lookup circuit (:func:`build_retrieval_model`), for ThinK;
+- :mod:`ponder.toy.retrieval_model`: a two-layer Llama that answers those lookups (tried up to
+  8K tokens), constructed as an explicit lookup circuit (:func:`build_retrieval_model`), for ThinK;
   :mod:`ponder.toy.retrieval_train` trains the shipped one (``load_toy_model("retrieval")``)
   from its first layer;
 - :mod:`ponder.toy.tokenizer`: a character tokenizer that transformers loads (needs transformers,

@@ -229,6 +229,21 @@ def load_toy_model(
     return model, tokenizer
 
 
+def save_toy_model(model, tokenizer, folder: str | Path) -> None:
+    """Write a trained toy model the way :func:`load_toy_model` reads it: fp16 safetensors, the
+    tokenizer, greedy generation defaults and world-readable files (they ship in the package)."""
+    folder = Path(folder)
+    model.config.use_cache = True  # the Trainer turns it off for training
+    model.generation_config.update(bos_token_id=tokenizer.bos_token_id,
+                                   eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    with _no_progress_bars():
+        model.to(torch.float16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for file in folder.iterdir():  # safetensors writes 0600
+        file.chmod(0o644)
+
+
 def read_recipe(name: str, *, weights_dir: str | Path | None = None) -> dict[str, Any]:
     """The ``recipe.json`` written next to a trained model (spec, training time, accuracies)."""
     root = default_weights_dir() if weights_dir is None else Path(weights_dir)

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 
 from .arithmetic import STEP_SEPARATOR, Problem, check_steps, corrupt, extract_answer, verify
-from .models import SPECS, _no_progress_bars, default_weights_dir, load_toy_model
+from .models import SPECS, _no_progress_bars, default_weights_dir, load_toy_model, save_toy_model
+from .train import cpu_training_args, run_trainer
 
 __all__ = [
     "PRM_SPEC",
@@ -280,8 +281,6 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
     (the shipped weights by default). Returns what ``recipe.json`` holds.
     """
     import transformers
-    from transformers import Trainer, TrainingArguments  # noqa: F401
-    from transformers.trainer_callback import PrinterCallback
 
     from ..rewards import toy_convention
     from ..rewards.train import PRMDataCollator, PRMDataset, PRMTrainer
@@ -305,30 +304,15 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
     transformers.set_seed(spec.seed)
     with tempfile.TemporaryDirectory(prefix="ponder-toy-prm-") as scratch, \
             (_no_progress_bars() if not progress else contextlib.nullcontext()):
-        args = TrainingArguments(
-            output_dir=scratch, max_steps=steps, per_device_train_batch_size=spec.batch_size,
-            learning_rate=spec.learning_rate, weight_decay=spec.weight_decay, adam_beta2=0.98,
-            max_grad_norm=1.0, lr_scheduler_type="cosine", warmup_steps=spec.warmup,
-            logging_steps=max(1, steps // 25), save_strategy="no", eval_strategy="no",
-            report_to="none", use_cpu=True, seed=spec.seed, data_seed=spec.seed,
-            dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=not progress,
-        )
+        args = cpu_training_args(scratch, steps=steps, batch_size=spec.batch_size,
+                                 learning_rate=spec.learning_rate,
+                                 weight_decay=spec.weight_decay, warmup=spec.warmup,
+                                 seed=spec.seed, progress=progress, log_points=25)
         trainer = PRMTrainer(model=model, args=args, train_dataset=data,
                              data_collator=PRMDataCollator(tok.pad_token_id),
                              label_ids=data.label_ids)
-        if not progress:
-            trainer.remove_callback(PrinterCallback)
-        t1 = time.perf_counter()
-        trainer.train()
-        train_seconds = time.perf_counter() - t1
-        losses = [[h["step"], round(h["loss"], 5)] for h in trainer.state.log_history
-                  if "loss" in h]
-    model.config.use_cache = True
-    model.eval()
-    model.to(torch.float16).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    for file in folder.iterdir():
-        file.chmod(0o644)
+        train_seconds, losses = run_trainer(trainer, progress=progress)
+    save_toy_model(model, tok, folder)
     counts: dict[str, int] = {}
     for r in records:
         counts[r["source"]] = counts.get(r["source"], 0) + 1

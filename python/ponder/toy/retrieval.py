@@ -72,6 +72,15 @@ class RetrievalExample:
         return self.position / max(self.n_pairs - 1, 1)
 
 
+def _pair_line(key: int, value: int, key_digits: int, value_digits: int) -> str:
+    """``"k7310=v3"``: one pair of the context (and, cut after ``"="``, a query)."""
+    return f"k{key:0{key_digits}d}=v{value:0{value_digits}d}"
+
+
+# What comes between the context and the queried key: a blank line, then "Q: ".
+QUERY_PREFIX = STEP_SEPARATOR + "Q: "
+
+
 def _prompt_chars(n_pairs: int, key_digits: int, value_digits: int) -> int:
     # "k<key>=v<value>" lines joined by "\n", then "\n\nQ: k<key>=".
     return n_pairs * (key_digits + value_digits + 4) - 1 + (key_digits + 7)
@@ -145,10 +154,10 @@ def make_retrieval(
         n_pairs = (budget - fixed) // pair_chars
         keys = rng.sample(range(10**key_digits), n_pairs)
         values = [rng.randrange(10**value_digits) for _ in range(n_pairs)]
-        lines = [f"k{k:0{key_digits}d}=v{v:0{value_digits}d}" for k, v in zip(keys, values)]
+        lines = [_pair_line(k, v, key_digits, value_digits) for k, v in zip(keys, values)]
         position = rng.randrange(n_pairs)
         key, answer = lines[position][: key_digits + 1], lines[position][key_digits + 2:]
-        prompt = "\n".join(lines) + STEP_SEPARATOR + f"Q: {key}="
+        prompt = "\n".join(lines) + QUERY_PREFIX + f"{key}="
         examples.append(RetrievalExample(prompt, answer, key, position, n_pairs))
     return examples
 

@@ -1,5 +1,6 @@
 """The constructed toy retrieval model: a two-layer Llama that answers the lookups of
-:mod:`ponder.toy.retrieval` at any context length, the long-context workload ThinK is shown on.
+:mod:`ponder.toy.retrieval` at every length tried (up to 8K tokens), the long-context workload
+ThinK is shown on.
 
 Its weights are written down, as an explicit n-gram lookup circuit, when
 :func:`build_retrieval_model` runs (milliseconds, nothing shipped). Its answer depends on one
@@ -43,10 +44,17 @@ from collections.abc import Sequence
 
 import torch
 
-from .retrieval import RetrievalExample, verify_retrieval
+from .models import generate_solutions
+from .retrieval import RetrievalExample, make_retrieval, verify_retrieval
 from .tokenizer import ALPHABET, SPECIAL_TOKENS, make_tokenizer
 
-__all__ = ["MAX_KEY_DIGITS", "build_retrieval_model", "evaluate_retrieval"]
+__all__ = [
+    "MAX_KEY_DIGITS",
+    "build_retrieval_model",
+    "evaluate_retrieval",
+    "format_retrieval_accuracy",
+    "retrieval_accuracy",
+]
 
 _HEADS = 8          # layer 0: offset heads 1..8
 _HEAD_DIM = 128
@@ -188,17 +196,26 @@ def evaluate_retrieval(model, tokenizer, examples: Sequence[RetrievalExample], *
     """
     if not examples:
         raise ValueError("evaluate_retrieval: examples is empty")
-    correct = []
-    device = next(model.parameters()).device
-    for at in range(0, len(examples), batch_size):
-        chunk = examples[at:at + batch_size]
-        enc = tokenizer([e.prompt for e in chunk], return_tensors="pt", padding=True,
-                        padding_side="left").to(device)
-        width = max(len(e.answer) for e in chunk)
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=width, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                       skip_special_tokens=True)
-        correct += [verify_retrieval(e, t) for e, t in zip(chunk, texts)]
+    texts = generate_solutions(model, tokenizer, [e.prompt for e in examples],
+                               batch_size=batch_size,
+                               max_new_tokens=max(len(e.answer) for e in examples))
+    correct = [verify_retrieval(e, t) for e, t in zip(examples, texts)]
     return {"accuracy": sum(correct) / len(correct), "correct": correct}
+
+
+def retrieval_accuracy(model, tokenizer, *, lengths: Sequence[int] = (1024, 4096, 8192),
+                       n: int = 24) -> dict[str, float]:
+    """``{str(length): accuracy}`` on ``n`` held-out lookups of each context length (tokens).
+
+    The lookups of a length are always the same (seed ``10_000 + length``): what the recipe of
+    the trained model records and ``ponder toy eval --models retrieval`` re-measures.
+    """
+    return {str(length): evaluate_retrieval(
+                model, tokenizer, make_retrieval(n, context_tokens=length, seed=10_000 + length)
+            )["accuracy"] for length in lengths}
+
+
+def format_retrieval_accuracy(accuracy: dict[str, float], n: int) -> str:
+    """One line: ``accuracy`` (from :func:`retrieval_accuracy`) by context length."""
+    cells = ", ".join(f"{int(k):,} tokens {v:.1%}" for k, v in accuracy.items())
+    return f"retrieval lookup accuracy ({n} lookups each, chance 10%): {cells}"

@@ -29,16 +29,16 @@ import math
 import platform
 import random
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .models import _no_progress_bars, load_toy_model
-from .retrieval import make_retrieval
-from .retrieval_model import build_retrieval_model, evaluate_retrieval
+from .models import load_toy_model, save_toy_model
+from .retrieval import QUERY_PREFIX, _pair_line
+from .retrieval_model import build_retrieval_model, format_retrieval_accuracy, retrieval_accuracy
+from .train import cpu_training_args, run_trainer
 
 __all__ = ["RETRIEVAL_SPEC", "RetrievalSpec", "format_retrieval_result", "train_retrieval_model"]
 
@@ -88,12 +88,12 @@ def _lookup_sequence(rng: random.Random, vocab: dict[str, int], n_pairs: int, ke
                      queries: int) -> tuple[list[int], list[int]]:
     """bos + pairs + ``queries`` times "\\n\\nQ: k<key>=v<d>"; labels on "v<d>" only."""
     keys = rng.sample(range(10**key_digits), n_pairs)
-    lines = [f"k{k:0{key_digits}d}=v{rng.randrange(10)}" for k in keys]
+    lines = [_pair_line(k, rng.randrange(10), key_digits, 1) for k in keys]
     ids = [vocab["<bos>"], *(vocab[c] for c in "\n".join(lines))]
     labels = [-100] * len(ids)
     for _ in range(queries):
         line = lines[rng.randrange(n_pairs)]
-        query = [vocab[c] for c in "\n\nQ: " + line[: key_digits + 2]]
+        query = [vocab[c] for c in QUERY_PREFIX + line[: key_digits + 2]]
         answer = [vocab[c] for c in line[key_digits + 2:]]
         ids += query + answer
         labels += [-100] * len(query) + answer
@@ -188,8 +188,7 @@ def train_retrieval_model(out_dir: str | Path, *, spec: RetrievalSpec = RETRIEVA
     ``recipe.json``) and return the recipe: spec, seed, training time, loss curve, curriculum
     history and ``accuracy`` by context length (greedy, on the saved weights)."""
     import transformers
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import Trainer, TrainerCallback
 
     folder = Path(out_dir) / "retrieval"
     folder.mkdir(parents=True, exist_ok=True)
@@ -211,41 +210,18 @@ def train_retrieval_model(out_dir: str | Path, *, spec: RetrievalSpec = RETRIEVA
                 curriculum.n_pairs = min(spec.max_pairs, math.ceil(curriculum.n_pairs * spec.grow))
 
     with tempfile.TemporaryDirectory(prefix="ponder-toy-retrieval-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch, max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,
-            learning_rate=spec.learning_rate, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.98,
-            max_grad_norm=1.0, lr_scheduler_type="cosine", warmup_steps=spec.warmup_steps,
-            logging_steps=max(1, spec.steps // 50), save_strategy="no", eval_strategy="no",
-            report_to="none", use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0,
-            remove_unused_columns=False, disable_tqdm=not progress,
-        )
+        args = cpu_training_args(scratch, steps=spec.steps, batch_size=spec.batch_size,
+                                 learning_rate=spec.learning_rate, weight_decay=0.0,
+                                 warmup=spec.warmup_steps, seed=seed, progress=progress)
         trainer = Trainer(model=model, args=args,
                           train_dataset=_LookupStream(curriculum, vocab, spec, seed),
                           data_collator=_collate, callbacks=[Promote()])
-        if not progress:
-            trainer.remove_callback(PrinterCallback)
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
-        losses = [[h["step"], round(h["loss"], 5)] for h in trainer.state.log_history
-                  if "loss" in h]
-
-    model.config.use_cache = True
-    model.generation_config.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id, do_sample=False)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    with _no_progress_bars():
-        model.to(torch.float16).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    for file in folder.iterdir():  # safetensors writes 0600; the files ship in the package
-        file.chmod(0o644)
+        seconds, losses = run_trainer(trainer, progress=progress)
+    save_toy_model(model, tok, folder)
 
     saved, saved_tok = load_toy_model("retrieval", weights_dir=out_dir)
-    accuracy = {}
-    for length in spec.eval_context:
-        examples = make_retrieval(spec.eval_examples, context_tokens=length, seed=10_000 + length)
-        accuracy[str(length)] = evaluate_retrieval(saved, saved_tok, examples)["accuracy"]
+    accuracy = retrieval_accuracy(saved, saved_tok, lengths=spec.eval_context,
+                                  n=spec.eval_examples)
     result = {
         "name": "retrieval",
         "description": "key-value lookup among distractors: layer 0 constructed (offset heads, "
@@ -270,7 +246,5 @@ def train_retrieval_model(out_dir: str | Path, *, spec: RetrievalSpec = RETRIEVA
 
 
 def format_retrieval_result(result: dict[str, Any]) -> str:
-    """One line: greedy lookup accuracy by context length."""
-    cells = ", ".join(f"{int(k):,} tokens {v:.1%}" for k, v in result["accuracy"].items())
-    n = result["spec"]["eval_examples"]
-    return f"retrieval lookup accuracy ({n} lookups each, chance 10%): {cells}"
+    """One line: the greedy lookup accuracy by context length that ``result`` records."""
+    return format_retrieval_accuracy(result["accuracy"], result["spec"]["eval_examples"])

@@ -26,10 +26,17 @@ from typing import Any
 import torch
 
 from .arithmetic import Problem
-from .models import SPECS, ToyModelSpec, _no_progress_bars, evaluate_accuracy, load_toy_model
+from .models import (
+    SPECS,
+    ToyModelSpec,
+    _no_progress_bars,
+    evaluate_accuracy,
+    load_toy_model,
+    save_toy_model,
+)
 from .tokenizer import make_tokenizer
 
-__all__ = ["format_accuracies", "train_all", "train_toy_model"]
+__all__ = ["cpu_training_args", "format_accuracies", "run_trainer", "train_all", "train_toy_model"]
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -139,10 +146,40 @@ def train_toy_model(
                       eval_problems=eval_problems, out_dir=out_dir)
 
 
+def cpu_training_args(scratch: str, *, steps: int, batch_size: int, learning_rate: float,
+                      weight_decay: float, warmup: float, seed: int, progress: bool,
+                      log_points: int = 50):
+    """The ``TrainingArguments`` every toy model is trained with: AdamW (betas 0.9, 0.98),
+    gradient clipping at 1, warm-up (``warmup``: a fraction of ``steps`` if < 1, else steps) then
+    cosine decay, fp32 on the CPU, no checkpoints or reporting, ``log_points`` loss records."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate, weight_decay=weight_decay, adam_beta1=0.9, adam_beta2=0.98,
+        max_grad_norm=1.0, lr_scheduler_type="cosine", warmup_steps=warmup,
+        logging_steps=max(1, steps // log_points), save_strategy="no", eval_strategy="no",
+        report_to="none", use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0,
+        remove_unused_columns=False, disable_tqdm=not progress,
+    )
+
+
+def run_trainer(trainer, *, progress: bool) -> tuple[float, list[list[float]]]:
+    """``trainer.train()``; returns its wall time (s) and the logged ``[step, loss]`` pairs."""
+    from transformers.trainer_callback import PrinterCallback
+
+    if not progress:  # without tqdm the Trainer prints each log dict instead
+        trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [[h["step"], round(h["loss"], 5)] for h in trainer.state.log_history if "loss" in h]
+    return seconds, losses
+
+
 def _train(spec, folder, parts, tokenizer, *, seed, progress, eval_problems, out_dir):
     import transformers
-    from transformers import LlamaForCausalLM, Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import LlamaForCausalLM, Trainer
 
     train_set = _Examples(parts.train, tokenizer)
     transformers.set_seed(seed)
@@ -150,46 +187,15 @@ def _train(spec, folder, parts, tokenizer, *, seed, progress, eval_problems, out
     n_params = sum(p.numel() for p in model.parameters())
 
     with tempfile.TemporaryDirectory(prefix="ponder-toy-train-") as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            max_steps=spec.steps,
-            per_device_train_batch_size=spec.batch_size,
-            learning_rate=spec.learning_rate,
-            weight_decay=spec.weight_decay,
-            adam_beta1=0.9,
-            adam_beta2=0.98,
-            max_grad_norm=1.0,
-            lr_scheduler_type="cosine",
-            warmup_steps=spec.warmup,  # a fraction of max_steps
-            logging_steps=max(1, spec.steps // 50),
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            use_cpu=True,
-            seed=seed,
-            data_seed=seed,
-            dataloader_num_workers=0,
-            remove_unused_columns=False,
-            disable_tqdm=not progress,
-        )
+        args = cpu_training_args(scratch, steps=spec.steps, batch_size=spec.batch_size,
+                                 learning_rate=spec.learning_rate,
+                                 weight_decay=spec.weight_decay, warmup=spec.warmup, seed=seed,
+                                 progress=progress)
         trainer = Trainer(model=model, args=args, train_dataset=train_set,
                           data_collator=_collate(tokenizer.pad_token_id))
-        if not progress:  # without tqdm the Trainer prints each log dict instead
-            trainer.remove_callback(PrinterCallback)
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
-        losses = [[h["step"], round(h["loss"], 5)] for h in trainer.state.log_history
-                  if "loss" in h]
+        seconds, losses = run_trainer(trainer, progress=progress)
 
-    model.config.use_cache = True  # the Trainer turns it off for training
-    model.generation_config.update(bos_token_id=tokenizer.bos_token_id,
-                                   eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id, do_sample=False)
-    model.to(torch.float16).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    for file in folder.iterdir():  # safetensors writes 0600; the files ship in the package
-        file.chmod(0o644)
+    save_toy_model(model, tokenizer, folder)
 
     result: dict[str, Any] = {
         "name": spec.name,
