@@ -54,6 +54,7 @@ __all__ = [
     "evaluate_retrieval",
     "format_retrieval_accuracy",
     "retrieval_accuracy",
+    "static_rotary_pairs",
 ]
 
 _HEADS = 8          # layer 0: offset heads 1..8
@@ -68,10 +69,14 @@ _ROPE_THETA = 1e12
 # up to 8K comes within ~20 nats of the intended one.
 _OFFSET_PAIRS = (0, 4, 8, 12)
 _OFFSET_WEIGHTS = (200.0, 400.0, 800.0, 1600.0)
-# Match features: rotary pairs whose angle over 8192 tokens stays below 0.05 rad (both halves
-# of each pair are usable: they rotate together, by almost nothing).
-_FIRST_STATIC_PAIR = 28
 MAX_KEY_DIGITS = 6  # slots 3..n+2 must exist (n + 2 <= 8), and 10 * n + 1 <= 72 static features
+
+
+def static_rotary_pairs(model, *, horizon: int = 8192, max_angle: float = 0.05) -> torch.Tensor:
+    """``[head_dim / 2]`` bools: the rotary pairs of ``model`` whose angle over ``horizon`` tokens
+    stays below ``max_angle`` rad. Query/key features there (both halves of a pair: they rotate
+    together, by almost nothing) score the same at any distance up to ``horizon``."""
+    return model.model.rotary_emb.inv_freq.double() * horizon < max_angle
 
 
 def _digit_ids() -> list[int]:
@@ -130,6 +135,7 @@ def build_retrieval_model(key_digits: int = 4, *, match_scale: float = 12.0,
 def _write_circuit(model, key_digits: int, match_scale: float) -> None:
     hd, half = _HEAD_DIM, _HEAD_DIM // 2
     inv_freq = model.model.rotary_emb.inv_freq.double()
+    first_static = int(static_rotary_pairs(model).nonzero()[0])  # pair 28 of 64 with base 1e12
     # An RMSNorm maps a sum of k unit one-hots to entries of sqrt(hidden / k).
     emb = model.model.embed_tokens.weight
     emb[:, :_VOCAB] = torch.eye(_VOCAB)
@@ -160,7 +166,7 @@ def _write_circuit(model, key_digits: int, match_scale: float) -> None:
         q_slot, k_slot = 2 + i, 3 + i  # offsets of the same key digit at the query / the value
         for d, tid in enumerate(digits):
             f = 10 * i + d
-            dim = _FIRST_STATIC_PAIR + f // 2 + (half if f % 2 else 0)
+            dim = first_static + f // 2 + (half if f % 2 else 0)
             t = tid - _FIRST_SLOT_ID
             attn1.q_proj.weight[dim, 32 + _SLOT * (q_slot - 1) + t] = w
             attn1.k_proj.weight[dim, 32 + _SLOT * (k_slot - 1) + t] = w
@@ -168,7 +174,7 @@ def _write_circuit(model, key_digits: int, match_scale: float) -> None:
     # value digit that happens to sit 3 tokens before another (1-digit keys: "v6\nk2") scores
     # less than the true pair.
     f = 10 * key_digits
-    dim = _FIRST_STATIC_PAIR + f // 2 + (half if f % 2 else 0)
+    dim = first_static + f // 2 + (half if f % 2 else 0)
     eq = len(SPECIAL_TOKENS) + ALPHABET.index("=") - _FIRST_SLOT_ID
     attn1.q_proj.weight[dim, 32 + _SLOT * 0 + eq] = w
     attn1.k_proj.weight[dim, 32 + _SLOT * 1 + eq] = w

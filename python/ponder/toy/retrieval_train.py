@@ -37,7 +37,12 @@ import torch
 
 from .models import load_toy_model, save_toy_model
 from .retrieval import QUERY_PREFIX, _pair_line
-from .retrieval_model import build_retrieval_model, format_retrieval_accuracy, retrieval_accuracy
+from .retrieval_model import (
+    build_retrieval_model,
+    format_retrieval_accuracy,
+    retrieval_accuracy,
+    static_rotary_pairs,
+)
 from .train import cpu_training_args, run_trainer
 
 __all__ = ["RETRIEVAL_SPEC", "RetrievalSpec", "format_retrieval_result", "train_retrieval_model"]
@@ -172,14 +177,11 @@ def _initial_model(spec: RetrievalSpec, seed: int):
     return model, tok
 
 
-def _static_rows(model, *, horizon: int = 8192, max_angle: float = 0.05) -> torch.Tensor:
-    """1.0 for the query/key rows (all heads) whose rotary angle over ``horizon`` tokens stays
-    below ``max_angle`` rad, else 0.0."""
-    config = model.config
-    inv_freq = model.model.rotary_emb.inv_freq.float()  # [head_dim / 2]
-    static = (inv_freq * horizon < max_angle).float()
+def _static_rows(model) -> torch.Tensor:
+    """1.0 for the query/key rows (all heads) in :func:`static_rotary_pairs`, else 0.0."""
+    static = static_rotary_pairs(model).float()
     per_head = torch.cat([static, static])  # rotate_half pairs dim i with dim i + head_dim / 2
-    return per_head.repeat(config.num_attention_heads)
+    return per_head.repeat(model.config.num_attention_heads)
 
 
 def train_retrieval_model(out_dir: str | Path, *, spec: RetrievalSpec = RETRIEVAL_SPEC,
