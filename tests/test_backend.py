@@ -99,6 +99,10 @@ def _draw(**kw):
     return L.ula_step(x, x, 0.5, generator=123, **kw)
 
 
+def _resolve(backend):
+    return _backend.resolve("ula_step", torch.device("cpu"), backend, L.KERNELS)
+
+
 def test_seed_streams_differ_between_backends():
     """The premise of the checks below: each backend's stream is its own."""
     assert not torch.equal(_draw(backend="cpu"), _draw(backend="torch"))
@@ -107,20 +111,20 @@ def test_seed_streams_differ_between_backends():
 @pytest.mark.parametrize("name", ["cpu", "torch"])
 def test_env_forces_backend(name, monkeypatch):
     monkeypatch.setenv("PONDER_BACKEND", name)
-    assert _backend.resolve_backend("op", torch.device("cpu"), None) == name
+    assert _resolve(None) == name
     assert torch.equal(_draw(), _draw(backend=name))
     monkeypatch.delenv("PONDER_BACKEND")
-    assert _backend.resolve_backend("op", torch.device("cpu"), None) == "cpu"
+    assert _resolve(None) == "cpu"
 
 
 def test_empty_env_means_default(monkeypatch):
     monkeypatch.setenv("PONDER_BACKEND", "")
-    assert _backend.resolve_backend("op", torch.device("cpu"), None) == "cpu"
+    assert _resolve(None) == "cpu"
 
 
 @pytest.mark.parametrize("name", ["cpu", "torch"])
 def test_argument_forces_backend(name):
-    assert _backend.resolve_backend("op", torch.device("cpu"), name) == name
+    assert _resolve(name) == name
     other = "torch" if name == "cpu" else "cpu"
     assert torch.equal(_draw(backend=name), _draw(backend=name))
     assert not torch.equal(_draw(backend=name), _draw(backend=other))
@@ -129,7 +133,7 @@ def test_argument_forces_backend(name):
 def test_argument_beats_env(monkeypatch):
     monkeypatch.setenv("PONDER_BACKEND", "torch")
     assert torch.equal(_draw(backend="cpu"), _draw(backend="cpu"))
-    assert _backend.resolve_backend("op", torch.device("cpu"), "cpu") == "cpu"
+    assert _resolve("cpu") == "cpu"
     monkeypatch.setenv("PONDER_BACKEND", "no-such-backend")
     _draw(backend="cpu")  # the bad environment value is not even looked at
 
@@ -176,7 +180,7 @@ def test_no_default_backend_for_meta_tensors():
 
 
 def test_default_backend_follows_device():
-    assert _backend.default_backend(torch.device("cpu")) == "cpu"
+    assert _resolve(None) == "cpu"
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler: _cuda is not built")

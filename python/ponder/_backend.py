@@ -1,9 +1,12 @@
 """Finding and choosing the kernel backends: ``cpu`` (ponder._C), ``cuda`` (ponder._cuda),
 ``triton`` (ponder.triton_kernels) and ``torch`` (the plain-torch reference).
 
-The default backend follows the tensors' device (CPU -> ``cpu``; CUDA -> ``cuda``, else ``triton``).
-``PONDER_BACKEND=<name>`` or an op's ``backend=`` argument forces one; a forced backend that is not
-available here is an error that says why and how to get it, never a silent fallback.
+Each op family declares a :class:`KernelTable` (which backends have a kernel for which op), and
+every op picks its backend with :func:`resolve`: the default follows the tensors' device (CPU ->
+``cpu``; CUDA -> ``cuda``, else ``triton``, among the backends with a kernel for the op).
+``PONDER_BACKEND=<name>`` or an op's ``backend=`` argument forces one; a forced backend that has no
+kernel or is not available here is an error that says why and which backend can run the input,
+never a silent fallback.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -174,41 +179,113 @@ def _cached_status(name: str) -> BackendStatus:
     return _STATUS[name]
 
 
-def default_backend(device: torch.device) -> str:
-    """The backend used for tensors on ``device`` when none is forced."""
-    if device.type == "cpu":
-        return "cpu"
-    if device.type == "cuda":
-        for name in ("cuda", "triton"):
-            if _cached_status(name).available:
-                return name
-        raise BackendUnavailableError(
-            "no GPU backend is available for CUDA tensors: "
-            f"cuda: {_cached_status('cuda').reason}; triton: {_cached_status('triton').reason}. "
-            "Pass backend='torch' to run the plain-torch reference."
-        )
-    raise BackendUnavailableError(
-        f"ponder has no backend for {device.type} tensors; backend='torch' runs the reference"
-    )
+@dataclass(frozen=True)
+class KernelTable:
+    """Which backends have a kernel for which op of one family, and the kernel's name there.
+
+    ``ops[op][backend]`` is the attribute that runs ``op`` in the backend's module: ``ponder._C``
+    for ``cpu``, ``ponder._cuda`` for ``cuda``, ``ponder.triton_kernels.<family>`` for ``triton``.
+    The ``torch`` reference runs every op and is not listed.
+    """
+
+    family: str
+    ops: Mapping[str, Mapping[str, str]]
+
+    def backends(self, op: str) -> tuple[str, ...]:
+        """The backends with a kernel for ``op``, ``torch`` last."""
+        return (*self.ops[op], "torch")
+
+    def kernel(self, op: str, backend: str) -> Callable[..., Any]:
+        """The function that runs ``op`` on ``backend`` (``cpu``, ``cuda`` or ``triton``)."""
+        name = self.ops[op][backend]
+        if backend == "cpu":
+            return getattr(cpu_module(), name)
+        if backend == "cuda":
+            return getattr(cuda_module(), name)
+        return getattr(triton_kernels(self.family), name)
 
 
-def resolve_backend(op: str, device: torch.device, backend: str | None) -> str:
-    """Pick the backend for one call: ``backend`` argument > ``PONDER_BACKEND`` > device default."""
-    name = backend if backend is not None else (os.environ.get("PONDER_BACKEND") or None)
-    if name is None:
-        return default_backend(device)
-    if name not in BACKENDS:
-        source = "backend" if backend is not None else "PONDER_BACKEND"
-        raise ValueError(f"{op}: {source}={name!r} is not a backend; choose one of {BACKENDS}")
+# Names in errors: "has no CUDA C++ kernel".
+_KERNEL_KIND = {"cpu": "CPU C++", "cuda": "CUDA C++", "triton": "Triton"}
+# The default order on each device type: the first one that has a kernel and runs here wins.
+_PREFERENCE = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
+
+
+def _why_not(kernels: KernelTable, op: str, name: str, device: torch.device) -> str:
+    """Why backend ``name`` cannot run ``op`` on ``device`` tensors here ("" when it can)."""
+    if name not in kernels.backends(op):
+        return f"ponder.ops.{kernels.family} has no {_KERNEL_KIND[name]} kernel"
     status = _cached_status(name)
     if not status.available:
-        raise BackendUnavailableError(f"{op}: backend {name!r} is not available: {status.reason}")
+        return status.reason
+    if device.type not in status.devices:
+        return f"runs on {' or '.join(status.devices)} tensors here, not {device.type}"
+    return ""
+
+
+def _candidates(kernels: KernelTable, op: str, device: torch.device) -> str:
+    """Every backend with what it says about this input, for error messages."""
+    lines = []
+    for name in BACKENDS:
+        reason = _why_not(kernels, op, name, device)
+        lines.append(f"{name}: {reason or 'can run it'}")
+    return "; ".join(lines)
+
+
+def resolve(
+    op: str, device: torch.device, backend: str | None, kernels: KernelTable
+) -> str:
+    """The backend that runs ``op`` of the family ``kernels`` on ``device`` tensors.
+
+    ``backend`` (the op's argument) beats ``PONDER_BACKEND``, which beats the device's default: on
+    CPU ``cpu``; on CUDA ``cuda``, else ``triton``, among the backends with a kernel for ``op``.
+    The result always has a kernel and runs here.
+
+    Raises:
+        ValueError: the name is not a backend, or the backend runs on other devices here.
+        BackendUnavailableError: the backend has no kernel for ``op`` or is not built / usable
+            here, or no backend runs ``device`` tensors by default; the message says why and
+            what each backend says about this input.
+    """
+    forced = backend if backend is not None else (os.environ.get("PONDER_BACKEND") or None)
+    if forced is None:
+        for name in _PREFERENCE.get(device.type, ()):
+            if not _why_not(kernels, op, name, device):
+                return name
+        if device.type not in _PREFERENCE:
+            raise BackendUnavailableError(
+                f"{op}: ponder has no backend for {device.type} tensors; backend='torch' runs "
+                "the reference"
+            )
+        raise BackendUnavailableError(
+            f"{op}: no backend runs {device.type} tensors here by default "
+            f"({_candidates(kernels, op, device)}). Pass backend='torch' to run the reference."
+        )
+    if forced not in BACKENDS:
+        source = "backend" if backend is not None else "PONDER_BACKEND"
+        raise ValueError(f"{op}: {source}={forced!r} is not a backend; choose one of {BACKENDS}")
+    if forced not in kernels.backends(op):
+        raise BackendUnavailableError(
+            f"{op}: ponder.ops.{kernels.family} has no {_KERNEL_KIND[forced]} kernel for this op; "
+            f"{_suggestion(kernels, op, device)} ({_candidates(kernels, op, device)})"
+        )
+    status = _cached_status(forced)
+    if not status.available:
+        raise BackendUnavailableError(
+            f"{op}: backend {forced!r} is not available: {status.reason}"
+        )
     if device.type not in status.devices:
         raise ValueError(
-            f"{op}: backend {name!r} runs on {' or '.join(status.devices)} tensors here, "
+            f"{op}: backend {forced!r} runs on {' or '.join(status.devices)} tensors here, "
             f"but the inputs are on {device}"
         )
-    return name
+    return forced
+
+
+def _suggestion(kernels: KernelTable, op: str, device: torch.device) -> str:
+    """Which backend to ask for instead: the first (in BACKENDS order) that runs this input."""
+    usable = [name for name in BACKENDS if not _why_not(kernels, op, name, device)]
+    return f"use backend={usable[0]!r}" if usable else f"nothing runs {device.type} tensors here"
 
 
 def clear_cache() -> None:

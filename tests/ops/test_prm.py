@@ -411,7 +411,8 @@ def test_native_rechecks_positions():
     for bad, match in [([0, 4], "outside"), ([-1, 2], "after -1"), ([2, 1], "increase")]:
         idx = torch.tensor([bad])
         with pytest.raises(ValueError, match=match):
-            prm._launch("cpu", hidden, idx, head, None, logits=None, aggregates=outs)
+            prm._launch("score_steps", "cpu", hidden, idx, head, None, logits=None,
+                        aggregates=outs)
 
 
 # --------------------------------------------------------------------------------------------

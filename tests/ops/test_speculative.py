@@ -432,17 +432,16 @@ def test_gpu_triton_matches_reference(dtype, filters):
 
 def test_no_cuda_kernel_is_said_plainly(monkeypatch):
     """There is no hand-written CUDA kernel: a CUDA default falls to Triton, a forced 'cuda' is an
-    error that names the alternative."""
-    calls = []
-
-    def fake_resolve(op, device, backend):
-        calls.append(backend)
-        return "cuda" if backend != "triton" else "torch"  # stand-in for triton here
-
-    monkeypatch.setattr(_backend, "resolve_backend", fake_resolve)
-    assert S._resolve("accept_tokens", torch.device("cpu"), None) == "torch"
+    error that names the alternative (a GPU with _cuda and Triton is faked)."""
+    _backend._cached_status("cpu")  # load the real statuses, then fake the GPU ones
+    for name in ("cuda", "triton"):
+        monkeypatch.setitem(_backend._STATUS, name,
+                            _backend.BackendStatus(name, True, "", ("cuda",)))
+    monkeypatch.delenv("PONDER_BACKEND", raising=False)
+    gpu = torch.device("cuda")
+    assert _backend.resolve("accept_tokens", gpu, None, S.KERNELS) == "triton"
     with pytest.raises(_backend.BackendUnavailableError, match="use backend='triton'"):
-        S._resolve("accept_tokens", torch.device("cpu"), "cuda")
+        _backend.resolve("accept_tokens", gpu, "cuda", S.KERNELS)
 
 
 def test_custom_op_compiles_without_graph_break():

@@ -25,6 +25,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .. import _backend
+from ..ops import think as think_ops
 from .cache import ThinKCache, ThinKStep
 from .settings import ThinKSettings
 
@@ -160,9 +162,14 @@ def apply_think(
 
     Raises:
         ValueError / TypeError: bad settings (naming the argument) or an unsupported model.
+        BackendUnavailableError: ``backend`` has no ThinK kernel (``"cuda"``) or is not
+            available here.
     """
     settings = ThinKSettings(prune_ratio, window, recent, evict, token_budget, backend, fold_block)
     _check_model(model)
+    if backend is not None:  # refuse now what the first generate would refuse
+        for op in think_ops.KERNELS.ops:
+            _backend.resolve(op, model.device, backend, think_ops.KERNELS)
     state = getattr(model, _STATE, None)
     if state is None:
         state = {"previous": model.config._attn_implementation}

@@ -93,15 +93,28 @@ def check_backend_dtype(op: str, backend: str, dtype: torch.dtype) -> None:
         )
 
 
+def choose_backend(
+    op: str, kernels: _backend.KernelTable, t: torch.Tensor, backend: str | None
+) -> str:
+    """The backend for one call of ``op`` on inputs like ``t`` (its device and dtype): see
+    :func:`ponder._backend.resolve`; also refuses a dtype the chosen backend cannot run."""
+    name = _backend.resolve(op, t.device, backend, kernels)
+    check_backend_dtype(op, name, t.dtype)
+    return name
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype kernels compute in: float64 for float64 storage, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def launch_native(
-    backend: str, name: str, tensors: Sequence[torch.Tensor | None], *scalars: object
+    backend: str,
+    kernel: Callable[..., None],
+    tensors: Sequence[torch.Tensor | None],
+    *scalars: object,
 ) -> None:
-    """Call the C++ launcher ``name`` of backend ``cpu`` or ``cuda``.
+    """Call ``kernel``, a C++ launcher of backend ``cpu`` or ``cuda`` (from a KernelTable).
 
     ``tensors`` are contiguous buffers (None for an optional one: a null pointer); ``scalars``
     follow in the launcher's order and end with the seed. The CPU launcher also gets torch's
@@ -109,11 +122,11 @@ def launch_native(
     """
     ptrs = [0 if t is None else t.data_ptr() for t in tensors]
     if backend == "cpu":
-        getattr(_backend.cpu_module(), name)(*ptrs, *scalars, torch.get_num_threads())
+        kernel(*ptrs, *scalars, torch.get_num_threads())
         return
     device = next(t.device for t in tensors if t is not None)
     stream = torch.cuda.current_stream(device).cuda_stream
-    getattr(_backend.cuda_module(), name)(*ptrs, *scalars, device.index, stream)
+    kernel(*ptrs, *scalars, device.index, stream)
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:

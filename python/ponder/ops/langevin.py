@@ -28,8 +28,8 @@ from ._common import (
     FLOAT_DTYPES,
     acc_dtype,
     call_op,
-    check_backend_dtype,
     check_real,
+    choose_backend,
     check_tensor,
     launch_native,
     resolve_seed,
@@ -50,6 +50,16 @@ __all__ = [
     "uld_step",
     "uld_step_reference",
 ]
+
+
+# Every step has a kernel on every backend; each backend's module names it like the op.
+KERNELS = _backend.KernelTable(
+    "langevin",
+    {
+        op: {"cpu": op, "cuda": op, "triton": op}
+        for op in ("ula_step", "mala_propose", "proximal_step", "uld_step", "mala_accept")
+    },
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,12 +250,12 @@ def _run_elementwise(
     inputs = [t.contiguous() for t in inputs]
     noise = None if noise is None else noise.contiguous()
     outs = [torch.empty(first.shape, dtype=first.dtype, device=first.device) for _ in range(n_out)]
+    kernel = KERNELS.kernel(name, backend)
     if backend == "triton":
-        kernels = _backend.triton_kernels("langevin")
-        getattr(kernels, name)(*outs, *inputs, noise, *coefs, seed)
+        kernel(*outs, *inputs, noise, *coefs, seed)
     else:
         code = _backend.DTYPE_CODES[first.dtype]
-        launch_native(backend, name, [*outs, *inputs, noise], first.numel(), code, *coefs, seed)
+        launch_native(backend, kernel, [*outs, *inputs, noise], first.numel(), code, *coefs, seed)
     return outs
 
 
@@ -424,11 +434,12 @@ def _mala_accept_impl(
             grad_logp_prop,
             u,
         ]
+        kernel = KERNELS.kernel("mala_accept", backend)
         if backend == "triton":
-            _backend.triton_kernels("langevin").mala_accept(*tensors, step_size, seed)
+            kernel(*tensors, step_size, seed)
         else:
             code = _backend.DTYPE_CODES[x.dtype]
-            launch_native(backend, "mala_accept", tensors, chains, dim, code, step_size, seed)
+            launch_native(backend, kernel, tensors, chains, dim, code, step_size, seed)
     return x_out, logp_out.to(logp.dtype), g_out, accepted
 
 
@@ -452,9 +463,7 @@ def _(x, logp, grad_logp, x_prop, logp_prop, grad_logp_prop, step_size, uniforms
 
 def _prepare(op: str, x: object, backend: str | None, arg: str = "x") -> str:
     x = check_tensor(op, arg, x, dtype=FLOAT_DTYPES)
-    name = _backend.resolve_backend(op, x.device, backend)
-    check_backend_dtype(op, name, x.dtype)
-    return name
+    return choose_backend(op, KERNELS, x, backend)
 
 
 def _check_like(

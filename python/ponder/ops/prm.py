@@ -46,8 +46,8 @@ from ._common import (
     FLOAT_DTYPES,
     acc_dtype,
     call_op,
-    check_backend_dtype,
     check_tensor,
+    choose_backend,
     launch_native,
 )
 
@@ -62,6 +62,12 @@ __all__ = [
 ]
 
 KINDS = ("two_label", "value")
+# One fused kernel serves both ops (logits and/or the aggregates). No hand-written CUDA C++
+# kernel: Triton is the GPU backend.
+KERNELS = _backend.KernelTable(
+    "prm",
+    {op: {"cpu": "prm_steps", "triton": "prm_steps"} for op in ("score_steps", "step_logits")},
+)
 
 
 class StepScores(NamedTuple):
@@ -182,6 +188,7 @@ def _native_inputs(
 
 
 def _launch(
+    op: str,
     backend: str,
     hidden: Tensor,
     step_index: Tensor,
@@ -192,19 +199,20 @@ def _launch(
     aggregates: Sequence[Tensor] | None,
 ) -> None:
     """Fill ``logits [B, S, K]`` and/or ``aggregates`` (scores, min, last, product, mean,
-    num_steps) with the native kernel of ``backend``."""
+    num_steps) with ``op``'s kernel on ``backend``."""
     hidden, step_index, head, bias = _native_inputs(hidden, step_index, head, bias)
     batch, length, width = hidden.shape
     steps = step_index.shape[1]
     k = head.shape[0]
     outs = [logits, *(aggregates if aggregates is not None else [None] * 6)]
+    kernel = KERNELS.kernel(op, backend)
     if backend == "triton":
-        _backend.triton_kernels("prm").prm_steps(*outs, hidden, step_index, head, bias)
+        kernel(*outs, hidden, step_index, head, bias)
         return
     code = _backend.DTYPE_CODES[hidden.dtype]
     launch_native(
         backend,
-        "prm_steps",
+        kernel,
         [*outs, hidden, step_index, head, bias],
         batch,
         length,
@@ -227,7 +235,8 @@ def _step_logits_impl(
     k = 2 if head.dim() == 2 else 1
     out = torch.empty(batch, steps, k, dtype=acc_dtype(hidden.dtype), device=hidden.device)
     if out.numel() > 0:
-        _launch(backend, hidden, step_index, head, bias, logits=out, aggregates=None)
+        _launch("step_logits", backend, hidden, step_index, head, bias, logits=out,
+                aggregates=None)
     return out if head.dim() == 2 else out.squeeze(-1)
 
 
@@ -239,7 +248,8 @@ def _score_steps_impl(
         return (r.scores.contiguous(), r.min, r.last, r.product, r.mean, r.num_steps)
     outs = _empty_scores(hidden, step_index)
     if hidden.shape[0] > 0:
-        _launch(backend, hidden, step_index, head, bias, logits=None, aggregates=outs)
+        _launch("score_steps", backend, hidden, step_index, head, bias, logits=None,
+                aggregates=outs)
     return outs
 
 
@@ -464,8 +474,7 @@ def _validate(
             bias = bias.reshape(1)
     if lengths is not None:
         check_tensor(op, "lengths", lengths, dtype=torch.int64, device=dev, shape=(batch,))
-    name = _backend.resolve_backend(op, dev, backend)
-    check_backend_dtype(op, name, hidden.dtype)
+    name = choose_backend(op, KERNELS, hidden, backend)
     _check_positions(op, step_index, length, lengths)
     return head, bias, name
 

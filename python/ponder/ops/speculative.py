@@ -25,7 +25,6 @@ a ``torch.library`` custom op ``ponder::<name>`` with a fake, so it works under 
 from __future__ import annotations
 
 import numbers
-import os as _os
 
 import torch
 from torch import Tensor
@@ -34,9 +33,9 @@ from .. import _backend
 from ._common import (
     MAX_SEED,
     call_op,
-    check_backend_dtype,
     check_real,
     check_tensor,
+    choose_backend,
     launch_native,
     resolve_seed,
     seeded_generator,
@@ -54,6 +53,11 @@ __all__ = [
 
 LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 OMEGAS = ("binary", "constant", "clipping", "sigmoid")
+# No hand-written CUDA C++ kernel: Triton is the GPU backend of both ops.
+KERNELS = _backend.KernelTable(
+    "speculative",
+    {op: {"cpu": op, "triton": op} for op in ("accept_tokens", "accept_steps")},
+)
 # Rows of [rows, V] processed at once when computing top-k / top-p thresholds: bounds the
 # temporaries to [_THRESHOLD_CHUNK, V] instead of [B, K, V].
 _THRESHOLD_CHUNK = 16
@@ -299,13 +303,13 @@ def _accept_tokens_impl(
     tokens = torch.empty((batch, k + 1), dtype=torch.int64, device=device)
     counts = torch.empty(batch, dtype=torch.int64, device=device)
     if backend == "triton":
-        _backend.triton_kernels("speculative").accept_tokens(
+        KERNELS.kernel("accept_tokens", backend)(
             tokens, counts, *tensors, temperature, per_row_seeds
         )
     else:
         code = _backend.DTYPE_CODES[target_logits.dtype]
         launch_native(
-            backend, "accept_tokens", [tokens, counts, *tensors], batch, k, vocab, code,
+            backend, KERNELS.kernel("accept_tokens", backend), [tokens, counts, *tensors], batch, k, vocab, code,
             temperature, int(per_row_seeds),
         )
     return tokens, counts
@@ -350,13 +354,13 @@ def _accept_steps_impl(
     weights = torch.empty(n, dtype=torch.float64, device=device)
     if n:
         if backend == "triton":
-            _backend.triton_kernels("speculative").accept_steps(
+            KERNELS.kernel("accept_steps", backend)(
                 accepted, weights, r, u, kind, threshold, sharpness, seed
             )
         else:
             launch_native(
-                backend, "accept_steps", [accepted, weights, r, u], n, kind, threshold,
-                sharpness, seed,
+                backend, KERNELS.kernel("accept_steps", backend), [accepted, weights, r, u], n,
+                kind, threshold, sharpness, seed,
             )
     return accepted, weights
 
@@ -378,19 +382,6 @@ def _(rewards, threshold, kind, sharpness, uniforms, seed, backend):
 # --------------------------------------------------------------------------------------------
 # Public API: validate, choose the backend, resolve the seeds, call the op.
 # --------------------------------------------------------------------------------------------
-
-
-def _resolve(op: str, device: torch.device, backend: str | None) -> str:
-    """The backend for this call. There is no hand-written CUDA kernel for these ops (Triton is
-    the GPU backend): a CUDA default becomes ``triton``; asking for ``cuda`` is an error."""
-    name = _backend.resolve_backend(op, device, backend)
-    if name == "cuda":
-        if backend == "cuda" or (backend is None and _os.environ.get("PONDER_BACKEND") == "cuda"):
-            raise _backend.BackendUnavailableError(
-                f"{op}: there is no 'cuda' kernel for this op; use backend='triton' on GPUs"
-            )
-        name = _backend.resolve_backend(op, device, "triton")
-    return name
 
 
 def _check_uniforms(op: str, name: str, u: object, shape: tuple[int, ...], device) -> Tensor:
@@ -484,8 +475,7 @@ def accept_tokens(
             raise ValueError(f"{op}: top_p must be in (0, 1], got {top_p}")
     if draft_tokens.numel() and not bool(((draft_tokens >= 0) & (draft_tokens < vocab)).all()):
         raise ValueError(f"{op}: draft_tokens must be token ids in [0, {vocab})")
-    name = _resolve(op, device, backend)
-    check_backend_dtype(op, name, target_logits.dtype)
+    name = choose_backend(op, KERNELS, target_logits, backend)
     accept_u = race_u = None
     if uniforms is not None:
         if generator is not None:
@@ -557,7 +547,8 @@ def accept_steps(
     if omega == "clipping" and delta <= 0:
         raise ValueError(f"{op}: omega='clipping' needs threshold > 0, got {delta}")
     s = check_real(op, "sharpness", sharpness, positive=True)
-    name = _resolve(op, rewards.device, backend)
+    # The kernels read rewards as float64: any dtype runs on any backend.
+    name = _backend.resolve(op, rewards.device, backend, KERNELS)
     if uniforms is not None:
         if generator is not None:
             raise ValueError(f"{op}: pass uniforms or generator, not both")

@@ -44,13 +44,12 @@ float32 / float16 / bfloat16 inputs; outputs in the input dtype.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
 
 from .. import _backend
-from ._common import call_op, check_backend_dtype, check_tensor, launch_native
+from ._common import call_op, check_tensor, choose_backend, launch_native
 
 __all__ = [
     "DTYPES",
@@ -67,6 +66,19 @@ __all__ = [
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32)
+
+# No hand-written CUDA C++ kernel: Triton is ThinK's GPU backend. select_channels and
+# compact_keys are plain torch (a top-k and a gather) and take no backend.
+KERNELS = _backend.KernelTable(
+    "think",
+    {
+        "channel_scores": {"cpu": "think_channel_scores", "triton": "channel_scores"},
+        "pruned_decode_attention": {
+            "cpu": "think_pruned_decode_attention",
+            "triton": "pruned_decode_attention",
+        },
+    },
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,12 +201,12 @@ def _channel_scores_impl(q_window: Tensor, k: Tensor, backend: str) -> Tensor:
     q_window, k = q_window.contiguous(), k.contiguous()
     out = torch.empty(batch, hkv, dim, dtype=torch.float32, device=k.device)
     if backend == "triton":
-        _backend.triton_kernels("think").channel_scores(out, q_window, k)
+        KERNELS.kernel("channel_scores", backend)(out, q_window, k)
     else:
         hq, w = q_window.shape[1], q_window.shape[2]
         code = _backend.DTYPE_CODES[k.dtype]
         launch_native(
-            backend, "think_channel_scores", [out, q_window, k],
+            backend, KERNELS.kernel("channel_scores", backend), [out, q_window, k],
             batch, hq, hkv, w, k.shape[2], dim, code,
         )
     return out
@@ -269,7 +281,7 @@ def _pruned_decode_attention_impl(
     starts = None if starts is None else starts.to(torch.int64).contiguous()
     lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
     if backend == "triton":
-        _backend.triton_kernels("think").pruned_decode_attention(
+        KERNELS.kernel("pruned_decode_attention", backend)(
             out, lse, q, k_pruned, idx, k_recent, v, starts, lengths, scale
         )
     else:
@@ -278,7 +290,7 @@ def _pruned_decode_attention_impl(
         code = _backend.DTYPE_CODES[q.dtype]
         launch_native(
             backend,
-            "think_pruned_decode_attention",
+            KERNELS.kernel("pruned_decode_attention", backend),
             [out, lse, q, k_pruned, idx, k_recent, v, starts, lengths],
             batch, hq, hkv, s_len, lp, lr, dim, t_kept, dv,
             *k_pruned.stride()[:3], *k_recent.stride()[:3], *v.stride()[:3],
@@ -304,22 +316,6 @@ def _(q, k_pruned, idx, k_recent, v, lengths, starts, scale, backend):
 # --------------------------------------------------------------------------------------------
 # Public API: validate, choose the backend, call the op.
 # --------------------------------------------------------------------------------------------
-
-
-def _backend_for(op: str, t: Tensor, backend: str | None) -> str:
-    """The backend for one call. ThinK has no hand-written CUDA C++ kernel (Triton is its GPU
-    backend), so CUDA tensors default to ``triton`` and a forced ``cuda`` is an error."""
-    forced = backend if backend is not None else (os.environ.get("PONDER_BACKEND") or None)
-    if forced is None and t.device.type == "cuda":
-        forced = "triton"
-    if forced == "cuda":
-        raise _backend.BackendUnavailableError(
-            f"{op}: ponder.ops.think has no CUDA C++ kernel; use backend='triton' on GPUs "
-            "(or 'torch', the reference)"
-        )
-    name = _backend.resolve_backend(op, t.device, forced)
-    check_backend_dtype(op, name, t.dtype)
-    return name
 
 
 def _values_checkable() -> bool:
@@ -375,7 +371,7 @@ def channel_scores(q_window: Tensor, k: Tensor, *, backend: str | None = None) -
         raise ValueError(
             f"{op}: need at least one query (W = {q_window.shape[2]}) and one key (L = {length})"
         )
-    name = _backend_for(op, k, backend)
+    name = choose_backend(op, KERNELS, k, backend)
     return call_op(torch.ops.ponder.channel_scores, _channel_scores_impl, q_window, k, name)
 
 
@@ -515,7 +511,7 @@ def pruned_decode_attention(
         scale = 1.0 / math.sqrt(dim) if dim else 1.0
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"{op}: scale must be a finite float or None, got {scale!r}")
-    name = _backend_for(op, q, backend)
+    name = choose_backend(op, KERNELS, q, backend)
     out, lse = call_op(
         torch.ops.ponder.pruned_decode_attention,
         _pruned_decode_attention_impl,
