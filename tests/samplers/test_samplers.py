@@ -534,9 +534,21 @@ def test_seeds_reproduce_runs(kind):
 
 
 def test_unseeded_runs_differ():
-    """generator=None draws a fresh seed per run."""
+    """generator=None draws from torch's default generator, which moves on between runs."""
     sampler = MALA(GAUSS, 0.5)
     assert not torch.equal(sampler.run(_x0(), 3).samples, sampler.run(_x0(), 3).samples)
+
+
+@pytest.mark.parametrize("kind", [*LANGEVIN, *DIFFUSION])
+def test_manual_seed_reproduces_unseeded_runs(kind):
+    """generator=None means torch's default generator, as in ponder.ops: torch.manual_seed
+    before a run reproduces it."""
+    torch.manual_seed(5)
+    first = _draws(kind, None)
+    torch.manual_seed(5)
+    assert torch.equal(first, _draws(kind, None))
+    torch.manual_seed(6)
+    assert not torch.equal(first, _draws(kind, None))
 
 
 # ============================================================================================

@@ -485,7 +485,7 @@ def test_construction_errors():
         BayesianLogisticRegression(torch.zeros(3, 2), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="a must be > 0"):
         DoubleWell(2, a=0.0)
-    with pytest.raises(ValueError, match="dim must be >= 1"):
+    with pytest.raises(ValueError, match="dim must be an integer >= 1"):
         DoubleWell(0)
     with pytest.raises(TypeError, match="x must have dtype"):
         TARGET_CASES["gaussian-iso"].logp(torch.zeros(2, 3, dtype=torch.int64))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..ops._common import resolve_seed
+from ..validation import resolve_seed
 from ..ops.speculative import accept_tokens
 from ._models import (
     check_k,
@@ -99,7 +99,7 @@ def speculative_generate(
     seq = input_ids.to(device)
     batch, prompt_len = seq.shape
     mask = (torch.ones_like(seq) if attention_mask is None else attention_mask.to(device)).long()
-    seed = resolve_seed("speculative_generate", generator, device)
+    seed = resolve_seed("speculative_generate", generator)
     draw = torch.Generator(device=device).manual_seed(seed)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     t_cache = d_cache = None

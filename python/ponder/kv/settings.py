@@ -5,20 +5,14 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+from ..validation import check_int
+
 __all__ = ["EVICTION_METHODS", "SNAPKV_POOL_KERNEL", "ThinKSettings"]
 
 EVICTION_METHODS = ("snapkv",)
 # SnapKV's max-pool over token scores (kernel 7, stride 1, "same" padding): a kept token takes
 # its neighbours along, so local context survives eviction (METHODS.md: kernel 5-7).
 SNAPKV_POOL_KERNEL = 7
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"ThinK: {name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"ThinK: {name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -65,8 +59,8 @@ class ThinKSettings:
         if not 0.0 <= float(ratio) < 1.0:
             raise ValueError(f"ThinK: prune_ratio must be in [0, 1), got {ratio}")
         object.__setattr__(self, "prune_ratio", float(ratio))
-        object.__setattr__(self, "window", _check_int("window", self.window, 1))
-        object.__setattr__(self, "recent", _check_int("recent", self.recent, 0))
+        object.__setattr__(self, "window", check_int("ThinK", "window", self.window, 1))
+        object.__setattr__(self, "recent", check_int("ThinK", "recent", self.recent, 0))
         if self.evict is not None and self.evict not in EVICTION_METHODS:
             raise ValueError(
                 f"ThinK: evict must be None or one of {EVICTION_METHODS}, got {self.evict!r}"
@@ -79,7 +73,7 @@ class ThinKSettings:
         else:
             if self.token_budget is None:
                 raise ValueError(f"ThinK: evict={self.evict!r} needs a token_budget")
-            budget = _check_int("token_budget", self.token_budget, 1)
+            budget = check_int("ThinK", "token_budget", self.token_budget, 1)
             if budget < self.window:
                 raise ValueError(
                     f"ThinK: token_budget ({budget}) must be >= window ({self.window}): the "
@@ -87,7 +81,7 @@ class ThinKSettings:
                 )
             object.__setattr__(self, "token_budget", budget)
         if self.fold_block is not None:
-            object.__setattr__(self, "fold_block", _check_int("fold_block", self.fold_block, 1))
+            object.__setattr__(self, "fold_block", check_int("ThinK", "fold_block", self.fold_block, 1))
         if self.backend is not None and self.backend not in ("cpu", "triton", "cuda", "torch"):
             raise ValueError(
                 f"ThinK: backend must be None, 'cpu', 'triton', 'cuda' or 'torch', "

@@ -1,9 +1,8 @@
-"""What every op family shares: argument validation, seeds, and launching a native kernel."""
+"""What every op family shares to launch a kernel: choosing the backend, calling a native
+launcher, the registered-op shortcut, dtypes. Argument checks live in :mod:`ponder.validation`."""
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,76 +11,6 @@ import torch
 from .. import _backend
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-MAX_SEED = 2**63 - 1
-
-
-def check_tensor(
-    op: str,
-    name: str,
-    t: object,
-    *,
-    dtype: torch.dtype | Sequence[torch.dtype] | None = None,
-    device: torch.device | None = None,
-    shape: Sequence[int] | None = None,
-    ndim: int | None = None,
-) -> torch.Tensor:
-    """Raise TypeError / ValueError naming ``op`` and ``name`` unless ``t`` is as expected."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if dtype is not None:
-        allowed = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
-        if t.dtype not in allowed:
-            want = " or ".join(str(d).removeprefix("torch.") for d in allowed)
-            raise TypeError(f"{op}: {name} must have dtype {want}, got {t.dtype}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{op}: {name} is on {t.device}, expected {device} (like x)")
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{op}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    return t
-
-
-def check_real(
-    op: str, name: str, value: object, *, positive: bool = False, nonnegative: bool = False
-) -> float:
-    """A finite Python/numpy real number (not a tensor, not a bool), optionally > 0 or >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{op}: {name} must be finite, got {value}")
-    if positive and value <= 0.0:
-        raise ValueError(f"{op}: {name} must be > 0, got {value}")
-    if nonnegative and value < 0.0:
-        raise ValueError(f"{op}: {name} must be >= 0, got {value}")
-    return value
-
-
-def resolve_seed(op: str, generator: object, device: torch.device) -> int:
-    """A 63-bit seed for a kernel's counter-based generator.
-
-    ``generator`` may be an int (used as is), a ``torch.Generator`` (a seed is drawn from it, so
-    consecutive calls differ and re-seeding it reproduces them) or None (drawn from torch's
-    default generator, so ``torch.manual_seed`` makes runs reproducible).
-    """
-    if generator is None:
-        return int(torch.empty((), dtype=torch.int64).random_().item())
-    if isinstance(generator, torch.Generator):
-        return int(
-            torch.empty((), dtype=torch.int64, device=generator.device)
-            .random_(generator=generator)
-            .item()
-        )
-    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
-        seed = int(generator)
-        if not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"{op}: an integer generator (seed) must be in [0, 2**63), got {seed}")
-        return seed
-    raise TypeError(
-        f"{op}: generator must be None, an int seed or a torch.Generator, "
-        f"got {type(generator).__name__}"
-    )
 
 
 def check_backend_dtype(op: str, backend: str, dtype: torch.dtype) -> None:

@@ -24,15 +24,13 @@ import torch
 from torch import Tensor
 
 from .. import _backend
+from ..validation import check_real, check_tensor, resolve_seed
 from ._common import (
     FLOAT_DTYPES,
     acc_dtype,
     call_op,
-    check_real,
     choose_backend,
-    check_tensor,
     launch_native,
-    resolve_seed,
     seeded_generator,
 )
 
@@ -474,12 +472,12 @@ def _check_like(
     )
 
 
-def _seed(op: str, noise: Tensor | None, generator: object, device: torch.device) -> int:
+def _seed(op: str, noise: Tensor | None, generator: object) -> int:
     if noise is not None:
         if generator is not None:
             raise ValueError(f"{op}: pass noise or generator, not both")
         return 0
-    return resolve_seed(op, generator, device)
+    return resolve_seed(op, generator)
 
 
 def ula_step(
@@ -515,7 +513,7 @@ def ula_step(
     t = check_real(op, "temperature", temperature, nonnegative=True)
     if noise is not None:
         _check_like(op, "noise", noise, x)
-    seed = _seed(op, noise, generator, x.device)
+    seed = _seed(op, noise, generator)
     return call_op(torch.ops.ponder.ula_step, _ula_step_impl, x, grad_logp, h, t, noise, seed, name)
 
 
@@ -545,7 +543,7 @@ def mala_propose(
     h = check_real(op, "step_size", step_size, positive=True)
     if noise is not None:
         _check_like(op, "noise", noise, x)
-    seed = _seed(op, noise, generator, x.device)
+    seed = _seed(op, noise, generator)
     return call_op(
         torch.ops.ponder.mala_propose, _mala_propose_impl, x, grad_logp, h, noise, seed, name
     )
@@ -602,7 +600,7 @@ def mala_accept(
             raise ValueError(f"{op}: uniforms must lie in (0, 1]")
         seed = 0
     else:
-        seed = resolve_seed(op, generator, x.device)
+        seed = resolve_seed(op, generator)
     return call_op(
         torch.ops.ponder.mala_accept,
         _mala_accept_impl,
@@ -656,7 +654,7 @@ def uld_step(
     gamma = check_real(op, "friction", friction, positive=True)
     if noise is not None:
         _check_like(op, "noise", noise, x, shape=(2, *x.shape))
-    seed = _seed(op, noise, generator, x.device)
+    seed = _seed(op, noise, generator)
     return call_op(
         torch.ops.ponder.uld_step, _uld_step_impl, x, v, grad_logp, h, gamma, noise, seed, name
     )
@@ -695,7 +693,7 @@ def proximal_step(
     eta_ = check_real(op, "eta", eta, positive=True)
     if noise is not None:
         _check_like(op, "noise", noise, z)
-    seed = _seed(op, noise, generator, z.device)
+    seed = _seed(op, noise, generator)
     return call_op(
         torch.ops.ponder.proximal_step,
         _proximal_step_impl,

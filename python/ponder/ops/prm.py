@@ -42,14 +42,8 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._common import (
-    FLOAT_DTYPES,
-    acc_dtype,
-    call_op,
-    check_tensor,
-    choose_backend,
-    launch_native,
-)
+from ..validation import check_tensor
+from ._common import FLOAT_DTYPES, acc_dtype, call_op, choose_backend, launch_native
 
 __all__ = [
     "StepScores",

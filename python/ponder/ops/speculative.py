@@ -24,22 +24,20 @@ a ``torch.library`` custom op ``ponder::<name>`` with a fake, so it works under 
 
 from __future__ import annotations
 
-import numbers
 
 import torch
 from torch import Tensor
 
 from .. import _backend
-from ._common import (
+from ..validation import (
     MAX_SEED,
-    call_op,
+    check_int,
+    check_probability,
     check_real,
     check_tensor,
-    choose_backend,
-    launch_native,
     resolve_seed,
-    seeded_generator,
 )
+from ._common import call_op, choose_backend, launch_native, seeded_generator
 
 __all__ = [
     "OMEGAS",
@@ -400,7 +398,7 @@ def _row_seeds(op: str, generator: object, batch: int, device) -> tuple[Tensor, 
         if batch and not bool(((generator >= 0) & (generator <= MAX_SEED)).all()):
             raise ValueError(f"{op}: per-row seeds must be in [0, 2**63)")
         return generator.to(device), True
-    seed = resolve_seed(op, generator, device)
+    seed = resolve_seed(op, generator)
     return torch.full((batch,), seed, dtype=torch.int64, device=device), False
 
 
@@ -466,13 +464,9 @@ def accept_tokens(
         )
     t = check_real(op, "temperature", temperature, nonnegative=True)
     if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-            raise ValueError(f"{op}: top_k must be an int >= 1 or None, got {top_k!r}")
-        top_k = int(top_k)
+        top_k = check_int(op, "top_k", top_k, minimum=1)
     if top_p is not None:
-        top_p = check_real(op, "top_p", top_p)
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"{op}: top_p must be in (0, 1], got {top_p}")
+        top_p = check_probability(op, "top_p", top_p, zero=False)
     if draft_tokens.numel() and not bool(((draft_tokens >= 0) & (draft_tokens < vocab)).all()):
         raise ValueError(f"{op}: draft_tokens must be token ids in [0, {vocab})")
     name = choose_backend(op, KERNELS, target_logits, backend)
@@ -555,7 +549,7 @@ def accept_steps(
         _check_uniforms(op, "uniforms", uniforms, tuple(rewards.shape), rewards.device)
         seed = 0
     else:
-        seed = resolve_seed(op, generator, rewards.device)
+        seed = resolve_seed(op, generator)
     return call_op(
         torch.ops.ponder.accept_steps,
         _accept_steps_impl,

@@ -49,7 +49,8 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from ._common import call_op, check_tensor, choose_backend, launch_native
+from ..validation import check_int, check_probability, check_tensor
+from ._common import call_op, choose_backend, launch_native
 
 __all__ = [
     "DTYPES",
@@ -91,11 +92,9 @@ def kept_channels(head_dim: int, prune_ratio: float) -> int:
 
     A tiny epsilon absorbs float error in ``lambda * D`` (0.29 * 100 is 28.999999999999996).
     """
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
-        raise ValueError(f"kept_channels: head_dim must be an int >= 1, got {head_dim!r}")
-    if not 0.0 <= float(prune_ratio) < 1.0:
-        raise ValueError(f"kept_channels: prune_ratio must be in [0, 1), got {prune_ratio!r}")
-    return head_dim - math.floor(float(prune_ratio) * head_dim + 1e-9)
+    head_dim = check_int("kept_channels", "head_dim", head_dim, minimum=1)
+    prune_ratio = check_probability("kept_channels", "prune_ratio", prune_ratio, one=False)
+    return head_dim - math.floor(prune_ratio * head_dim + 1e-9)
 
 
 def channel_scores_reference(q_window: Tensor, k: Tensor) -> Tensor:
@@ -392,8 +391,7 @@ def select_channels(scores: Tensor, keep: int) -> Tensor:
     op = "select_channels"
     check_tensor(op, "scores", scores, dtype=(*DTYPES, torch.float64), ndim=3)
     dim = scores.shape[-1]
-    if isinstance(keep, bool) or not isinstance(keep, int):
-        raise TypeError(f"{op}: keep must be an int, got {type(keep).__name__}")
+    keep = check_int(op, "keep", keep, minimum=None)
     if not 0 <= keep <= dim:
         raise ValueError(f"{op}: keep must be in [0, D={dim}], got {keep}")
     if _values_checkable() and scores.numel() and not bool(torch.isfinite(scores).all()):

@@ -4,7 +4,6 @@ conversion, and evaluation counting."""
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..ops._common import check_real
+from ..validation import check_int
 
 
 def as_tensor(x: Any, name: str = "x0") -> Tensor:
@@ -32,24 +31,6 @@ def as_tensor(x: Any, name: str = "x0") -> Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} has non-finite values")
     return t
-
-
-def make_generator(generator: torch.Generator | int | None, device: torch.device
-                   ) -> torch.Generator:
-    """The sampler's own torch.Generator: every seed handed to a kernel and every minibatch is
-    drawn from it, so one seed reproduces a whole run."""
-    if isinstance(generator, torch.Generator):
-        return generator
-    g = torch.Generator(device=device)
-    if generator is None:
-        g.seed()
-    elif isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
-        g.manual_seed(int(generator))
-    else:
-        raise TypeError(
-            f"generator must be None, an int seed or a torch.Generator, got {generator!r}"
-        )
-    return g
 
 
 @dataclasses.dataclass
@@ -78,10 +59,6 @@ class Trace:
     stats: dict[str, float]
 
 
-def check_step_size(owner: str, name: str, value: float) -> float:
-    return check_real(owner, name, value, positive=True)
-
-
 class Sampler:
     """Base class: subclasses implement :meth:`init` and :meth:`step`."""
 
@@ -108,12 +85,9 @@ class Sampler:
         Keeps every ``thin``-th state after ``burn_in`` steps in ``Trace.samples: [T, C, d]``;
         ``progress`` shows a tqdm bar; ``callback(state)`` runs after every step.
         """
-        for name, value, minimum in (("n_steps", n_steps, 0), ("thin", thin, 1),
-                                     ("burn_in", burn_in, 0)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{self.name}: {name} must be an integer >= {minimum}, got {value!r}")
-            if value < minimum:
-                raise ValueError(f"{self.name}: {name} must be an integer >= {minimum}, got {value}")
+        n_steps = check_int(self.name, "n_steps", n_steps, minimum=0)
+        thin = check_int(self.name, "thin", thin, minimum=1)
+        burn_in = check_int(self.name, "burn_in", burn_in, minimum=0)
         state = self.init(x0)
         kept = []
         start = time.perf_counter()

@@ -33,9 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..ops import langevin as ops
-from ..ops._common import check_real
-from ._core import make_generator
-from .langevin import check_count
+from ..validation import as_generator, check_int, check_real
 from .targets import DiffusionTarget, checked_logp_and_score, checked_score
 
 
@@ -74,8 +72,8 @@ class _DiffusionSampler:
 
     def _prior(self, n: int) -> Tensor:
         """``n`` draws from N(0, I), the stationary law the reverse process starts from."""
-        n = check_count(self.name, "n", n)
-        self.generator = make_generator(self._generator_arg, torch.device("cpu"))
+        n = check_int(self.name, "n", n, minimum=1)
+        self.generator = as_generator(self.name, self._generator_arg, torch.device("cpu"))
         x = torch.randn((n, self.target.dim), generator=self.generator, dtype=self.dtype)
         return x.to(self.device)
 
@@ -97,7 +95,7 @@ class DDPM(_DiffusionSampler):
                  generator: torch.Generator | int | None = None, backend: str | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__(target, horizon, generator, backend, dtype, device)
-        self.n_steps = check_count(self.name, "n_steps", n_steps)
+        self.n_steps = check_int(self.name, "n_steps", n_steps, minimum=1)
 
     def sample(self, n: int, *, progress: bool = False) -> DiffusionResult:
         """Draw ``n`` samples: ``DiffusionResult.samples: [n, d]``."""
@@ -120,8 +118,8 @@ class _RTK(_DiffusionSampler):
                  generator: torch.Generator | int | None = None, backend: str | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__(target, horizon, generator, backend, dtype, device)
-        self.segments = check_count(self.name, "segments", segments)
-        self.inner_steps = check_count(self.name, "inner_steps", inner_steps)
+        self.segments = check_int(self.name, "segments", segments, minimum=1)
+        self.inner_steps = check_int(self.name, "inner_steps", inner_steps, minimum=1)
         self.eta = self.horizon / self.segments
         self.decay = math.exp(-self.eta)  # e^-eta
         self.var = -math.expm1(-2.0 * self.eta)  # 1 - e^-2eta

@@ -3,15 +3,14 @@ from :mod:`ponder.ops.langevin` plus the user's log-density / gradient."""
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..ops import langevin as ops
-from ..ops._common import check_real
-from ._core import Sampler, State, as_tensor, check_step_size, make_generator
+from ..validation import as_generator, check_int, check_real
+from ._core import Sampler, State, as_tensor
 from .targets import FiniteSumTarget, Target, checked_grad_logp, checked_logp_and_grad
 
 
@@ -24,29 +23,12 @@ def check_target(owner: str, target: Any) -> Target:
     return target
 
 
-def check_count(owner: str, name: str, value: object, minimum: int = 1) -> int:
-    """An integer >= minimum (not a bool, not a float), or a TypeError / ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value}")
-    return int(value)
-
-
 def check_batch_size(owner: str, target: Target, batch_size: int | None) -> int | None:
     if batch_size is None:
         return None
     if not isinstance(target, FiniteSumTarget):
         raise ValueError(f"{owner}: batch_size needs a FiniteSumTarget, got {type(target).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(
-            f"{owner}: batch_size must be an integer in [1, {target.n_data}], got {batch_size!r}"
-        )
-    if not 1 <= batch_size <= target.n_data:
-        raise ValueError(
-            f"{owner}: batch_size must be an integer in [1, {target.n_data}], got {batch_size}"
-        )
-    return int(batch_size)
+    return check_int(owner, "batch_size", batch_size, 1, target.n_data)
 
 
 class _GradientOracle:
@@ -91,7 +73,7 @@ class _LangevinBase(Sampler):
                  generator: torch.Generator | int | None = None, backend: str | None = None,
                  step_name: str = "step_size"):
         self.target = check_target(self.name, target)
-        self.step_size = check_step_size(self.name, step_name, step_size)
+        self.step_size = check_real(self.name, step_name, step_size, positive=True)
         self.batch_size = check_batch_size(self.name, target, batch_size)
         self._generator_arg = generator
         self.backend = backend
@@ -103,7 +85,7 @@ class _LangevinBase(Sampler):
                 f"{self.name}: x0 has dim {x.shape[1]}, the target has dim {self.target.dim}"
             )
         # A CPU generator: seeds and minibatch indices are cheap to draw there on any device.
-        self.generator = make_generator(self._generator_arg, torch.device("cpu"))
+        self.generator = as_generator(self.name, self._generator_arg, torch.device("cpu"))
         self.oracle = _GradientOracle(self.name, self.target, self.batch_size, self.generator)
         return x
 
@@ -197,7 +179,7 @@ class ULD(_LangevinBase):
                  backend: str | None = None):
         super().__init__(target, step_size, batch_size=batch_size, generator=generator,
                          backend=backend)
-        self.friction = check_step_size(self.name, "friction", friction)
+        self.friction = check_real(self.name, "friction", friction, positive=True)
 
     def init(self, x0: Any) -> State:
         x = self._start(x0)

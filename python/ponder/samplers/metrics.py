@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .targets import Target, _as_generator, _check_count
+from ..validation import as_generator, check_int
+from .targets import Target
 
 __all__ = [
     "effective_sample_size",
@@ -166,7 +167,7 @@ def tv_histogram(
         bins = list(bins)
     if len(bins) != d or not all(isinstance(b, int) and b >= 1 for b in bins):
         raise ValueError(f"{op}: bins must be a positive int or {d} positive ints, got {bins}")
-    subdivisions = _check_count(op, "subdivisions", subdivisions, minimum=1)
+    subdivisions = check_int(op, "subdivisions", subdivisions, minimum=1)
 
     ref_samples = None
     if isinstance(reference, Target):
@@ -348,14 +349,14 @@ def sliced_wasserstein(
     """
     op = "sliced_wasserstein"
     x, y = _pair(op, x, y)
-    n_projections = _check_count(op, "n_projections", n_projections, minimum=1)
+    n_projections = check_int(op, "n_projections", n_projections, minimum=1)
     if p not in (1, 2):
         raise ValueError(f"{op}: p must be 1 or 2, got {p}")
     d = x.shape[1]
     if d == 1:
         theta = torch.ones(1, 1, dtype=torch.float64, device=x.device)
     else:
-        gen = _as_generator(0 if generator is None else generator, torch.device("cpu"))
+        gen = as_generator(op, 0 if generator is None else generator, torch.device("cpu"))
         theta = torch.randn(n_projections, d, generator=gen, dtype=torch.float64, device=gen.device)
         theta = (theta / theta.norm(dim=1, keepdim=True)).to(x.device)
     xs = (theta @ x.T).sort(dim=1).values

@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from ..ops import langevin as ops
-from ._core import State, check_step_size
-from .langevin import _LangevinBase, check_count
+from ..validation import check_int, check_real
+from ._core import State
+from .langevin import _LangevinBase
 from .targets import Target
 
 
@@ -40,8 +41,8 @@ class _SPS(_LangevinBase):
                  generator: torch.Generator | int | None = None, backend: str | None = None):
         super().__init__(target, inner_step_size, batch_size=batch_size, generator=generator,
                          backend=backend, step_name="inner_step_size")
-        self.eta = check_step_size(self.name, "eta", eta)
-        self.inner_steps = check_count(self.name, "inner_steps", inner_steps)
+        self.eta = check_real(self.name, "eta", eta, positive=True)
+        self.inner_steps = check_int(self.name, "inner_steps", inner_steps, minimum=1)
         if inner_init not in ("x", "y"):
             raise ValueError(f"{self.name}: inner_init must be 'x' or 'y', got {inner_init!r}")
         self.inner_init = inner_init

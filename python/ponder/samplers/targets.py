@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from ..ops._common import check_real, check_tensor
+from ..validation import GeneratorLike, as_generator, check_int, check_real, check_tensor
 
 __all__ = [
     "TARGETS",
@@ -49,21 +48,12 @@ __all__ = [
 ]
 
 X_DTYPES = (torch.float32, torch.float64)
-GeneratorLike = torch.Generator | int | None
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _check_count(op: str, name: str, value: object, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{op}: {name} must be an integer, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _float_tensor(op: str, name: str, value: object) -> Tensor:
@@ -81,17 +71,6 @@ def _float_tensor(op: str, name: str, value: object) -> Tensor:
     if not torch.isfinite(t).all():
         raise ValueError(f"{op}: {name} must be finite")
     return t
-
-
-def _as_generator(generator: GeneratorLike, device: torch.device) -> torch.Generator | None:
-    """None (torch's default generator), a ``torch.Generator``, or an int seed."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
-        return torch.Generator(device=device).manual_seed(int(generator))
-    raise TypeError(
-        f"generator must be None, an int seed or a torch.Generator, got {type(generator).__name__}"
-    )
 
 
 def _check_time(op: str, t: object) -> float:
@@ -150,7 +129,7 @@ class Target:
     has_logp: bool = True
 
     def __init__(self, dim: int):
-        self.dim = _check_count(type(self).__name__, "dim", dim, minimum=1)
+        self.dim = check_int(type(self).__name__, "dim", dim, minimum=1)
 
     # ---- the interface -------------------------------------------------------------------
 
@@ -243,7 +222,7 @@ class FiniteSumTarget(Target):
 
     def __init__(self, dim: int, n_data: int):
         super().__init__(dim)
-        self.n_data = _check_count(type(self).__name__, "n_data", n_data, minimum=1)
+        self.n_data = check_int(type(self).__name__, "n_data", n_data, minimum=1)
 
     def logp_and_grad_minibatch(self, x: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Unbiased estimates of ``(logp(x): [C], grad_logp(x): [C, d])`` from the data points
@@ -264,12 +243,12 @@ class FiniteSumTarget(Target):
         """``batch_size`` distinct indices ``[B]`` (int64) drawn uniformly without replacement,
         on ``device`` (default: the generator's device, else the CPU)."""
         op = f"{type(self).__name__}.random_batch"
-        b = _check_count(op, "batch_size", batch_size, minimum=1)
+        b = check_int(op, "batch_size", batch_size, minimum=1)
         if b > self.n_data:
             raise ValueError(f"{op}: batch_size must be <= n_data = {self.n_data}, got {b}")
         if device is None:
             device = generator.device if isinstance(generator, torch.Generator) else "cpu"
-        gen = _as_generator(generator, torch.device(device))
+        gen = as_generator(op, generator, torch.device(device))
         where = device if gen is None else gen.device
         return torch.randperm(self.n_data, generator=gen, device=where)[:b].to(device)
 
@@ -320,7 +299,7 @@ class DiffusionTarget(Target):
         """``n`` exact samples ``[n, d]`` of ``p_t``: ``e^-t X_0 + sqrt(1 - e^-2t) Z``."""
         t = _check_time(f"{type(self).__name__}.sample_t", t)
         x0 = self.sample(n, generator)
-        gen = _as_generator(generator, x0.device)
+        gen = as_generator(f"{type(self).__name__}.sample_t", generator, x0.device)
         z = torch.randn(x0.shape, generator=gen, dtype=x0.dtype, device=x0.device)
         return math.exp(-t) * x0 + math.sqrt(-math.expm1(-2.0 * t)) * z
 
@@ -388,8 +367,8 @@ class _UserFunctions:
     def draw(self, n: int, generator: GeneratorLike) -> Tensor:
         if self.sample is None:
             raise NotImplementedError("this target was built without a sample function")
-        n = _check_count("sample", "n", n)
-        return self.sample(n, _as_generator(generator, torch.device("cpu")))
+        n = check_int("sample", "n", n)
+        return self.sample(n, as_generator("sample", generator, torch.device("cpu")))
 
     # ``extra`` is ``(t,)`` for diffusion targets, empty otherwise.
 
@@ -825,9 +804,9 @@ class GaussianMixture(DiffusionTarget):
         return self._evaluate(x, _check_time(f"{type(self).__name__}.logp_and_score", t), True)
 
     def sample(self, n: int, generator: GeneratorLike = None) -> Tensor:
-        n = _check_count(f"{type(self).__name__}.sample", "n", n)
+        n = check_int(f"{type(self).__name__}.sample", "n", n)
         dev, dt = self.means.device, self.means.dtype
-        gen = _as_generator(generator, dev)
+        gen = as_generator(f"{type(self).__name__}.sample", generator, dev)
         if n == 0:
             return torch.empty(0, self.dim, dtype=dt, device=dev)
         w = self.log_weights.to(torch.float64).exp()
@@ -861,8 +840,8 @@ class GaussianMixture(DiffusionTarget):
         std^2) in every mode.
         """
         op = f"{cls.__name__}.symmetric"
-        dim = _check_count(op, "dim", dim, minimum=1)
-        n_axes = min(dim, 4) if n_axes is None else _check_count(op, "n_axes", n_axes, minimum=1)
+        dim = check_int(op, "dim", dim, minimum=1)
+        n_axes = min(dim, 4) if n_axes is None else check_int(op, "n_axes", n_axes, minimum=1)
         if n_axes > dim:
             raise ValueError(f"{op}: n_axes must be <= dim = {dim}, got {n_axes}")
         radius = check_real(op, "radius", radius, positive=True)
@@ -981,14 +960,14 @@ class BayesianLogisticRegression(FiniteSumTarget):
         the ``true_weights`` attribute. Deterministic given ``seed``.
         """
         op = f"{cls.__name__}.synthetic"
-        n = _check_count(op, "n", n, minimum=1)
-        d = _check_count(op, "d", d, minimum=1)
+        n = check_int(op, "n", n, minimum=1)
+        d = check_int(op, "d", d, minimum=1)
         if true_weights is None:
             true_weights = [float(j) for j in range(1, d + 1)]
         w = _float_tensor(op, "true_weights", true_weights)
         if tuple(w.shape) != (d,):
             raise ValueError(f"{op}: true_weights must have {d} entries (d), got {tuple(w.shape)}")
-        gen = torch.Generator().manual_seed(_check_count(op, "seed", seed))
+        gen = torch.Generator().manual_seed(check_int(op, "seed", seed))
         features = torch.randn(n, d, generator=gen, dtype=torch.float64)
         probs = torch.sigmoid(features @ w.to(torch.float64))
         labels = (torch.rand(n, generator=gen, dtype=torch.float64) < probs).to(torch.float64)
@@ -1075,9 +1054,9 @@ class DoubleWell(Target):
         return self.logp(x), self.grad_logp(x)
 
     def sample(self, n: int, generator: GeneratorLike = None) -> Tensor:
-        n = _check_count(f"{type(self).__name__}.sample", "n", n)
+        n = check_int(f"{type(self).__name__}.sample", "n", n)
         dev, dt = self._like.device, self._like.dtype
-        gen = _as_generator(generator, dev)
+        gen = as_generator(f"{type(self).__name__}.sample", generator, dev)
         # exp(-a (x^2-1)^2) <= exp(-a (|x|-1)^2) = sqrt(pi/a) N(x; sign(x), 1/(2a))
         #                   <= M q(x) with q = (N(1, s^2) + N(-1, s^2)) / 2 and M = 2 sqrt(pi/a).
         s = math.sqrt(0.5 / self.a)
@@ -1161,7 +1140,7 @@ def make_target(name: str, dim: int = 2, **kwargs) -> Target:
     """
     if name not in TARGETS:
         raise ValueError(f"make_target: unknown target {name!r}; known: {', '.join(TARGETS)}")
-    dim = _check_count("make_target", "dim", dim, minimum=1)
+    dim = check_int("make_target", "dim", dim, minimum=1)
     try:
         return TARGETS[name](dim, **kwargs)
     except TypeError as err:

@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ..validation import check_int
+
 __all__ = [
     "ANSWER_PREFIX",
     "CORRUPTIONS",
@@ -183,19 +185,9 @@ def _operand_range(digits: int) -> tuple[int, int]:
     return (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
 
 
-def _check_int(fn: str, name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: {name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_seed(fn: str, seed: object, name: str = "seed") -> int:
     # None would mean "from the system clock": never silently irreproducible.
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{fn}: {name} must be an integer, got {type(seed).__name__}")
-    return int(seed)
+    return check_int(fn, name, seed, minimum=None)
 
 
 def _check_ops(fn: str, ops: str | Sequence[str]) -> tuple[str, ...]:
@@ -240,11 +232,11 @@ def make_problems(
         If ``n`` distinct problems cannot be drawn with these knobs (the space is too small).
     """
     fn = "make_problems"
-    n = _check_int(fn, "n", n, 0)
-    min_steps = _check_int(fn, "min_steps", min_steps, 1)
-    max_steps = _check_int(fn, "max_steps", max_steps, min_steps)
-    digits = _check_int(fn, "digits", digits, 1)
-    mul_digits = _check_int(fn, "mul_digits", mul_digits, 1)
+    n = check_int(fn, "n", n, 0)
+    min_steps = check_int(fn, "min_steps", min_steps, 1)
+    max_steps = check_int(fn, "max_steps", max_steps, min_steps)
+    digits = check_int(fn, "digits", digits, 1)
+    mul_digits = check_int(fn, "mul_digits", mul_digits, 1)
     ops = _check_ops(fn, ops)
     seed = _check_seed(fn, seed)
 

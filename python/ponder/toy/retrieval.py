@@ -28,7 +28,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from .arithmetic import STEP_SEPARATOR, _check_int, _check_seed
+from ..validation import check_int
+from .arithmetic import STEP_SEPARATOR, _check_seed
 
 __all__ = ["RetrievalExample", "extract_value", "make_retrieval", "verify_retrieval"]
 
@@ -119,19 +120,19 @@ def make_retrieval(
         distinct keys than ``key_digits`` allows.
     """
     fn = "make_retrieval"
-    n = _check_int(fn, "n", n, 0)
-    key_digits = _check_int(fn, "key_digits", key_digits, 1)
-    value_digits = _check_int(fn, "value_digits", value_digits, 1)
+    n = check_int(fn, "n", n, 0)
+    key_digits = check_int(fn, "key_digits", key_digits, 1)
+    value_digits = check_int(fn, "value_digits", value_digits, 1)
     seed = _check_seed(fn, seed)
     if isinstance(context_tokens, tuple):
         if len(context_tokens) != 2:
             raise ValueError(
                 f"{fn}: context_tokens must be an int or (lo, hi), got {context_tokens}"
             )
-        lo = _check_int(fn, "context_tokens[0]", context_tokens[0], 1)
-        hi = _check_int(fn, "context_tokens[1]", context_tokens[1], lo)
+        lo = check_int(fn, "context_tokens[0]", context_tokens[0], 1)
+        hi = check_int(fn, "context_tokens[1]", context_tokens[1], lo)
     else:
-        lo = hi = _check_int(fn, "context_tokens", context_tokens, 1)
+        lo = hi = check_int(fn, "context_tokens", context_tokens, 1)
     pair_chars = key_digits + value_digits + 4
     fixed = _prompt_chars(0, key_digits, value_digits)
     smallest = _prompt_chars(2, key_digits, value_digits)
