@@ -7,8 +7,10 @@ Samplers (batched over chains, any device, seeded, counting gradient / score cal
 - :class:`DDPM`, :class:`RTK_MALA`, :class:`RTK_ULD`: diffusion inference for the OU process
   (reverse transition kernels, arXiv 2405.16387): ``sample(n)``.
 
-Targets (:class:`Target` and friends, :func:`make_target`) and metrics (MMD, TV, sliced
-Wasserstein, KS, ESS) live in :mod:`ponder.samplers.targets` and :mod:`ponder.samplers.metrics`.
+The target protocol (:class:`Target`, its finite-sum and diffusion kinds, user functions, the
+checked calls) lives in :mod:`ponder.samplers.protocol`; the library of targets
+(:func:`make_target` and the classes it builds) in :mod:`ponder.samplers.targets`; metrics (MMD,
+TV, sliced Wasserstein, KS, ESS) in :mod:`ponder.samplers.metrics`.
 
     from ponder.samplers import MALA, make_target
     trace = MALA(make_target("mixture", dim=2), 0.3, generator=0).run(torch.randn(1024, 2), 2000)
@@ -26,17 +28,14 @@ from .metrics import (
     tv_histogram,
 )
 from .sps import SPS_MALA, SPS_SGLD
+from .protocol import DiffusionTarget, FiniteSumTarget, Target, checked_logp_and_grad
 from .targets import (
     TARGETS,
     BayesianLogisticRegression,
     CorrelatedGaussian,
-    DiffusionTarget,
     DoubleWell,
-    FiniteSumTarget,
     Gaussian,
     GaussianMixture,
-    Target,
-    checked_logp_and_grad,
     make_target,
 )
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..ops import langevin as ops
 from ..validation import as_generator, check_int, check_real
-from .targets import DiffusionTarget, checked_logp_and_score, checked_score
+from .protocol import DiffusionTarget, checked_logp_and_score, checked_score
 
 
 @dataclasses.dataclass

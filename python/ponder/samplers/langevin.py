@@ -11,7 +11,7 @@ from torch import Tensor
 from ..ops import langevin as ops
 from ..validation import as_generator, check_int, check_real
 from ._core import Sampler, State, as_tensor
-from .targets import FiniteSumTarget, Target, checked_grad_logp, checked_logp_and_grad
+from .protocol import FiniteSumTarget, Target, checked_grad_logp, checked_logp_and_grad
 
 
 def check_target(owner: str, target: Any) -> Target:

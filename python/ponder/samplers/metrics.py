@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..validation import as_generator, check_int
-from .targets import Target
+from .protocol import Target
 
 __all__ = [
     "effective_sample_size",

@@ -30,7 +30,7 @@ from ..ops import langevin as ops
 from ..validation import check_int, check_real
 from ._core import State
 from .langevin import _LangevinBase
-from .targets import Target
+from .protocol import Target
 
 
 class _SPS(_LangevinBase):
