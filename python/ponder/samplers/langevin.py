@@ -99,7 +99,8 @@ class ULA(_LangevinBase):
         target: a :class:`~ponder.samplers.Target` (a FiniteSumTarget for SGLD).
         step_size: ``h > 0``. temperature: ``T >= 0``.
         batch_size: minibatch size for SGLD, or None for the full gradient.
-        generator: int seed or torch.Generator (a CPU one) for reproducible runs.
+        generator: int seed or torch.Generator (a CPU one) for reproducible runs; None draws
+            from torch's default generator (``torch.manual_seed`` reproduces the run).
         backend: kernel backend (default by device), as in :mod:`ponder.ops.langevin`.
     """
 
