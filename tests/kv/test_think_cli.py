@@ -1,4 +1,4 @@
-"""``ponder think`` (ponder.kv.cli) on the shipped toy model."""
+"""``ponder think`` (ponder.cli.think) on the shipped toy model."""
 
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ import math
 
 import pytest
 from ponder.generation import Generator, truncate_at_stop
-from ponder.rewards import ToyVerifier, er_prm_label, toy_convention
+from ponder.rewards import er_prm_label, toy_convention
 from ponder.rewards.collect import collect_rollouts, solution_id
-from ponder.toy import Problem
+from ponder.toy import Problem, ToyVerifier
 
 
 class FakeGenerator:
