@@ -1,4 +1,4 @@
-"""``ponder rsd``: RSD on the toy world (or given models) next to draft-only and target-only runs."""
+"""``ponder rsd``: RSD next to draft-only and target-only runs, on the toy world or given models."""
 
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ def read_problems(path: str, n: int) -> tuple[list[str], list[object]]:
 
 
 def run(args) -> int:
+    """Run ``ponder rsd``; returns the exit status."""
     from ..decoding import num_parameters, rsd_generate
     from ..toy import SPECS, verify
 
