@@ -104,7 +104,7 @@ def decode_step(model, cache, position: int, token: torch.Tensor) -> tuple[float
 def generate_row(model, context: int, steps: int) -> tuple[float, float, int]:
     """(prefill s, median decode s/token, cache bytes) of one real ``generate``."""
     from ponder.kv import cache_nbytes
-    from ponder.kv.cli import DecodeClock
+    from ponder.kv.measure import DecodeClock
     from transformers import LogitsProcessorList
 
     ids = torch.randint(3, CONFIG["vocab_size"], (1, context),

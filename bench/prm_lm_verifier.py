@@ -15,7 +15,7 @@ from collections import Counter
 import torch
 from ponder.rewards.best_of_n import majority_vote
 from ponder.toy import SPECS, extract_answer, load_toy_model, verify
-from ponder.toy.prm import _draft_generator, _max_tokens
+from ponder.toy.prm import draft_generator, max_solution_tokens
 
 
 def main() -> None:
@@ -24,9 +24,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     args = parser.parse_args()
     problems = SPECS["target"].splits().test[: args.problems]
-    samples = _draft_generator().generate([p.prompt for p in problems], n=args.n,
-                                          max_new_tokens=_max_tokens(problems), temperature=1.0,
-                                          seed=1)
+    samples = draft_generator().generate([p.prompt for p in problems], n=args.n,
+                                         max_new_tokens=max_solution_tokens(problems),
+                                         temperature=1.0, seed=1)
     target, tok = load_toy_model("target")
     tok.padding_side = "right"
     right = Counter()

@@ -18,10 +18,8 @@ import platform
 import time
 
 import torch
-from ponder.decoding import rsd_generate
-from ponder.decoding._models import num_parameters
-from ponder.decoding.cli import ToyOracleScorer
-from ponder.toy import SPECS, load_toy_model, verify
+from ponder.decoding import num_parameters, rsd_generate
+from ponder.toy import SPECS, ToyOracleScorer, load_toy_model, verify
 
 
 def main() -> None:

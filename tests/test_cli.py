@@ -43,7 +43,8 @@ def test_sample_other_samplers(sampler, capsys):
     assert rc == 0
     # only the MALA-type samplers accept or reject
     assert ("acceptance" in out) == (sampler == "sps-mala")
-    assert _value(out, "mean error") >= 0
+    # N(0, I_4): 64 final states against 64 exact samples, |mean error| ~ sqrt(2 * 4 / 64) = 0.35
+    assert _value(out, "mean error") < 1.0
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "rtk-mala", "rtk-uld"])
@@ -78,7 +79,7 @@ def test_experiments_quick(tmp_path, capsys):
     assert rc == 0
     report = (tmp_path / "README.md").read_text()
     for name in ("SGLD", "MALA", "SPS-SGLD", "SPS-MALA", "DDPM", "RTK-MALA", "RTK-ULD"):
-        assert f"| {name} |" in report or f"| 2 | {name} |" in report
+        assert f"| {name} |" in report
 
 
 @pytest.mark.parametrize("argv", [

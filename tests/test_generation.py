@@ -1,7 +1,9 @@
-"""The Generator protocol's transformers backend: shapes, seeds, stop strings, greedy, errors."""
+"""The TextGenerator protocol's transformers backend: shapes, seeds, stop strings, greedy, errors,
+and the caller's random generators left alone."""
 
 import pytest
-from ponder.generation import Generator, TransformersGenerator
+import torch
+from ponder.generation import TextGenerator, TransformersGenerator
 
 pytest.importorskip("transformers")
 
@@ -15,7 +17,7 @@ def gen():
 
 
 def test_shapes_seeds_and_stop(gen):
-    assert isinstance(gen, Generator)
+    assert isinstance(gen, TextGenerator)
     prompts = ["Q: 12+34-5=?\n\n", "Q: 7+1=?\n\n", "Q: 50-8+9=?\n\n"]
     a = gen.generate(prompts, n=4, max_new_tokens=40, temperature=1.0, seed=3)
     assert [len(x) for x in a] == [4, 4, 4] and all(isinstance(t, str) for x in a for t in x)
@@ -41,3 +43,34 @@ def test_errors(gen):
         gen.generate(["Q: 1+1=?\n\n"], temperature=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
         TransformersGenerator(gen.model, gen.tokenizer, batch_size=0)
+
+
+
+def test_seeded_sampling_leaves_the_callers_generator_alone(gen):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        expected = torch.rand(3)
+        torch.manual_seed(11)
+        gen.generate(["Q: 7+1=?\n\n"], n=2, max_new_tokens=8, temperature=1.0, seed=3)
+        assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_seeded_sampling_on_cuda(gen):
+    """The caller's CUDA generator is left alone (``torch.manual_seed`` in the sampling loop
+    reset it), and a model on the GPU samples reproducibly from the seed."""
+    prompts = ["Q: 12+34-5=?\n\n", "Q: 7+1=?\n\n"]
+    kw = {"n": 2, "max_new_tokens": 16, "temperature": 1.0, "seed": 3}
+    cuda = TransformersGenerator(gen.model.to("cuda"), gen.tokenizer, batch_size=gen.batch_size)
+    try:
+        for g in (gen, cuda):
+            with torch.random.fork_rng(devices=[0]):
+                torch.cuda.manual_seed(5)
+                expected = torch.rand(3, device="cuda")
+                torch.cuda.manual_seed(5)
+                first = g.generate(prompts, **kw)
+                assert torch.equal(torch.rand(3, device="cuda"), expected)
+            assert g.generate(prompts, **kw) == first
+    finally:
+        gen.model.to("cpu")

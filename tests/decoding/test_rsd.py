@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 from ponder.decoding import StepScorer, rsd_generate
-from ponder.decoding.cli import ToyOracleScorer
-from ponder.toy import make_problems, make_tokenizer
+from ponder.toy import ToyOracleScorer, make_problems, make_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -178,7 +177,7 @@ def test_cli_runs_on_the_toy_models(capsys):
 
 def test_cli_data_file(tmp_path, capsys):
     from ponder.cli import main
-    from ponder.decoding.cli import read_problems
+    from ponder.cli.rsd import read_problems
 
     path = tmp_path / "problems.jsonl"
     path.write_text('{"prompt": "Q: 1+2=?\\n\\n", "answer": 3}\n\n{"prompt": "Q: 5-1=?\\n\\n", '

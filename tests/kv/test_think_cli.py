@@ -1,4 +1,4 @@
-"""``ponder think`` (ponder.kv.cli) on the shipped toy model."""
+"""``ponder think`` (ponder.cli.think) on the shipped toy model."""
 
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ def test_think_on_toy_prompts(capsys):
     dense, think = _row(out, "cache bytes used")
     assert 0.5 < think / dense < 1.0  # keys of the pruned prompt tokens lost half their width
     assert min(_row(out, "decode tokens/s")) > 0
+    # ThinK keeps the answers: at most one of the 4 greedy outputs changes (all 4 agree today).
     agree = re.search(r"outputs agree: (\d+)/4", out)
-    assert agree, out
-    assert "toy accuracy" in out
+    assert agree and int(agree.group(1)) >= 3, out
+    dense_accuracy, think_accuracy = _row(out, "toy accuracy")
+    assert think_accuracy >= dense_accuracy - 25.0, out
 
 
 def test_think_prompt_file_and_errors(tmp_path, capsys):

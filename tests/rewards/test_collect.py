@@ -4,10 +4,10 @@ import json
 import math
 
 import pytest
-from ponder.generation import Generator, truncate_at_stop
-from ponder.rewards import ToyVerifier, er_prm_label, toy_convention
+from ponder.generation import TextGenerator, truncate_at_stop
+from ponder.rewards import er_prm_label, toy_convention
 from ponder.rewards.collect import collect_rollouts, solution_id
-from ponder.toy import Problem
+from ponder.toy import Problem, ToyVerifier
 
 
 class FakeGenerator:
@@ -39,7 +39,7 @@ def _records():
 
 
 def test_fake_generator_is_a_generator():
-    assert isinstance(FakeGenerator(), Generator)
+    assert isinstance(FakeGenerator(), TextGenerator)
     assert truncate_at_stop("ab\n\ncd\n\n", ["\n\n"]) == "ab"
     assert truncate_at_stop("abc", ["x", ""]) == "abc"
 

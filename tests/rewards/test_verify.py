@@ -1,7 +1,8 @@
 """Verifiers and step splitting."""
 
 import pytest
-from ponder.rewards import ToyVerifier, Verifier, get_verifier, split_steps
+from ponder.rewards import Verifier, get_verifier, split_steps
+from ponder.toy import ToyVerifier
 
 
 def test_split_steps():

@@ -118,7 +118,7 @@ def _think_rows(model, tokenizer, prompts, settings, *, batch_size, max_new_toke
     import torch
 
     from ..kv import apply_think, remove_think
-    from ..kv.cli import generate_measured
+    from ..kv.measure import generate_measured
 
     gen_kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
     runs = {}
@@ -307,8 +307,7 @@ def rsd_section(ctx: Context) -> Section:
     import math
 
     from ..decoding import rsd_generate
-    from ..decoding.cli import ToyOracleScorer
-    from ..toy import SPECS, load_toy_model, verify
+    from ..toy import SPECS, ToyOracleScorer, load_toy_model, verify
     from ..toy.prm import load_toy_prm
 
     start = time.perf_counter()

@@ -3,7 +3,8 @@
 - :mod:`ponder.rewards.model`: :class:`ProcessRewardModel` (Math-Shepherd, Qwen2.5-Math-PRM and
   value-head conventions; batched, chunked scoring through :mod:`ponder.ops.prm`);
 - :mod:`ponder.rewards.labels`: ER-PRM labels with exact ``eta -> 0`` / ``eta -> inf`` limits;
-- :mod:`ponder.rewards.verify`: verifiers (math-verify, the toy world's) and step splitting;
+- :mod:`ponder.rewards.verify`: verifiers (math-verify; any callable; a registry by name) and step
+  splitting;
 - :mod:`ponder.rewards.collect`: the resumable rollout collector (ER-PRM JSONL);
 - :mod:`ponder.rewards.train`: soft-label PRM training (a ``transformers.Trainer`` subclass);
 - :mod:`ponder.rewards.best_of_n`: best-of-N selection next to majority vote, first and oracle.
@@ -23,7 +24,7 @@ from .model import (
     toy_convention,
     value_head,
 )
-from .verify import MathVerifier, ToyVerifier, Verifier, get_verifier, split_steps
+from .verify import MathVerifier, Verifier, get_verifier, register_verifier, split_steps
 
 __all__ = [
     "AGGREGATES",
@@ -31,7 +32,6 @@ __all__ = [
     "MathVerifier",
     "PRMConvention",
     "ProcessRewardModel",
-    "ToyVerifier",
     "Verifier",
     "aggregate",
     "best_of_n",
@@ -42,6 +42,7 @@ __all__ = [
     "majority_vote",
     "math_shepherd",
     "qwen_math_prm",
+    "register_verifier",
     "split_steps",
     "toy_convention",
     "value_head",

@@ -1,9 +1,10 @@
 """The ER-PRM rollout collector: resumable, append-only, with a progress bar.
 
 For each solution (a question and its steps), and each prefix ending at step ``t < K``, sample
-``n`` completions from the policy through a :class:`ponder.generation.Generator`, check each
-``prefix + completion`` with a verifier, and keep the outcomes ``o`` in {0, 1}; the last step's
-outcome is the correctness of the whole solution. Each solution then becomes one ER-PRM record::
+``n`` completions from the policy through a :class:`ponder.generation.TextGenerator`, check
+each ``prefix + completion`` with a verifier, and keep the outcomes ``o`` in {0, 1}; the last
+step's outcome is the correctness of the whole solution. Each solution then becomes one ER-PRM
+record::
 
     {"id": ..., "text": "<question> <step 1> ки\\n<step 2> ки", "value": [l_1, ..., l_K],
      "question": ..., "steps": [...], "outcomes": [[o, ...], ..., [o_K]], "eta": eta}
@@ -136,7 +137,7 @@ def collect_rollouts(
         optionally ``"id"`` (default: a hash of question and steps) and ``"reference"`` (or
         ``"answer"``: what the verifier compares with; the question by default, which the toy
         verifier solves).
-    generator : ponder.generation.Generator
+    generator : ponder.generation.TextGenerator
     verifier : callable ``(reference, text) -> bool``
         Judges ``prefix steps + completion`` (and the whole solution for the last step).
     out_path : path

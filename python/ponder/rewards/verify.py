@@ -1,11 +1,13 @@
-"""Answer checking: a small ``Verifier`` protocol, math-verify for real math, ponder.toy's for
-the toy world, and splitting solutions into steps.
+"""Answer checking: a small ``Verifier`` protocol, math-verify for real math, a registry of
+verifiers by name, and splitting solutions into steps.
 
 A verifier is any callable ``verifier(reference, text) -> bool``: ``reference`` is what a data
 set stores about the right answer (a gold answer string such as ``"\\boxed{41}"`` or ``"41"``, or
 the question itself for the toy world, whose answer is computed) and ``text`` is a model's whole
 solution. The collector, best-of-N and the CLI take one by argument, so a project can plug in
-its own (unit tests, a code sandbox, an LLM judge).
+its own (unit tests, a code sandbox, an LLM judge). The toy world's verifier
+(:class:`ponder.toy.ToyVerifier`) registers itself as ``"toy"`` when ``ponder.toy`` is imported:
+the toy world sits above this layer.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "MathVerifier",
-    "ToyVerifier",
     "Verifier",
     "get_verifier",
+    "register_verifier",
     "split_steps",
 ]
 
@@ -41,16 +43,6 @@ def split_steps(solution: str, separator: str = "\n\n") -> list[str]:
     if not isinstance(separator, str) or not separator:
         raise ValueError(f"split_steps: separator must be a non-empty str, got {separator!r}")
     return [s.strip() for s in solution.split(separator) if s.strip()]
-
-
-class ToyVerifier:
-    """:func:`ponder.toy.verify`: ``reference`` is a ``Problem``, a question (``"Q: 2+3=?"``,
-    solved here) or the int answer; the first ``"Answer: N"`` in ``text`` is compared."""
-
-    def __call__(self, reference: Any, text: str) -> bool:
-        from ..toy import verify
-
-        return bool(verify(reference, text))
 
 
 class MathVerifier:
@@ -97,14 +89,20 @@ class MathVerifier:
         return bool(verify(gold, pred, **vkw))
 
 
-_VERIFIERS: dict[str, Callable[[], Verifier]] = {"toy": ToyVerifier, "math": MathVerifier}
+_VERIFIERS: dict[str, Callable[[], Verifier]] = {"math": MathVerifier}
+
+
+def register_verifier(name: str, factory: Callable[[], Verifier]) -> None:
+    """Make ``get_verifier(name)`` return ``factory()``."""
+    _VERIFIERS[name] = factory
 
 
 def get_verifier(name: str | Verifier) -> Verifier:
-    """``"toy"`` -> :class:`ToyVerifier`, ``"math"`` -> :class:`MathVerifier`; a callable is
-    returned as it is."""
+    """A verifier by registered name (``"math"`` -> :class:`MathVerifier`; ``"toy"`` once
+    ``ponder.toy`` is imported); a callable is returned as it is."""
     if callable(name):
         return name
     if name not in _VERIFIERS:
-        raise ValueError(f"get_verifier: unknown verifier {name!r}; known: {sorted(_VERIFIERS)}")
+        raise ValueError(f"get_verifier: unknown verifier {name!r}; known: {sorted(_VERIFIERS)} "
+                         "(importing ponder.toy registers 'toy')")
     return _VERIFIERS[name]()

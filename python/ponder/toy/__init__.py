@@ -13,6 +13,8 @@
 - :mod:`ponder.toy.models`: the shipped toy language models, a weaker ``"draft"`` and a stronger
   ``"target"`` (:func:`load_toy_model`), and their greedy accuracy (:func:`evaluate_accuracy`);
 - :mod:`ponder.toy.train`: the training code that made them (:func:`train_all`);
+- :mod:`ponder.toy.oracle`: judges that know the truth: :class:`ToyVerifier` (registered as
+  ``ponder.rewards.get_verifier("toy")``) and :class:`ToyOracleScorer` (a step scorer for RSD);
 - :mod:`ponder.toy.prm`: the toy process reward model, trained by ponder's PRM trainer
   (:func:`load_toy_prm` gives a ready :class:`ponder.rewards.ProcessRewardModel`).
 
@@ -40,6 +42,7 @@ from .arithmetic import (
     verify,
 )
 from .models import SPECS, ToyModelSpec, evaluate_accuracy, load_toy_model
+from .oracle import ToyOracleScorer, ToyVerifier
 from .prm import PRM_SPEC, load_toy_prm
 from .retrieval import RetrievalExample, extract_value, make_retrieval, verify_retrieval
 from .retrieval_model import build_retrieval_model, evaluate_retrieval
@@ -59,6 +62,8 @@ __all__ = [
     "RetrievalExample",
     "Splits",
     "ToyModelSpec",
+    "ToyOracleScorer",
+    "ToyVerifier",
     "build_retrieval_model",
     "check_steps",
     "corrupt",

@@ -136,14 +136,18 @@ def _int_or_none(text: str) -> int | None:
         return None
 
 
-def _draft_generator(batch_size: int = 256, weights_dir: str | Path | None = None):
+def draft_generator(batch_size: int = 256, weights_dir: str | Path | None = None):
+    """A :class:`ponder.generation.TransformersGenerator` on the toy draft model (the policy whose
+    samples the toy PRM learns from)."""
     from ..generation import TransformersGenerator
 
     model, tok = load_toy_model("draft", weights_dir=weights_dir)
     return TransformersGenerator(model, tok, batch_size=batch_size)
 
 
-def _max_tokens(problems: Sequence[Problem]) -> int:
+def max_solution_tokens(problems: Sequence[Problem]) -> int:
+    """A ``max_new_tokens`` for sampling solutions of ``problems`` (characters = tokens): the
+    longest reference solution plus 16."""
     return max(len(p.target) for p in problems) + 16
 
 
@@ -164,9 +168,9 @@ def make_prm_records(problems: Sequence[Problem], *, samples: int = 2,
                             "source": source})
 
     if samples > 0:
-        gen = generator or _draft_generator()
+        gen = generator or draft_generator()
         outs = gen.generate([p.prompt for p in problems], n=samples,
-                            max_new_tokens=_max_tokens(problems), temperature=temperature,
+                            max_new_tokens=max_solution_tokens(problems), temperature=temperature,
                             seed=seed)
         for p, texts in zip(problems, outs):
             for text in texts:
@@ -239,9 +243,10 @@ def evaluate_toy_prm(prm, problems: Sequence[Problem], *, n: int = 8, temperatur
     from ..rewards.best_of_n import best_of_n
     from ..rewards.train import step_metrics
 
-    gen = generator or _draft_generator()
-    outs = gen.generate([p.prompt for p in problems], n=n, max_new_tokens=_max_tokens(problems),
-                        temperature=temperature, seed=seed)
+    gen = generator or draft_generator()
+    outs = gen.generate([p.prompt for p in problems], n=n,
+                        max_new_tokens=max_solution_tokens(problems), temperature=temperature,
+                        seed=seed)
     rng = random.Random(seed)
     questions, steps, values, first, is_draft = [], [], [], [], []
     for p, texts in zip(problems, outs):
@@ -291,7 +296,7 @@ def train_toy_prm(out_dir: str | Path | None = None, *, spec: ToyPRMSpec = PRM_S
     steps = spec.steps if steps is None else int(steps)
     parts = SPECS[spec.init].splits()
     t0 = time.perf_counter()
-    draft = _draft_generator(weights_dir=source_dir)
+    draft = draft_generator(weights_dir=source_dir)
     records = make_prm_records(parts.train[:spec.train_problems], samples=spec.samples,
                                reference_share=spec.reference_share,
                                temperature=spec.temperature, seed=spec.seed,

@@ -7,7 +7,7 @@ import argparse
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``ponder demo`` on the ``ponder`` command's sub-parsers."""
-    from .sections import SECTIONS
+    from ..demo.sections import SECTIONS
 
     p = sub.add_parser("demo", help="the library end to end on the toy world (the main job)",
                        description="Run every part of ponder on its built-in toy world, offline "
@@ -25,7 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import run_demo
+    """Run ``ponder demo``; returns the exit status."""
+    from ..demo import run_demo
 
     run_demo(args.out, quick=args.quick, sections=args.only, seed=args.seed,
              progress=not args.quiet)

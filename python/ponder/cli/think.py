@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
-
-__all__ = ["DecodeClock", "add_parser", "generate_measured", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -105,53 +102,10 @@ def _load(args):
     return model.eval(), tokenizer, args.model
 
 
-class DecodeClock:
-    """A logits processor that only timestamps: ``generate`` calls it once per forward, so the
-    gaps between its ``times`` after the first are the decode steps."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        self.times.append(time.perf_counter())
-        return scores
-
-
-def generate_measured(model, tokenizer, prompts, *, batch_size: int, max_new_tokens: int,
-                      sample: bool = False, seed: int = 0):
-    """``model.generate`` over ``prompts`` in batches (the tokenizer pads as it is set up to).
-
-    Returns ``(texts, (held, used), decode_seconds, decode_tokens)``: the continuations, the
-    largest batch's cache bytes (:func:`ponder.kv.cache_nbytes`, without and with ``used=True``),
-    and the decode time and tokens summed over the batches (prefill excluded).
-    """
-    from transformers import LogitsProcessorList
-
-    from . import cache_nbytes
-
-    texts, nbytes, decode_s, decode_tokens = [], (0, 0), 0.0, 0
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
-                          padding=True).to(model.device)
-        clock = DecodeClock()
-        torch.manual_seed(seed + start)
-        out = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=sample,
-            return_dict_in_generate=True, logits_processor=LogitsProcessorList([clock]),
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new = out.sequences[:, batch["input_ids"].shape[1]:]
-        texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-        nbytes = max(nbytes, (cache_nbytes(out.cache), cache_nbytes(out.cache, used=True)))
-        if len(clock.times) > 1:  # the first call follows prefill: decode is what comes after
-            decode_s += clock.times[-1] - clock.times[0]
-            decode_tokens += (len(clock.times) - 1) * new.shape[0]
-    return texts, nbytes, decode_s, decode_tokens
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``ponder think`` (see the module docstring); returns the exit status."""
-    from . import apply_think, remove_think
+    from ..kv import apply_think, remove_think
+    from ..kv.measure import generate_measured
 
     retrieval = args.model in ("retrieval", "retrieval-constructed")
     toy_arithmetic = args.prompts is None and not retrieval

@@ -1,39 +1,14 @@
-"""``ponder rsd``: RSD on the toy world (or given models) next to draft-only and target-only runs."""
+"""``ponder rsd``: RSD next to draft-only and target-only runs, on the toy world or given models."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-from collections.abc import Sequence
-
-from ..toy import STEP_SEPARATOR, Problem, check_steps, extract_answer, verify
-
-
-class ToyOracleScorer:
-    """A step scorer for the toy world that knows the truth: a step scores 1 when
-    ``ponder.toy.check_steps`` judges it right (an ``"Answer: N"`` step: when N is the right
-    answer), else 0. An upper bound for a learned PRM, for when none is trained."""
-
-    def __init__(self, problems: Sequence[Problem]):
-        self._by_question = {p.prompt: p for p in problems}
-
-    def score(self, questions: Sequence[str], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        out = []
-        for q, cand in zip(questions, steps):
-            p = self._by_question[q]
-            text = STEP_SEPARATOR.join(cand)
-            flags = check_steps(p, text)
-            scores = [float(f) for f in flags]
-            if cand and extract_answer(cand[-1]) is not None and cand[-1].startswith("Answer"):
-                scores.append(float(verify(p, text)))
-            while len(scores) < len(cand):
-                scores.append(0.0)
-            out.append(scores[: len(cand)])
-        return out
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``ponder rsd`` on ``ponder``'s subparsers."""
     parser = subparsers.add_parser(
         "rsd", help="reward-guided speculative decoding vs draft-only and target-only",
         description="Run RSD on the toy arithmetic world (default models: the toy draft and "
@@ -60,29 +35,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def load_prm(kind: str, problems):
-    """(scorer, name, parameters for FLOPs)."""
+    """``(scorer, name)``: the shipped toy PRM for ``"toy"`` when it is installed, else (and for
+    ``"oracle"``) the oracle step checker, which knows only toy problems."""
+    from ..toy import ToyOracleScorer, load_toy_prm
+
     if kind not in ("toy", "oracle"):
         raise ValueError(f"--prm must be 'toy' or 'oracle', got {kind!r}")
     if kind == "toy":
         try:
-            from ..toy import load_toy_prm  # lands with the PRM branch
-        except ImportError:
-            load_toy_prm = None
-        if load_toy_prm is not None:
-            try:
-                prm = load_toy_prm()
-                return prm, "toy PRM", None
-            except FileNotFoundError:
-                pass
+            return load_toy_prm(), "toy PRM"
+        except FileNotFoundError:
+            pass
     if any(isinstance(p, str) for p in problems):
         raise ValueError("--data needs a learned PRM (the oracle only knows the toy test "
                          "problems), and the toy PRM is not installed")
-    return ToyOracleScorer(problems), "oracle step checker", None
+    return ToyOracleScorer(problems), "oracle step checker"
 
 
-def _load_model(name: str, load_toy_model):
+def _load_model(name: str):
     """A toy model by name, or (model, tokenizer) from a transformers folder."""
     from pathlib import Path
+
+    from ..toy import load_toy_model
 
     if not Path(name).is_dir():
         return load_toy_model(name)
@@ -113,12 +87,12 @@ def read_problems(path: str, n: int) -> tuple[list[str], list[object]]:
 
 
 def run(args) -> int:
-    from ..toy import SPECS, load_toy_model
-    from ._models import num_parameters
-    from .rsd import rsd_generate
+    """Run ``ponder rsd``; returns the exit status."""
+    from ..decoding import num_parameters, rsd_generate
+    from ..toy import SPECS, verify
 
-    draft, tok = _load_model(args.draft, load_toy_model)
-    target, target_tok = _load_model(args.target, load_toy_model)
+    draft, tok = _load_model(args.draft)
+    target, target_tok = _load_model(args.target)
     verifier = verify
     if args.data is None:
         problems = SPECS["target"].splits().test[: args.n]
@@ -132,7 +106,7 @@ def run(args) -> int:
                 answer = int(answer)  # a str would be read as a question
             return verify(answer, text)
 
-    prm, prm_name, _ = load_prm(args.prm, problems)
+    prm, prm_name = load_prm(args.prm, problems)
     inner = getattr(prm, "model", None)
     # The oracle is charged as a target-sized PRM (a learned toy PRM is one).
     prm_params = num_parameters(inner) if inner is not None else num_parameters(target)

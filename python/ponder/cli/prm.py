@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 
 CONVENTIONS = ("toy", "math-shepherd")
 
 
 def _convention(name: str):
-    from .model import math_shepherd, toy_convention
+    from ..rewards.model import math_shepherd, toy_convention
 
     return toy_convention() if name == "toy" else math_shepherd()
 
@@ -40,8 +39,15 @@ def _load_lm(name: str):
     return AutoModelForCausalLM.from_pretrained(name), tok
 
 
+def _verifier(name: str):
+    from .. import toy  # noqa: F401 - importing ponder.toy registers the "toy" verifier
+    from ..rewards import get_verifier
+
+    return get_verifier(name)
+
+
 def _load_prm(args):
-    from .model import ProcessRewardModel
+    from ..rewards.model import ProcessRewardModel
 
     if args.model == "toy":
         from ..toy.prm import load_toy_prm
@@ -53,7 +59,7 @@ def _load_prm(args):
 
 
 def _steps_of(rec: dict, separator: str) -> list[str]:
-    from .verify import split_steps
+    from ..rewards.verify import split_steps
 
     if "steps" in rec:
         return list(rec["steps"])
@@ -63,8 +69,8 @@ def _steps_of(rec: dict, separator: str) -> list[str]:
 
 
 def _cmd_score(args) -> int:
-    from .model import aggregate
-    from .train import read_jsonl
+    from ..rewards.model import aggregate
+    from ..rewards.train import read_jsonl
 
     recs = read_jsonl(args.input)
     prm = _load_prm(args)
@@ -85,14 +91,13 @@ def _num(x: float):
 
 def _cmd_collect(args) -> int:
     from ..generation import TransformersGenerator
-    from .collect import collect_rollouts
-    from .train import read_jsonl
-    from .verify import get_verifier
+    from ..rewards.collect import collect_rollouts
+    from ..rewards.train import read_jsonl
 
     model, tok = _load_lm(args.policy)
     gen = TransformersGenerator(model, tok, batch_size=args.batch_size)
     stats = collect_rollouts(
-        read_jsonl(args.input), gen, get_verifier(args.verifier), args.output, n=args.n,
+        read_jsonl(args.input), gen, _verifier(args.verifier), args.output, n=args.n,
         eta=args.eta, convention=_convention(args.convention), tokenizer=tok,
         separator=args.separator, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, seed=args.seed, progress=not args.quiet,
@@ -107,7 +112,7 @@ def _cmd_train(args) -> int:
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from .train import PRMDataCollator, PRMDataset, PRMTrainer, read_jsonl
+    from ..rewards.train import PRMDataCollator, PRMDataset, PRMTrainer, read_jsonl
 
     model, tok = _load_lm(args.init)
     model.train()
@@ -133,13 +138,12 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_best_of_n(args) -> int:
+    from ..rewards.best_of_n import best_of_n
+    from ..rewards.train import read_jsonl
     from ..toy import extract_answer
-    from .best_of_n import best_of_n
-    from .train import read_jsonl
-    from .verify import get_verifier
 
     recs = read_jsonl(args.input)
-    verifier = get_verifier(args.verifier)
+    verifier = _verifier(args.verifier)
     prm = _load_prm(args)
     questions, steps, owner = [], [], []
     for p, r in enumerate(recs):
@@ -221,13 +225,3 @@ def add_parser(subparsers) -> None:
     common(b)
     b.set_defaults(func=_cmd_best_of_n)
 
-
-def main(argv=None) -> int:  # pragma: no cover - ``ponder prm`` goes through ponder.cli
-    parser = argparse.ArgumentParser(prog="ponder")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

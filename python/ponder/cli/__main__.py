@@ -1,0 +1,7 @@
+"""``python -m ponder.cli``: the ``ponder`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
