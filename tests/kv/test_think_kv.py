@@ -399,6 +399,20 @@ def test_patched_model_without_think_cache_is_sdpa():
     torch.testing.assert_close(m(ids, attention_mask=mask).logits, dense, atol=1e-5, rtol=1e-5)
 
 
+def test_one_settings_object_with_fields_replaced():
+    base = kv.ThinKSettings(prune_ratio=0.25, window=8, recent=4)
+    m = kv.apply_think(_model("llama"), base, recent=2)
+    assert kv.think_settings(m) == kv.ThinKSettings(prune_ratio=0.25, window=8, recent=2)
+    assert kv.ThinKCache(base).settings == base
+    assert kv.ThinKCache(base, window=16).settings.window == 16
+    with pytest.raises(ValueError, match="window"):
+        kv.ThinKCache(base, window=0)  # replaced fields are validated again
+    with pytest.raises(TypeError, match="ThinKSettings"):
+        kv.ThinKCache({"window": 8})
+    with pytest.raises(TypeError, match="windw"):
+        kv.apply_think(m, windw=8)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
