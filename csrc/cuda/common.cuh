@@ -4,7 +4,8 @@
 //   3. stream_from(stream): torch's current stream on that device, passed from Python;
 //   4. dispatch_dtype(dtype, op, ...): the kernel template for the storage type, launched on it;
 //   5. check_launch(op): a failed launch is a RuntimeError naming the op and the CUDA error.
-// Kernels are asynchronous: errors inside a kernel surface at the next synchronising call.
+// launch() below runs steps 2-5, so a launcher is its validation and its kernel launch. Kernels
+// are asynchronous: errors inside a kernel surface at the next synchronising call.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -75,6 +76,18 @@ inline cudaStream_t stream_from(uintptr_t handle) {
 // After a kernel launch: a bad configuration or a missing kernel image is reported here.
 inline void check_launch(const char* op) {
   check_cuda(cudaGetLastError(), op, "kernel launch");
+}
+
+// Steps 2-5 for a launcher whose arguments are valid: with `device` current, kernel(T{}, stream)
+// launches the kernel for storage type T on torch's stream. Nothing is launched without work.
+template <class Kernel>
+void launch(const char* op, int device, uintptr_t stream, int dtype, int64_t work,
+            Kernel&& kernel) {
+  DeviceGuard guard(device, op);
+  if (work == 0) return;
+  const cudaStream_t s = stream_from(stream);
+  dispatch_dtype(dtype, op, [&](auto tag) { kernel(tag, s); });
+  check_launch(op);
 }
 
 }  // namespace cuda

@@ -1,6 +1,6 @@
-// CUDA launchers for ponder.ops.langevin, in the order of cuda/common.cuh: validate -> device
-// guard -> torch's stream -> dispatch the dtype -> launch and check the error. The per-element
-// math and the random numbers come from the headers the CPU launchers use.
+// CUDA launchers for ponder.ops.langevin, in the order of cuda/common.cuh: validate, then
+// launch() (device guard -> torch's stream -> dispatch the dtype -> check the error). The
+// per-element math and the random numbers come from the headers the CPU launchers use.
 #include "cuda/common.cuh"
 #include "cuda/ops.h"
 #include "ponder/langevin.h"
@@ -39,20 +39,29 @@ __device__ __forceinline__ void draw4(const T* noise, int64_t k0, int64_t n, uin
   for (int64_t grp = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; grp * 4 < (n); \
        grp += int64_t(gridDim.x) * blockDim.x)
 
-template <class T>
-__global__ void ula_step_kernel(T* out, const T* x, const T* g, const T* noise, int64_t n,
-                                langevin::UlaCoef<acc_t<T>> c, uint64_t seed) {
-  using Acc = acc_t<T>;
+// step(k, xi) for every element k, with xi its standard normal of stream kStreamMain (from
+// `noise` when given): the loop of ula_step and proximal_step.
+template <class Acc, class T, class Step>
+__device__ __forceinline__ void for_each_with_normal(int64_t n, const T* noise, uint64_t seed,
+                                                     Step step) {
   PONDER_GROUP_LOOP(n) {
     const int64_t k0 = grp * 4;
     Acc xi[4];
     draw4(noise, k0, n, langevin::kStreamMain, seed, xi);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int64_t k = k0 + j;
-      if (k < n) store(out[k], langevin::ula_step(c, Acc(load(x[k])), Acc(load(g[k])), xi[j]));
+      if (k0 + j < n) step(k0 + j, xi[j]);
     }
   }
+}
+
+template <class T>
+__global__ void ula_step_kernel(T* out, const T* x, const T* g, const T* noise, int64_t n,
+                                langevin::UlaCoef<acc_t<T>> c, uint64_t seed) {
+  using Acc = acc_t<T>;
+  for_each_with_normal<Acc>(n, noise, seed, [&](int64_t k, Acc xi) {
+    store(out[k], langevin::ula_step(c, Acc(load(x[k])), Acc(load(g[k])), xi));
+  });
 }
 
 template <class T>
@@ -60,19 +69,10 @@ __global__ void proximal_step_kernel(T* out, const T* z, const T* y, const T* g,
                                      int64_t n, langevin::ProximalCoef<acc_t<T>> c,
                                      uint64_t seed) {
   using Acc = acc_t<T>;
-  PONDER_GROUP_LOOP(n) {
-    const int64_t k0 = grp * 4;
-    Acc xi[4];
-    draw4(noise, k0, n, langevin::kStreamMain, seed, xi);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t k = k0 + j;
-      if (k < n) {
-        store(out[k], langevin::proximal_step(c, Acc(load(z[k])), Acc(load(y[k])),
-                                              Acc(load(g[k])), xi[j]));
-      }
-    }
-  }
+  for_each_with_normal<Acc>(n, noise, seed, [&](int64_t k, Acc xi) {
+    store(out[k], langevin::proximal_step(c, Acc(load(z[k])), Acc(load(y[k])), Acc(load(g[k])),
+                                          xi));
+  });
 }
 
 template <class T>
@@ -164,10 +164,7 @@ void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, 
               uintptr_t stream) {
   const char* op = "ula_step";
   check_elementwise(op, n, {{"out", out}, {"x", x}, {"grad_logp", grad_logp}});
-  DeviceGuard guard(device, op);
-  const cudaStream_t s = stream_from(stream);
-  if (n == 0) return;
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     ula_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
@@ -175,7 +172,6 @@ void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, 
         reinterpret_cast<const T*>(grad_logp), reinterpret_cast<const T*>(noise), n,
         langevin::UlaCoef<Acc>{Acc(drift), Acc(noise_scale)}, seed);
   });
-  check_launch(op);
 }
 
 void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp, uintptr_t noise,
@@ -183,10 +179,7 @@ void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp,
                    double noise_scale, uint64_t seed, int device, uintptr_t stream) {
   const char* op = "proximal_step";
   check_elementwise(op, n, {{"out", out}, {"z", z}, {"y", y}, {"grad_logp", grad_logp}});
-  DeviceGuard guard(device, op);
-  const cudaStream_t s = stream_from(stream);
-  if (n == 0) return;
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     proximal_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
@@ -194,7 +187,6 @@ void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp,
         reinterpret_cast<const T*>(grad_logp), reinterpret_cast<const T*>(noise), n,
         langevin::ProximalCoef<Acc>{Acc(keep), Acc(pull), Acc(drift), Acc(noise_scale)}, seed);
   });
-  check_launch(op);
 }
 
 void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintptr_t grad_logp,
@@ -203,10 +195,7 @@ void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintpt
   const char* op = "uld_step";
   check_elementwise(op, n, {{"x_out", x_out}, {"v_out", v_out}, {"x", x}, {"v", v},
                             {"grad_logp", grad_logp}});
-  DeviceGuard guard(device, op);
-  const cudaStream_t s = stream_from(stream);
-  if (n == 0) return;
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     uld_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
@@ -215,7 +204,6 @@ void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintpt
         reinterpret_cast<const T*>(noise), n,
         langevin::UldCoef<Acc>{Acc(a), Acc(b), Acc(e), Acc(sv), Acc(sxv), Acc(sx)}, seed);
   });
-  check_launch(op);
 }
 
 void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintptr_t accepted,
@@ -233,10 +221,7 @@ void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintpt
   check_elementwise(op, chains * dim,
                     {{"x_out", x_out}, {"grad_out", grad_out}, {"x", x}, {"grad_logp", grad_logp},
                      {"x_prop", x_prop}, {"grad_logp_prop", grad_logp_prop}});
-  DeviceGuard guard(device, op);
-  const cudaStream_t s = stream_from(stream);
-  if (chains == 0) return;
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  launch(op, device, stream, dtype, chains, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     mala_accept_kernel<T><<<static_cast<unsigned>(chains), kThreads, 0, s>>>(
@@ -247,7 +232,6 @@ void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintpt
         reinterpret_cast<const double*>(logp_prop), reinterpret_cast<const T*>(grad_logp_prop),
         reinterpret_cast<const double*>(uniforms), dim, Acc(step_size), seed);
   });
-  check_launch(op);
 }
 
 }  // namespace cuda
