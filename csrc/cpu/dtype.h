@@ -1,22 +1,17 @@
-// CPU storage types for fp16 / bf16 and the load/store conversions the launchers use. Math runs
-// in Acc = float for fp32/fp16/bf16 storage and double for fp64.
+// CPU storage types for fp16 / bf16 and the load/store conversions the launchers use; the dtype
+// dispatch and the compute type acc_t are shared with CUDA (ponder/dtype.h).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-#include "ponder/check.h"
-#include "ponder/common.h"
+#include "ponder/dtype.h"
 
 namespace ponder {
 namespace cpu {
 
 struct Half { uint16_t bits; };
 struct BFloat16 { uint16_t bits; };
-
-template <class T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <class T> using acc_t = typename AccOf<T>::type;
 
 inline uint32_t f32_bits(float x) { uint32_t u; std::memcpy(&u, &x, 4); return u; }
 inline float f32_from_bits(uint32_t u) { float x; std::memcpy(&x, &u, 4); return x; }
@@ -68,17 +63,16 @@ inline Half to_half(float x) {
 inline void store(BFloat16& dst, float x) { dst = to_bf16(x); }
 inline void store(Half& dst, float x) { dst = to_half(x); }
 
-// f(T{}) with T the storage type of dtype code `dtype` (ponder/common.h); an unknown code is a
-// ValueError naming `op`.
+// f(T{}) with T the CPU storage type of dtype code `dtype` (ponder/dtype.h).
 template <class F>
-void dispatch_dtype(int dtype, const char* op, F f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); break;
-    case kFloat64: f(double{}); break;
-    case kFloat16: f(Half{}); break;
-    case kBFloat16: f(BFloat16{}); break;
-    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
-  }
+void dispatch_dtype(int dtype, const char* op, F&& f) {
+  dispatch_storage<Half, BFloat16>(dtype, op, f);
+}
+
+// The same for kernels that compute in float only: fp64 is refused.
+template <class F>
+void dispatch_float_dtype(int dtype, const char* op, F&& f) {
+  dispatch_storage<Half, BFloat16, /*kWithDouble=*/false>(dtype, op, f);
 }
 
 }  // namespace cpu

@@ -1,18 +1,25 @@
 // CPU launchers, one per op. Tensors arrive as raw addresses of contiguous buffers (validated by
 // the Python layer, re-checked here), a dtype code (ponder/common.h) and the thread count torch
 // uses. A null `noise` / `uniforms` address means: draw from the counter-based generator `seed`.
-// PONDER_CPU_ISA=default|avx2 in the environment caps the instruction set (tests and triage).
 #pragma once
 
 #include <cstdint>
 
+// The ops ponder._C exports, by name. Each one is declared once (cpu/ops.inc), defined in its
+// kernel file, and bound (bind_cpu.cpp) to the entry point that picks the instruction set
+// (PONDER_CPU_ENTRY, cpu/dispatch.h).
+#define PONDER_CPU_OPS(X)                                                          \
+  X(ula_step) X(proximal_step) X(uld_step) X(mala_accept)                         \
+  X(prm_steps)                                                                     \
+  X(think_pruned_decode_attention) X(think_channel_scores)                         \
+  X(accept_tokens) X(accept_steps)
+
 namespace ponder {
 namespace cpu {
 
-#include "cpu/ops.inc"
-
-// langevin.cpp is compiled once per instruction set into these namespaces (CMakeLists.txt);
-// cpu/dispatch.cpp chooses among them at run time.
+// Every kernel file is compiled once per instruction set, into these namespaces (CMakeLists.txt:
+// ponder_cpu_isa); cpu/dispatch.cpp chooses among them at run time. Without x86-64 only
+// isa_default is compiled.
 namespace isa_default {
 #include "cpu/ops.inc"
 }  // namespace isa_default
@@ -22,9 +29,6 @@ namespace isa_avx2 {
 namespace isa_avx512 {
 #include "cpu/ops.inc"
 }  // namespace isa_avx512
-
-// The instruction set the entry points use: "avx512", "avx2" or "default".
-const char* active_isa();
 
 }  // namespace cpu
 }  // namespace ponder

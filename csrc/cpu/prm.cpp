@@ -6,18 +6,10 @@
 #include <cmath>
 #include <vector>
 
-#include "cpu/dtype.h"
-#include "cpu/ops.h"
-#include "ponder/check.h"
+#include "cpu/kernel.h"
 #include "ponder/prm.h"
 
-#ifndef PONDER_CPU_ISA
-#define PONDER_CPU_ISA isa_default
-#endif
-
-namespace ponder {
-namespace cpu {
-namespace PONDER_CPU_ISA {
+namespace ponder::cpu::PONDER_CPU_ISA {
 namespace {
 
 // Below this many multiply-adds the OpenMP fork costs more than it saves.
@@ -151,6 +143,4 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
   });
 }
 
-}  // namespace PONDER_CPU_ISA
-}  // namespace cpu
-}  // namespace ponder
+}  // namespace ponder::cpu::PONDER_CPU_ISA

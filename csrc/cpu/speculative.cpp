@@ -7,19 +7,11 @@
 #include <cmath>
 #include <limits>
 
-#include "cpu/dtype.h"
-#include "cpu/ops.h"
-#include "ponder/check.h"
+#include "cpu/kernel.h"
 #include "ponder/random.h"
 #include "ponder/speculative.h"
 
-#ifndef PONDER_CPU_ISA
-#define PONDER_CPU_ISA isa_default
-#endif
-
-namespace ponder {
-namespace cpu {
-namespace PONDER_CPU_ISA {
+namespace ponder::cpu::PONDER_CPU_ISA {
 namespace {
 
 // Vocabulary entries per inner block (a multiple of 4: one Philox block draws 4 uniforms).
@@ -307,6 +299,4 @@ void accept_steps(uintptr_t accepted_out, uintptr_t weights_out, uintptr_t rewar
   }
 }
 
-}  // namespace PONDER_CPU_ISA
-}  // namespace cpu
-}  // namespace ponder
+}  // namespace ponder::cpu::PONDER_CPU_ISA

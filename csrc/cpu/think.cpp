@@ -13,18 +13,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/dtype.h"
-#include "cpu/ops.h"
-#include "ponder/check.h"
+#include "cpu/kernel.h"
 #include "ponder/think.h"
 
-#ifndef PONDER_CPU_ISA
-#define PONDER_CPU_ISA isa_default
-#endif
-
-namespace ponder {
-namespace cpu {
-namespace PONDER_CPU_ISA {
+namespace ponder::cpu::PONDER_CPU_ISA {
 namespace {
 
 // Keys per task: large enough that a task's fixed costs (gathering q, its partial's write and
@@ -38,16 +30,6 @@ constexpr int64_t kBlock = 32;
 constexpr int64_t kParallelMinRows = 2048;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-template <class F>
-void dispatch_half_float(int dtype, const char* op, F f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); break;
-    case kFloat16: f(Half{}); break;
-    case kBFloat16: f(BFloat16{}); break;
-    default: PONDER_CHECK(false, op << ": dtype code " << dtype << " is not fp32/fp16/bf16");
-  }
-}
 
 // A row of n values as float: the row itself for float storage, else converted into `buf`.
 template <class T>
@@ -504,7 +486,7 @@ void think_pruned_decode_attention(uintptr_t out, uintptr_t lse, uintptr_t q, ui
                  op << ": row " << b << " has starts = " << s0 << ", lengths = " << e0
                     << "; need 0 <= starts <= lengths <= Lp + Lr = " << lp + lr);
   }
-  dispatch_half_float(dtype, op, [&](auto tag) {
+  dispatch_float_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     pruned_attention_typed<T>(a, reinterpret_cast<T*>(out), reinterpret_cast<float*>(lse),
                               reinterpret_cast<const T*>(q), reinterpret_cast<const T*>(k_pruned),
@@ -534,7 +516,7 @@ void think_channel_scores(uintptr_t out, uintptr_t q_window, uintptr_t k, int64_
   const int64_t chunk = 1024;
   const int64_t chunks = (length + chunk - 1) / chunk;
   const int nt = heads * length < kParallelMinRows ? 1 : threads;
-  dispatch_half_float(dtype, op, [&](auto tag) {
+  dispatch_float_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     const T* kk = reinterpret_cast<const T*>(k);
     const T* qq = reinterpret_cast<const T*>(q_window);
@@ -577,6 +559,4 @@ void think_channel_scores(uintptr_t out, uintptr_t q_window, uintptr_t k, int64_
   });
 }
 
-}  // namespace PONDER_CPU_ISA
-}  // namespace cpu
-}  // namespace ponder
+}  // namespace ponder::cpu::PONDER_CPU_ISA

@@ -1,15 +1,8 @@
-// CUDA launchers for ponder.ops.langevin. Same five steps in every launcher: validate -> set the
-// device -> take torch's stream -> dispatch the dtype -> launch and check the error. The
+// CUDA launchers for ponder.ops.langevin, in the order of cuda/common.cuh: validate, then
+// launch() (device guard -> torch's stream -> dispatch the dtype -> check the error). The
 // per-element math and the random numbers come from the headers the CPU launchers use.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <sstream>
-#include <stdexcept>
-
+#include "cuda/common.cuh"
 #include "cuda/ops.h"
-#include "ponder/check.h"
 #include "ponder/langevin.h"
 #include "ponder/random.h"
 
@@ -17,28 +10,7 @@ namespace ponder {
 namespace cuda {
 namespace {
 
-template <class T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <class T> using acc_t = typename AccOf<T>::type;
-
-__device__ __forceinline__ float load(float x) { return x; }
-__device__ __forceinline__ double load(double x) { return x; }
-__device__ __forceinline__ float load(__half x) { return __half2float(x); }
-__device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ void store(float& d, float x) { d = x; }
-__device__ __forceinline__ void store(double& d, double x) { d = x; }
-__device__ __forceinline__ void store(__half& d, float x) { d = __float2half_rn(x); }
-__device__ __forceinline__ void store(__nv_bfloat16& d, float x) { d = __float2bfloat16_rn(x); }
-
 constexpr int kThreads = 256;
-
-void check_cuda(cudaError_t err, const char* op, const char* what) {
-  if (err != cudaSuccess) {
-    std::ostringstream msg;
-    msg << "ponder._cuda." << op << ": " << what << " failed: " << cudaGetErrorString(err);
-    throw std::runtime_error(msg.str());
-  }
-}
 
 // Each thread owns groups of 4 consecutive elements: one Philox block of normals.
 int64_t grid_for(int64_t n) {
@@ -67,20 +39,29 @@ __device__ __forceinline__ void draw4(const T* noise, int64_t k0, int64_t n, uin
   for (int64_t grp = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; grp * 4 < (n); \
        grp += int64_t(gridDim.x) * blockDim.x)
 
-template <class T>
-__global__ void ula_step_kernel(T* out, const T* x, const T* g, const T* noise, int64_t n,
-                                langevin::UlaCoef<acc_t<T>> c, uint64_t seed) {
-  using Acc = acc_t<T>;
+// step(k, xi) for every element k, with xi its standard normal of stream kStreamMain (from
+// `noise` when given): the loop of ula_step and proximal_step.
+template <class Acc, class T, class Step>
+__device__ __forceinline__ void for_each_with_normal(int64_t n, const T* noise, uint64_t seed,
+                                                     Step step) {
   PONDER_GROUP_LOOP(n) {
     const int64_t k0 = grp * 4;
     Acc xi[4];
     draw4(noise, k0, n, langevin::kStreamMain, seed, xi);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int64_t k = k0 + j;
-      if (k < n) store(out[k], langevin::ula_step(c, Acc(load(x[k])), Acc(load(g[k])), xi[j]));
+      if (k0 + j < n) step(k0 + j, xi[j]);
     }
   }
+}
+
+template <class T>
+__global__ void ula_step_kernel(T* out, const T* x, const T* g, const T* noise, int64_t n,
+                                langevin::UlaCoef<acc_t<T>> c, uint64_t seed) {
+  using Acc = acc_t<T>;
+  for_each_with_normal<Acc>(n, noise, seed, [&](int64_t k, Acc xi) {
+    store(out[k], langevin::ula_step(c, Acc(load(x[k])), Acc(load(g[k])), xi));
+  });
 }
 
 template <class T>
@@ -88,19 +69,10 @@ __global__ void proximal_step_kernel(T* out, const T* z, const T* y, const T* g,
                                      int64_t n, langevin::ProximalCoef<acc_t<T>> c,
                                      uint64_t seed) {
   using Acc = acc_t<T>;
-  PONDER_GROUP_LOOP(n) {
-    const int64_t k0 = grp * 4;
-    Acc xi[4];
-    draw4(noise, k0, n, langevin::kStreamMain, seed, xi);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t k = k0 + j;
-      if (k < n) {
-        store(out[k], langevin::proximal_step(c, Acc(load(z[k])), Acc(load(y[k])),
-                                              Acc(load(g[k])), xi[j]));
-      }
-    }
-  }
+  for_each_with_normal<Acc>(n, noise, seed, [&](int64_t k, Acc xi) {
+    store(out[k], langevin::proximal_step(c, Acc(load(z[k])), Acc(load(y[k])), Acc(load(g[k])),
+                                          xi));
+  });
 }
 
 template <class T>
@@ -170,27 +142,10 @@ __global__ void mala_accept_kernel(T* x_out, double* logp_out, T* g_out, bool* a
   }
 }
 
-template <class F>
-void dispatch_dtype(int dtype, const char* op, F f) {
-  switch (dtype) {
-    case kFloat32: f(float{}); break;
-    case kFloat64: f(double{}); break;
-    case kFloat16: f(__half{}); break;
-    case kBFloat16: f(__nv_bfloat16{}); break;
-    default: PONDER_CHECK(false, op << ": unknown dtype code " << dtype);
-  }
-}
-
-void check_ptr(const char* op, const char* name, uintptr_t ptr, int64_t n) {
-  PONDER_CHECK(n == 0 || ptr != 0, op << ": " << name << " is a null pointer for " << n
-                                      << " elements");
-}
-
-cudaStream_t prepare(const char* op, int64_t n, int device, uintptr_t stream) {
+// Element-wise launchers: n >= 0 and every buffer of n elements present.
+void check_elementwise(const char* op, int64_t n, std::initializer_list<Buffer> buffers) {
   PONDER_CHECK(n >= 0, op << ": element count must be >= 0, got " << n);
-  PONDER_CHECK(device >= 0, op << ": device index must be >= 0, got " << device);
-  check_cuda(cudaSetDevice(device), op, "cudaSetDevice");
-  return reinterpret_cast<cudaStream_t>(stream);
+  check_buffers(op, n, buffers);
 }
 
 }  // namespace
@@ -208,12 +163,8 @@ void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, 
               int dtype, double drift, double noise_scale, uint64_t seed, int device,
               uintptr_t stream) {
   const char* op = "ula_step";
-  check_ptr(op, "out", out, n);
-  check_ptr(op, "x", x, n);
-  check_ptr(op, "grad_logp", grad_logp, n);
-  cudaStream_t s = prepare(op, n, device, stream);
-  if (n == 0) return;
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  check_elementwise(op, n, {{"out", out}, {"x", x}, {"grad_logp", grad_logp}});
+  launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     ula_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
@@ -221,20 +172,14 @@ void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, 
         reinterpret_cast<const T*>(grad_logp), reinterpret_cast<const T*>(noise), n,
         langevin::UlaCoef<Acc>{Acc(drift), Acc(noise_scale)}, seed);
   });
-  check_cuda(cudaGetLastError(), op, "kernel launch");
 }
 
 void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp, uintptr_t noise,
                    int64_t n, int dtype, double keep, double pull, double drift,
                    double noise_scale, uint64_t seed, int device, uintptr_t stream) {
   const char* op = "proximal_step";
-  check_ptr(op, "out", out, n);
-  check_ptr(op, "z", z, n);
-  check_ptr(op, "y", y, n);
-  check_ptr(op, "grad_logp", grad_logp, n);
-  cudaStream_t s = prepare(op, n, device, stream);
-  if (n == 0) return;
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  check_elementwise(op, n, {{"out", out}, {"z", z}, {"y", y}, {"grad_logp", grad_logp}});
+  launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     proximal_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
@@ -242,21 +187,15 @@ void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp,
         reinterpret_cast<const T*>(grad_logp), reinterpret_cast<const T*>(noise), n,
         langevin::ProximalCoef<Acc>{Acc(keep), Acc(pull), Acc(drift), Acc(noise_scale)}, seed);
   });
-  check_cuda(cudaGetLastError(), op, "kernel launch");
 }
 
 void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintptr_t grad_logp,
               uintptr_t noise, int64_t n, int dtype, double a, double b, double e, double sv,
               double sxv, double sx, uint64_t seed, int device, uintptr_t stream) {
   const char* op = "uld_step";
-  check_ptr(op, "x_out", x_out, n);
-  check_ptr(op, "v_out", v_out, n);
-  check_ptr(op, "x", x, n);
-  check_ptr(op, "v", v, n);
-  check_ptr(op, "grad_logp", grad_logp, n);
-  cudaStream_t s = prepare(op, n, device, stream);
-  if (n == 0) return;
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  check_elementwise(op, n, {{"x_out", x_out}, {"v_out", v_out}, {"x", x}, {"v", v},
+                            {"grad_logp", grad_logp}});
+  launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     uld_step_kernel<T><<<grid_for(n), kThreads, 0, s>>>(
@@ -265,7 +204,6 @@ void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintpt
         reinterpret_cast<const T*>(noise), n,
         langevin::UldCoef<Acc>{Acc(a), Acc(b), Acc(e), Acc(sv), Acc(sxv), Acc(sx)}, seed);
   });
-  check_cuda(cudaGetLastError(), op, "kernel launch");
 }
 
 void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintptr_t accepted,
@@ -277,20 +215,13 @@ void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintpt
   PONDER_CHECK(chains >= 0 && dim >= 0,
                op << ": chains and dim must be >= 0, got " << chains << " and " << dim);
   PONDER_CHECK(chains < (int64_t(1) << 31), op << ": at most 2^31 - 1 chains, got " << chains);
-  const int64_t n = chains * dim;
-  check_ptr(op, "logp_out", logp_out, chains);
-  check_ptr(op, "accepted", accepted, chains);
-  check_ptr(op, "logp", logp, chains);
-  check_ptr(op, "logp_prop", logp_prop, chains);
-  check_ptr(op, "x_out", x_out, n);
-  check_ptr(op, "grad_out", grad_out, n);
-  check_ptr(op, "x", x, n);
-  check_ptr(op, "grad_logp", grad_logp, n);
-  check_ptr(op, "x_prop", x_prop, n);
-  check_ptr(op, "grad_logp_prop", grad_logp_prop, n);
-  cudaStream_t s = prepare(op, n, device, stream);
-  if (chains == 0) return;
-  dispatch_dtype(dtype, op, [&](auto tag) {
+  check_buffers(op, chains,
+                {{"logp_out", logp_out}, {"accepted", accepted}, {"logp", logp},
+                 {"logp_prop", logp_prop}});
+  check_elementwise(op, chains * dim,
+                    {{"x_out", x_out}, {"grad_out", grad_out}, {"x", x}, {"grad_logp", grad_logp},
+                     {"x_prop", x_prop}, {"grad_logp_prop", grad_logp_prop}});
+  launch(op, device, stream, dtype, chains, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
     mala_accept_kernel<T><<<static_cast<unsigned>(chains), kThreads, 0, s>>>(
@@ -301,7 +232,6 @@ void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintpt
         reinterpret_cast<const double*>(logp_prop), reinterpret_cast<const T*>(grad_logp_prop),
         reinterpret_cast<const double*>(uniforms), dim, Acc(step_size), seed);
   });
-  check_cuda(cudaGetLastError(), op, "kernel launch");
 }
 
 }  // namespace cuda

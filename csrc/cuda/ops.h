@@ -1,9 +1,15 @@
-// CUDA launchers, one per op, mirroring cpu/ops.h. Each takes the CUDA device index and the
-// stream handle torch is using (as integers), runs asynchronously on that stream and throws
-// std::runtime_error with the CUDA error string if the launch fails.
+// CUDA launchers, one per op: the parameters of the CPU launcher of the same name (cpu/ops.inc)
+// with the CUDA device index and the stream handle torch is using (as integers) in place of the
+// thread count. Each runs asynchronously on that stream, leaves the caller's current device as it
+// was, and throws std::runtime_error with the CUDA error string if the launch fails
+// (cuda/common.cuh).
 #pragma once
 
 #include <cstdint>
+
+// The ops ponder._cuda exports, by name (bind_cuda.cpp). A new op: declare it below, define it
+// in its .cu file, add its name here.
+#define PONDER_CUDA_OPS(X) X(ula_step) X(proximal_step) X(uld_step) X(mala_accept)
 
 namespace ponder {
 namespace cuda {

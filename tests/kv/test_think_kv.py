@@ -187,10 +187,10 @@ def test_step_by_step_forward_and_multi_token_chunks():
     m = kv.apply_think(_model("qwen2"), prune_ratio=0.4, window=8, recent=4)
     ids, _mask = _batch(batch=1, length=30, pads=(0,))
     nxt = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(5))
-    one = kv.ThinKCache(prune_ratio=0.4, window=8, recent=4)
+    one = kv.ThinKCache(kv.think_settings(m))
     m(ids, cache=one, use_cache=True)
     step_logits = [m(nxt[:, i:i + 1], cache=one, use_cache=True).logits[:, -1] for i in range(5)]
-    chunk = kv.ThinKCache(prune_ratio=0.4, window=8, recent=4)
+    chunk = kv.ThinKCache(kv.think_settings(m))
     m(ids, cache=chunk, use_cache=True)
     m(nxt[:, :2], cache=chunk, use_cache=True)
     out = m(nxt[:, 2:], cache=chunk, use_cache=True).logits  # [1, 3, V]
@@ -208,11 +208,11 @@ def test_fold_chunks_store_like_single_steps():
     m = kv.apply_think(_model("llama"), prune_ratio=0.4, window=8, recent=2, fold_block=2)
     ids, _ = _batch(batch=1, length=16, pads=(0,))
     nxt = torch.randint(3, VOCAB, (1, 7), generator=torch.Generator().manual_seed(7))
-    one = kv.ThinKCache(prune_ratio=0.4, window=8, recent=2, fold_block=2)
+    one = kv.ThinKCache(kv.think_settings(m))
     m(ids, cache=one, use_cache=True)
     for i in range(7):
         m(nxt[:, i:i + 1], cache=one, use_cache=True)
-    chunk = kv.ThinKCache(prune_ratio=0.4, window=8, recent=2, fold_block=2)
+    chunk = kv.ThinKCache(kv.think_settings(m))
     m(ids, cache=chunk, use_cache=True)
     m(nxt[:, :2], cache=chunk, use_cache=True)
     m(nxt[:, 2:], cache=chunk, use_cache=True)  # 5 tokens, two folds inside
@@ -227,7 +227,7 @@ def test_crop_then_continue_equals_uncropped():
     m = kv.apply_think(_model("llama"), prune_ratio=0.4, window=8, recent=4)
     ids, _ = _batch(batch=1, length=24, pads=(0,))
     nxt = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(6))
-    cache = kv.ThinKCache(prune_ratio=0.4, window=8, recent=4)
+    cache = kv.ThinKCache(kv.think_settings(m))
     m(ids, cache=cache, use_cache=True)
     first = [m(nxt[:, i:i + 1], cache=cache, use_cache=True).logits[:, -1] for i in range(4)]
     cache.crop(-2)  # forget nxt[2], nxt[3] (full-width store)
@@ -242,7 +242,7 @@ def test_crop_then_continue_equals_uncropped():
 def test_crop_into_evicted_prompt_is_an_error():
     m = kv.apply_think(_model("llama"), evict="snapkv", token_budget=12, window=8, recent=4)
     ids, _ = _batch(batch=1, length=30, pads=(0,))
-    cache = kv.ThinKCache(evict="snapkv", token_budget=12, window=8, recent=4)
+    cache = kv.ThinKCache(kv.think_settings(m))
     m(ids, cache=cache, use_cache=True)
     cache.crop(-2)
     with pytest.raises(ValueError, match="evicted"):
@@ -252,7 +252,7 @@ def test_crop_into_evicted_prompt_is_an_error():
 def test_batch_select_and_repeat():
     m = kv.apply_think(_model("mistral"), prune_ratio=0.4, window=8, recent=4)
     ids, mask = _batch(pads=(0, 5))
-    cache = kv.ThinKCache(prune_ratio=0.4, window=8, recent=4)
+    cache = kv.ThinKCache(kv.think_settings(m))
     m(ids, attention_mask=mask, cache=cache, use_cache=True)
     layer = cache.layers[0]
     assert layer.starts.tolist() == [0, 5]
@@ -298,7 +298,7 @@ def test_cache_nbytes_equals_formula(ratio):
 def test_cache_nbytes_counts_spare_capacity_as_held():
     m = kv.apply_think(_model("llama"), prune_ratio=0.5, window=8, recent=8)
     ids, _ = _batch(batch=1, length=20, pads=(0,))
-    cache = kv.ThinKCache(prune_ratio=0.5, window=8, recent=8, max_cache_len=100)
+    cache = kv.ThinKCache(kv.think_settings(m), max_cache_len=100)
     m(ids, cache=cache, use_cache=True)
     hkv, d, layers, esize = 2, 16, 2, 4
     used = layers * (hkv * 20 * d * esize + hkv * 12 * 8 * esize + hkv * 8 * d * esize
@@ -397,6 +397,20 @@ def test_patched_model_without_think_cache_is_sdpa():
     dense = m(ids, attention_mask=mask).logits
     kv.apply_think(m)
     torch.testing.assert_close(m(ids, attention_mask=mask).logits, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_one_settings_object_with_fields_replaced():
+    base = kv.ThinKSettings(prune_ratio=0.25, window=8, recent=4)
+    m = kv.apply_think(_model("llama"), base, recent=2)
+    assert kv.think_settings(m) == kv.ThinKSettings(prune_ratio=0.25, window=8, recent=2)
+    assert kv.ThinKCache(base).settings == base
+    assert kv.ThinKCache(base, window=16).settings.window == 16
+    with pytest.raises(ValueError, match="window"):
+        kv.ThinKCache(base, window=0)  # replaced fields are validated again
+    with pytest.raises(TypeError, match="ThinKSettings"):
+        kv.ThinKCache({"window": 8})
+    with pytest.raises(TypeError, match="windw"):
+        kv.apply_think(m, windw=8)
 
 
 @pytest.mark.parametrize(

@@ -390,34 +390,21 @@ class ThinKCache(DynamicCache):
         out = model(input_ids, attention_mask=mask, cache=cache, use_cache=True)
 
     Args:
-        prune_ratio, window, recent, evict, token_budget, backend, fold_block: see
-            :class:`ThinKSettings`.
-        settings: a :class:`ThinKSettings` instead of the keyword arguments.
+        settings: a :class:`ThinKSettings` (None: its defaults).
         max_cache_len: optional capacity hint (tokens: prompt + generated) so that the
             full-width stores are allocated once at their final size instead of grown.
+        **fields: :class:`ThinKSettings` fields by name (``prune_ratio``, ``window``, ...),
+            replacing those of ``settings``.
     """
 
     def __init__(
         self,
-        *,
-        prune_ratio: float = 0.4,
-        window: int = 32,
-        recent: int = 32,
-        evict: str | None = None,
-        token_budget: int | None = None,
-        backend: str | None = None,
-        fold_block: int | None = None,
         settings: ThinKSettings | None = None,
+        *,
         max_cache_len: int | None = None,
+        **fields,
     ) -> None:
-        if settings is None:
-            settings = ThinKSettings(
-                prune_ratio, window, recent, evict, token_budget, backend, fold_block
-            )
-        elif not isinstance(settings, ThinKSettings):
-            raise TypeError(
-                f"ThinKCache: settings must be a ThinKSettings, got {type(settings).__name__}"
-            )
+        settings = ThinKSettings.resolve(settings, **fields)
         if max_cache_len is not None and (
             isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int)
             or max_cache_len < 1

@@ -126,17 +126,7 @@ def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, 
     return original(self, generation_config, model_kwargs, *args, **kwargs)
 
 
-def apply_think(
-    model,
-    prune_ratio: float = 0.4,
-    window: int = 32,
-    recent: int = 32,
-    evict: str | None = None,
-    token_budget: int | None = None,
-    *,
-    backend: str | None = None,
-    fold_block: int | None = None,
-):
+def apply_think(model, settings: ThinKSettings | None = None, **fields):
     """Switch a loaded causal LM to ThinK: ``model.generate(...)`` then uses a :class:`ThinKCache`.
 
     Registers ponder's attention and mask functions (``"ponder_think"``) with transformers'
@@ -147,15 +137,12 @@ def apply_think(
 
     Args:
         model: a loaded Llama, Mistral, Qwen2 or Qwen3 ``...ForCausalLM`` (full attention).
-        prune_ratio: lambda in [0, 1), the fraction of key channels pruned (0.4 saves 20% of
-            the KV bytes of the pruned tokens: keys are half of them).
-        window: observation window (queries) scoring the channels (and SnapKV's tokens), >= 1.
-        recent: prompt tokens kept at full width at the end of the prompt, >= 0.
-        evict: ``"snapkv"`` to evict prompt tokens first (max-pool kernel 7), or None.
-        token_budget: prompt tokens kept per KV head with SnapKV (``>= window``).
-        backend: force the kernels' backend (``"cpu"``, ``"triton"``, ``"torch"``).
-        fold_block: prune generated tokens too, ``fold_block`` at a time, once ``recent +
-            fold_block`` are held at full width (None: they stay full width).
+        settings: a :class:`ThinKSettings` (None: its defaults).
+        **fields: :class:`ThinKSettings` fields by name, replacing those of ``settings``:
+            ``prune_ratio`` (lambda in [0, 1), the fraction of key channels pruned; 0.4 saves 20%
+            of the KV bytes of the pruned tokens: keys are half of them), ``window``,
+            ``recent``, ``evict`` (``"snapkv"``: max-pool kernel 7), ``token_budget``,
+            ``backend`` (``"cpu"``, ``"triton"``, ``"torch"``) and ``fold_block``.
 
     Returns:
         the model (patched in place).
@@ -165,7 +152,7 @@ def apply_think(
         BackendUnavailableError: ``backend`` has no ThinK kernel (``"cuda"``) or is not
             available here.
     """
-    settings = ThinKSettings(prune_ratio, window, recent, evict, token_budget, backend, fold_block)
+    settings = ThinKSettings.resolve(settings, **fields)
     _check_model(model)
     if backend is not None:  # refuse now what the first generate would refuse
         for op in think_ops.KERNELS.ops:

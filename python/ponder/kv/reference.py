@@ -23,6 +23,7 @@ does). Loops over batch rows and heads keep it readable; it is for tiny test mod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import torch
@@ -36,6 +37,7 @@ __all__ = ["REFERENCE_ATTN_NAME", "think_generate_reference"]
 
 REFERENCE_ATTN_NAME = "ponder_think_reference"
 _ACTIVE: list[ThinKSettings] = []  # the settings of the reference generate() running now
+_SETTING_NAMES = tuple(field.name for field in dataclasses.fields(ThinKSettings))
 
 
 def _eager(q, k, v, visible, scale):
@@ -166,22 +168,19 @@ def think_generate_reference(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
-    prune_ratio: float = 0.4,
-    window: int = 32,
-    recent: int = 32,
-    evict: str | None = None,
-    token_budget: int | None = None,
-    fold_block: int | None = None,
-    **generate_kwargs,
+    settings: ThinKSettings | None = None,
+    **kwargs,
 ):
     """``model.generate`` with ThinK applied by the plain-torch reference (CPU, tiny models).
 
-    Same arguments as :func:`ponder.kv.apply_think` plus ``generate``'s; returns what
-    ``generate`` returns. The model's attention implementation is restored afterwards.
+    Same arguments as :func:`ponder.kv.apply_think` (``settings`` and the
+    :class:`ThinKSettings` fields by name; ``backend`` is accepted and unused: the reference is
+    plain torch) plus ``generate``'s; returns what ``generate`` returns. The model's attention
+    implementation is restored afterwards.
     """
-    settings = ThinKSettings(prune_ratio, window, recent, evict, token_budget, None, fold_block)
+    fields = {k: kwargs.pop(k) for k in _SETTING_NAMES if k in kwargs}
+    settings = ThinKSettings.resolve(settings, **fields)
     with _reference_attention_on(model, settings):
         return model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, cache=DynamicCache(),
-            **generate_kwargs,
+            input_ids=input_ids, attention_mask=attention_mask, cache=DynamicCache(), **kwargs,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from dataclasses import dataclass
 
@@ -17,7 +18,11 @@ SNAPKV_POOL_KERNEL = 7
 
 @dataclass(frozen=True)
 class ThinKSettings:
-    """What a ThinK cache does after prefill.
+    """What a ThinK cache does after prefill: the one place ThinK's settings and defaults live.
+
+    :func:`~ponder.kv.apply_think`, :class:`~ponder.kv.ThinKCache` and
+    :func:`~ponder.kv.think_generate_reference` take these fields as keyword arguments (or a
+    ``settings=`` object) and build them with :meth:`resolve`.
 
     Attributes
     ----------
@@ -87,3 +92,18 @@ class ThinKSettings:
                 f"ThinK: backend must be None, 'cpu', 'triton', 'cuda' or 'torch', "
                 f"got {self.backend!r}"
             )
+
+    @classmethod
+    def resolve(cls, settings: ThinKSettings | None = None, **fields) -> ThinKSettings:
+        """``settings`` (None: the defaults) with ``fields`` replaced, validated again.
+
+        Raises:
+            TypeError: ``settings`` is not a ThinKSettings, or a field name is unknown.
+        """
+        if settings is None:
+            return cls(**fields)
+        if not isinstance(settings, cls):
+            raise TypeError(
+                f"ThinK: settings must be a ThinKSettings, got {type(settings).__name__}"
+            )
+        return dataclasses.replace(settings, **fields)

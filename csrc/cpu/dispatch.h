@@ -1,0 +1,50 @@
+// Run-time choice of the instruction set: each CPU launcher is compiled for baseline x86-64 (or
+// the host's baseline elsewhere) and, on x86-64, again with AVX2 + FMA and with AVX-512 (every
+// kernel file, CMakeLists.txt: ponder_cpu_isa). An op's entry point calls the widest copy this
+// CPU supports, so one wheel is fast everywhere. PONDER_CPU_ISA=default|avx2 in the environment
+// caps the choice (tests and triage).
+#pragma once
+
+#include "cpu/ops.h"
+
+namespace ponder {
+namespace cpu {
+
+enum class Isa { kDefault, kAvx2, kAvx512 };
+
+// The instruction set the entry points use, chosen on the first call.
+Isa isa();
+// The same as a name: "avx512", "avx2" or "default".
+const char* active_isa();
+
+// The entry point of one op: the launcher's copy for isa(). Built from the launcher's declared
+// type, so its parameters are written only in cpu/ops.inc.
+template <class Launcher>
+struct IsaDispatch;
+template <class... Args>
+struct IsaDispatch<void(Args...)> {
+  template <void (*Default)(Args...), void (*Avx2)(Args...), void (*Avx512)(Args...)>
+  static void call(Args... args) {
+    switch (isa()) {
+      case Isa::kAvx512: return Avx512(args...);
+      case Isa::kAvx2: return Avx2(args...);
+      default: return Default(args...);
+    }
+  }
+};
+
+}  // namespace cpu
+}  // namespace ponder
+
+// The entry point of op `name` (one of PONDER_CPU_OPS), as a function pointer.
+#if defined(PONDER_HAVE_X86_ISAS)
+#define PONDER_CPU_ENTRY(name)                                                       \
+  (&::ponder::cpu::IsaDispatch<decltype(::ponder::cpu::isa_default::name)>::call<   \
+      &::ponder::cpu::isa_default::name, &::ponder::cpu::isa_avx2::name,            \
+      &::ponder::cpu::isa_avx512::name>)
+#else
+#define PONDER_CPU_ENTRY(name)                                                       \
+  (&::ponder::cpu::IsaDispatch<decltype(::ponder::cpu::isa_default::name)>::call<   \
+      &::ponder::cpu::isa_default::name, &::ponder::cpu::isa_default::name,         \
+      &::ponder::cpu::isa_default::name>)
+#endif
