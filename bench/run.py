@@ -191,8 +191,9 @@ def run_facts(data: dict, json_name: str, benchmarks: list[dict]) -> list[str]:
                             "while this row was measured: its times are inflated; rerun on an ",
                             "idle machine (`--wait-idle`)."]))
     if any(_device(b) == "cuda" for b in benchmarks):
+        gpu_bw = _copy_bandwidth(data["benchmarks"], "cuda")
         out.append("".join([f"- GPU: {mi.get('gpu')}; copy bandwidth ",
-                            f"{_fmt(_copy_bandwidth(data['benchmarks'], 'cuda'), 1e-9, 0, ' GB/s')}",
+                            f"{_fmt(gpu_bw, 1e-9, 0, ' GB/s')}",
                             " (`triton.testing.do_bench`, median, L2 flushed)."]))
     else:
         out.append("- GPU: not measured yet (no CUDA device in this run).")
