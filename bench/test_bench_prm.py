@@ -1,9 +1,9 @@
 """Benchmark of PRM step scoring (ponder.ops.prm.score_steps) against the full-logits path.
 
-The workload of PERF.md: L = 2048 positions, hidden H = 1536, vocabulary V = 151936, 20 steps per
-sequence, float32, batch B = 1 (the largest for which the full-logits path stays within ~4 GB on
-this machine: its [B, L, V] logits and their softmax are 2 x 1.24 GB per row, next to the 0.93 GB
-lm_head).
+The workload of the PRM target (docs/benchmarks.md): L = 2048 positions, hidden H = 1536,
+vocabulary V = 151936, 20 steps per sequence, float32, batch B = 1 (the largest for which the
+full-logits path stays within ~4 GB on this machine: its [B, L, V] logits and their softmax are
+2 x 1.24 GB per row, next to the 0.93 GB lm_head).
 
 Implementations (``extra_info["impl"]``):
   full-logits    what a PRM does without ponder: lm_head over all positions (F.linear), softmax

@@ -1,9 +1,10 @@
 """Benchmarks of speculative sampling's acceptance test (ponder.ops.speculative.accept_tokens).
 
-Workload (PERF.md): B=32 rows, K=8 draft tokens, V=128256 (Llama-3 vocabulary), fp32 target
-logits [B, K+1, V] and draft logits [B, K, V], temperature 0.8. Draft logits are the target's
-plus N(0, 0.5^2) noise and the draft tokens are sampled from them, so most rows accept most
-tokens (the measured mean acceptance is recorded) and most logit rows are read.
+Workload (the target's, docs/benchmarks.md): B=32 rows, K=8 draft tokens, V=128256 (Llama-3
+vocabulary), fp32 target logits [B, K+1, V] and draft logits [B, K, V], temperature 0.8. Draft
+logits are the target's plus N(0, 0.5^2) noise and the draft tokens are sampled from them, so
+most rows accept most tokens (the measured mean acceptance is recorded) and most logit rows are
+read.
 
 Implementations (``extra_info["impl"]``):
   ponder-cpu    the C++ kernel, uniforms drawn in-kernel (``generator=SEED``);

@@ -98,7 +98,7 @@ def test_pruned_decode_attention(measure, prune_ratio, impl, size, dtype):
 @pytest.mark.parametrize("prune_ratio", LAMBDAS)
 def test_pruned_decode_attention_gpu(measure, prune_ratio, impl, size, dtype):
     """The same on a GPU: ponder's Triton split-K kernel vs SDPA (FlashAttention/efficient) on
-    the dense cache; target >= 80% of HBM bandwidth on the bytes read (PERF.md)."""
+    the dense cache; target >= 80% of HBM bandwidth on the bytes read (docs/benchmarks.md)."""
     if impl == "sdpa-full" and prune_ratio != 0.0:
         pytest.skip("SDPA reads the dense cache: one row per (L, dtype)")
     dev = torch.device("cuda")

@@ -154,6 +154,7 @@ def apply_think(model, settings: ThinKSettings | None = None, **fields):
     """
     settings = ThinKSettings.resolve(settings, **fields)
     _check_model(model)
+    backend = settings.backend
     if backend is not None:  # refuse now what the first generate would refuse
         for op in think_ops.KERNELS.ops:
             _backend.resolve(op, model.device, backend, think_ops.KERNELS)
