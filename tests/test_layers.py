@@ -22,12 +22,6 @@ LAYERS = [
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 
-# Private imports across packages that another change of the same refactor removes.
-# TODO(issue 12): drop once ops._common's helpers are public (the validation kit).
-ALLOWED_PRIVATE = {
-    ("ponder.samplers", "ponder.ops._common"),
-    ("ponder.decoding", "ponder.ops._common"),
-}
 
 
 def _sources() -> dict[str, Path]:
@@ -143,6 +137,5 @@ def test_no_private_name_crosses_a_package():
         owner = _private_owner(target)
         if owner is None or m == owner or m.startswith(owner + "."):
             continue
-        if not any(m.startswith(a) and target.startswith(b) for a, b in ALLOWED_PRIVATE):
-            crossing.append(f"{_where(m, line)}: {m} imports {target} (private to {owner})")
+        crossing.append(f"{_where(m, line)}: {m} imports {target} (private to {owner})")
     assert not crossing, "\n".join(crossing)

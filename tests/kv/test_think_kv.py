@@ -479,7 +479,7 @@ def test_think_cache_needs_the_patch():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_prune_zero_close_to_sdpa(dtype):
     """With nothing pruned, ThinK in fp16/bf16 is as close to fp32 as SDPA in fp16/bf16 is
-    (the flash-attention rule of STYLE.md, 2x, on the logits of the decode steps)."""
+    (the flash-attention rule of docs/design.md, 2x, on the logits of the decode steps)."""
     ids, mask = _batch(pads=(0, 5))
     ref = _model("llama")
     fp32 = _generate(ref, ids, mask)

@@ -1,6 +1,6 @@
 """ponder.ops.langevin: every op against its *_reference, on every backend that runs here.
 
-Randomised ops are tested twice (DESIGN.md, "The op contract"): exactly, with the noise passed
+Randomised ops are tested twice (docs/design.md, "The op contract"): exactly, with the noise passed
 in, and statistically, with the kernels' own generators. Every statistical test below uses a
 fixed seed, so it is deterministic: it passes or fails the same way on every run. The stated
 false-alarm rate is the probability that a *correct* implementation fails for a seed drawn at
@@ -511,7 +511,7 @@ def test_mala_same_int_seed_for_propose_and_accept(cpu_backend):
 
 
 # --------------------------------------------------------------------------------------------
-# Sampler correctness (METHODS.md, "Sampler correctness tests worth having"), cpu backend
+# Sampler correctness (docs/samplers.md, "Correctness tests"), cpu backend
 # --------------------------------------------------------------------------------------------
 
 
@@ -580,7 +580,7 @@ def test_mala_recovers_gaussian(h, steps, one_thread):
     (0.5, 1.3), (2.0, 1.0), (0.01, 50.0), (3.0, 10.0),
 ])
 def test_uld_coefficients_match_the_exact_formulas(h, gamma):
-    """uld_coefficients (which the ULD tests below also use) against METHODS.md's formulas in
+    """uld_coefficients (which the ULD tests below also use) against docs/samplers.md's formulas in
     50-digit arithmetic, on both sides of its series branch (gamma h < 0.1), where the plain
     formulas would cancel catastrophically in double."""
     mpmath = pytest.importorskip("mpmath")
@@ -620,7 +620,7 @@ def _uld_linear_map(s: float, h: float, gamma: float):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_uld_stationary_covariance_is_exact(dtype, one_thread):
-    """METHODS.md, RTK: the frozen-gradient ULD step is linear on a Gaussian target, so its exact
+    """docs/samplers.md: the frozen-gradient ULD step is linear on a Gaussian target, so its exact
     stationary covariance solves Sigma = M Sigma M^T + Q. Test against that, tightly (5 standard
     errors of each sample (co)variance over 200k chains, ~1.5% of the variances), not against the
     target's identity covariance, which at h = 0.5 is ~75 standard errors away (Var x = 1.32)."""

@@ -1,7 +1,7 @@
 """ponder.ops.think: every op against its *_reference, on every backend that runs here.
 
 The attention op is also checked against torch's own scaled_dot_product_attention on the full
-cache with nothing pruned (T = D), by the flash-attention rule (STYLE.md): in low precision its
+cache with nothing pruned (T = D), by the flash-attention rule (docs/design.md): in low precision its
 error against a float32 SDPA must be at most twice that of SDPA run in the low precision itself.
 """
 

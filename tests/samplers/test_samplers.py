@@ -90,7 +90,7 @@ def _x0(chains: int = 6, dtype=F64) -> torch.Tensor:
 
 
 # ============================================================================================
-# Correctness on targets with known answers (METHODS.md, "Sampler correctness tests")
+# Correctness on targets with known answers (docs/samplers.md, "Correctness tests")
 # ============================================================================================
 
 
@@ -154,7 +154,7 @@ def test_uld_stationary_covariance_matches_lyapunov(one_thread):
     """ULD (exact OU integrator, gradient frozen over a step) on a correlated 2-D Gaussian
     N(m, Sigma) is linear: (x, v) -> M (x, v) + noise with M = [[I - e P, b I], [-b P, a I]],
     P = Sigma^-1, and noise covariance Q from uld_coefficients. Its exact stationary covariance
-    solves S = M S M^T + Q (METHODS.md, RTK). All 10 entries of the joint (x, v) covariance of
+    solves S = M S M^T + Q (docs/samplers.md). All 10 entries of the joint (x, v) covariance of
     100k chains within 4.5 standard errors of S (sqrt((S_ii S_jj + S_ij^2) / n)), and the mean of
     x within 4.5 standard errors of m (the scheme's stationary mean is exact). At h = 0.3,
     gamma = 2 the target's own variances are 17 (x_1) and 35 (x_2) standard errors from S's, so

@@ -1,6 +1,6 @@
 """ThinK for Hugging Face models: a channel-pruned KV cache that really holds fewer bytes.
 
-ThinK (arXiv 2407.21018, METHODS.md) prunes the least useful key channels of each KV head after
+ThinK (arXiv 2407.21018; docs/think.md) prunes the least useful key channels of each KV head after
 prefill, chosen by the last prompt queries; ponder stores the kept channels compactly and decodes
 with :func:`ponder.ops.think.pruned_decode_attention`. SnapKV token eviction can run first.
 

@@ -1,4 +1,4 @@
-"""A plain-torch reference of the whole ThinK method (METHODS.md), the oracle of the tests.
+"""A plain-torch reference of the whole ThinK method (docs/think.md), the oracle of the tests.
 
 It shares no code with :mod:`ponder.kv.cache`: it keeps transformers' dense ``DynamicCache`` and
 applies ThinK as masks in an eager fp32 attention, the way the method is written down:

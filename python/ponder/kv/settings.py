@@ -12,7 +12,7 @@ __all__ = ["EVICTION_METHODS", "SNAPKV_POOL_KERNEL", "ThinKSettings"]
 
 EVICTION_METHODS = ("snapkv",)
 # SnapKV's max-pool over token scores (kernel 7, stride 1, "same" padding): a kept token takes
-# its neighbours along, so local context survives eviction (METHODS.md: kernel 5-7).
+# its neighbours along, so local context survives eviction (docs/think.md: kernel 5-7).
 SNAPKV_POOL_KERNEL = 7
 
 

@@ -1,4 +1,4 @@
-"""ponder's kernels, one module per op family (see DESIGN.md, "The op contract").
+"""ponder's kernels, one module per op family (see docs/design.md, "The op contract").
 
 - :mod:`ponder.ops.langevin`: fused ULA/SGLD, MALA, underdamped Langevin and SPS proximal steps.
 - :mod:`ponder.ops.prm`: batched PRM step scoring (two-label or value head) from the hidden states

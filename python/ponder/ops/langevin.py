@@ -82,7 +82,7 @@ def uld_coefficients(
 
     where ``(sv, sxv, sx)`` is the Cholesky factor of the joint covariance of the noise:
     ``Var xi_v = 1 - a^2``, ``Cov(xi_x, xi_v) = (1 - a)^2 / gamma`` and
-    ``Var xi_x = (2 / gamma) (h - 2 (1 - a) / gamma + (1 - a^2) / (2 gamma))`` (METHODS.md, RTK).
+    ``Var xi_x = (2 / gamma) (h - 2 (1 - a) / gamma + (1 - a^2) / (2 gamma))`` (docs/samplers.md).
     Small ``gamma h`` uses series, so nothing cancels catastrophically.
 
     Returns:

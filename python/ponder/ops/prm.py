@@ -1,7 +1,7 @@
 """Batched process-reward-model (PRM) scoring from hidden states at the step positions only.
 
 A PRM scores every reasoning step from the last hidden state at one position per step (the tag
-token after the step, or the step's last token). Two kinds of head (METHODS.md, "PRM scoring"):
+token after the step, or the step's last token). Two kinds of head (docs/prm.md, "PRM scoring"):
 
 - ``"two_label"``: ``head: [2, H]`` = the LM-head rows of the positive and the negative label
   token (positive first), optional ``bias: [2]``. The step score is the positive probability of

@@ -212,7 +212,7 @@ def step_weights_reference(
     rewards: Tensor, threshold: float, omega: str = "binary", sharpness: float = 10.0
 ) -> Tensor:
     """RSD's acceptance weight ``omega(r)`` per step, float64 (exact forms unconfirmed by the paper
-    text; METHODS.md): binary ``1{r >= delta}``; constant ``delta``; clipping
+    text; docs/speculative.md): binary ``1{r >= delta}``; constant ``delta``; clipping
     ``min(1, max(0, r / delta))``; sigmoid ``1 / (1 + exp(-sharpness (r - delta)))``."""
     r = rewards.double()
     if omega == "binary":
@@ -517,7 +517,7 @@ def accept_steps(
 ) -> tuple[Tensor, Tensor]:
     """RSD's step acceptance for a batch: keep draft step i with probability ``omega(r_i)``.
 
-    ``omega`` (exact forms unconfirmed; METHODS.md): ``"binary"`` ``1{r >= delta}`` (the paper's
+    ``omega`` (exact forms unconfirmed; docs/speculative.md): ``"binary"`` ``1{r >= delta}`` (the paper's
     best and default; deterministic), ``"constant"`` ``delta``, ``"clipping"``
     ``min(1, max(0, r / delta))``, ``"sigmoid"`` ``1 / (1 + exp(-sharpness (r - delta)))``.
 

@@ -1,6 +1,6 @@
 """ThinK kernels: query-driven channel pruning of the key cache, and decode attention over it.
 
-ThinK (arXiv 2407.21018, METHODS.md) scores each key channel of each KV head once, after prefill,
+ThinK (arXiv 2407.21018; docs/think.md) scores each key channel of each KV head once, after prefill,
 keeps the ``T = D - floor(lambda * D)`` best channels of the keys (values keep full width), and
 stores those keys compactly. Decode then attends over two key stores with one softmax:
 
@@ -37,7 +37,7 @@ The ``S`` queries of row ``b`` are the last ``S`` valid positions: query ``s`` s
 queries, and their own keys must already be in the cache, as transformers does). With ``S = 1``
 that is just the window. A query that sees no key gets a zero output and ``lse = -inf``.
 
-Scale: ``1/sqrt(D)`` with the full ``D`` (METHODS.md), whatever ``T`` is. Math in float32 for
+Scale: ``1/sqrt(D)`` with the full ``D`` (docs/think.md), whatever ``T`` is. Math in float32 for
 float32 / float16 / bfloat16 inputs; outputs in the input dtype.
 """
 
@@ -88,7 +88,7 @@ KERNELS = _backend.KernelTable(
 
 
 def kept_channels(head_dim: int, prune_ratio: float) -> int:
-    """``T = D - floor(lambda * D)``: the key channels ThinK keeps (METHODS.md).
+    """``T = D - floor(lambda * D)``: the key channels ThinK keeps (docs/think.md).
 
     A tiny epsilon absorbs float error in ``lambda * D`` (0.29 * 100 is 28.999999999999996).
     """
@@ -100,7 +100,7 @@ def kept_channels(head_dim: int, prune_ratio: float) -> int:
 def channel_scores_reference(q_window: Tensor, k: Tensor) -> Tensor:
     """``score[b, h, j] = mean_{g in group(h), w} q[b, g, w, j]^2 * mean_t k[b, h, t, j]^2``.
 
-    The factorised ThinK score (METHODS.md): float32 ``[B, Hkv, D]``.
+    The factorised ThinK score (docs/think.md): float32 ``[B, Hkv, D]``.
     """
     batch, hq, _, dim = q_window.shape
     hkv = k.shape[1]

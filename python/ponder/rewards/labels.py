@@ -9,7 +9,7 @@ is the soft maximum
 which is the mean of the ``o_j`` as ``eta -> 0`` (soft labels) and their maximum as
 ``eta -> +inf`` (hard labels: "some completion succeeds", Math-Shepherd's hard estimate); a
 negative ``eta`` gives a soft minimum, with the minimum as ``eta -> -inf``. ``eta`` is a real
-number (the original code's integer ``eta`` is a bug, METHODS.md).
+number (the original code's integer ``eta`` is a bug, docs/prm.md).
 
 The formula is evaluated in float64 as ``c + log1p(mean(expm1(eta * (o - c)))) / eta`` with
 ``c = max(o)`` (``min(o)`` for ``eta < 0``): every exponent is <= 0, so nothing overflows for any
