@@ -81,7 +81,12 @@ def _prm_steps_kernel(logits_ptr, scores_ptr, min_ptr, last_ptr, prod_ptr, mean_
             else:
                 score = _sigmoid(z0)
             tl.store(scores_ptr + out, tl.where(valid, score, float("nan")), mask=in_row)
-            agg_min = tl.minimum(agg_min, tl.min(tl.where(valid, score, float("inf")), 0))
+            # tl.min / tl.minimum skip NaN (PTX min.f32 returns the other operand), while the
+            # reference's amin propagates it: a NaN step makes the row's min NaN.
+            tile_min = tl.min(tl.where(valid, score, float("inf")), 0)
+            tile_nan = tl.max(tl.where(valid & (score != score), 1, 0), 0) > 0
+            agg_min = tl.where(tile_nan | (agg_min != agg_min), float("nan"),
+                               tl.minimum(agg_min, tile_min))
             agg_prod *= tl.reduce(tl.where(valid, score, 1.0), 0, _mul)
             agg_sum += tl.sum(tl.where(valid, score, 0.0), 0)
             n_tile = tl.sum(valid.to(tl.int64), 0)

@@ -47,8 +47,9 @@ def _row_lse(ptr, thr, inv_t, vocab, BLOCK_V: tl.constexpr):
 
 @triton.jit
 def _prob(ptr, v, thr, inv_t, lse):
-    logit = tl.load(ptr + v).to(tl.float32)
-    return tl.where(logit >= thr, tl.exp(logit * inv_t - lse), 0.0)
+    # Through _scaled, like the lse and the race: every pass must see the same rounded l / T.
+    x, keep = _scaled(ptr, v, v >= 0, thr, inv_t)
+    return tl.where(keep, tl.exp(x - lse), 0.0)
 
 
 @triton.jit
@@ -187,6 +188,10 @@ def accept_tokens(tokens, counts, draft_tokens, target_logits, draft_logits, tar
         accept_u if has_u else target_thr, race_u if has_u else target_thr, seeds,
         k, vocab, 1.0 if greedy else 1.0 / temperature,
         GREEDY=greedy, HAS_DRAFT=draft_logits is not None, HAS_U=has_u, BLOCK_V=BLOCK_V,
+        # No fused multiply-add: fma(l, 1/T, -lse) keeps the product's rounding error that the
+        # max / lse pass rounded away, so at a tiny temperature (l / T ~ 1e9) exp(l / T - lse)
+        # at the argmax underflows to 0 instead of 1 and the greedy token is lost.
+        enable_fp_fusion=False,
     )
 
 

@@ -100,6 +100,30 @@ def test_matches_reference(cpu_backend, case, kind, dtype):
     assert bool((logits[pad] == 0).all())
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_scores_propagate_like_the_reference(cpu_backend, kind, dtype):
+    """A NaN step score makes the row's min, product and mean NaN (and its last, when it is the
+    last step), as in the reference: the native min used to skip it (+inf for an all-NaN row),
+    so an unscorable solution could win a best-of-N by min."""
+    # Rows: NaN at a middle step, every step NaN, NaN at the first step, at the last step, in
+    # the second 16-step Triton tile, no NaN (but NaN at a position that is not a step), empty.
+    hidden, idx, head, bias = _make(7, 40, 7, [5, 3, 4, 4, 20, 6, 0], kind, dtype, seed=4)
+    nan_steps = {0: [2], 1: [0, 1, 2], 2: [0], 3: [3], 4: [17]}
+    for b, steps in nan_steps.items():
+        for s in steps:
+            hidden[b, idx[b, s], 3] = float("nan")
+    hidden[5, sorted(set(range(40)) - set(idx[5].tolist()))[0], 0] = float("nan")
+    out = prm.score_steps(hidden, idx, head, bias, backend=cpu_backend)
+    ref = prm.score_steps_reference(hidden, idx, head, bias)
+    _assert_scores_close(out, ref, _tol(dtype))
+    any_nan = torch.tensor([True] * 5 + [False, True])  # the empty row: NaN by convention
+    last_nan = torch.tensor([False, True, False, True, False, False, True])
+    for name in ("min", "product", "mean"):
+        assert torch.equal(getattr(out, name).isnan(), any_nan), name
+    assert torch.equal(out.last.isnan(), last_nan)
+
+
 @pytest.mark.parametrize("layout", ["sliced", "transposed"])
 def test_non_contiguous_hidden(cpu_backend, layout):
     hidden, idx, head, bias = _make(3, 21, 97, [4, 0, 21], "two_label", torch.float32,

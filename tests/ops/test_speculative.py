@@ -8,6 +8,10 @@ random (each chi-square test rejects at p < 1e-4).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import ponder
 import pytest
@@ -267,6 +271,57 @@ def test_cpu_independent_of_thread_count(restore_threads):
     torch.set_num_threads(2)
     two = S.accept_tokens(tokens, target, dl, generator=3, backend="cpu")
     assert torch.equal(one[0], two[0])
+
+
+# A tiny positive temperature puts all of p on the argmax: accept_tokens must then give the
+# greedy result (with or without draft logits). l / T is ~1e9 or more here, so a scaled logit
+# rounded differently in the lse pass and in the probability (e.g. an FMA contracted in one of
+# them) turns exp(0) at the argmax into exp(-tens) or 0.
+def tiny_temperature_failures(backend: str) -> list[str]:
+    b, k, v = 32, 3, 1031  # the vocabulary spans two 1024-wide tiles
+    gen = torch.Generator().manual_seed(11)
+    target = 2.0 * torch.randn(b, k + 1, v, generator=gen)
+    dl = target[:, :k] + 0.7 * torch.randn(b, k, v, generator=gen)
+    tokens = target[:, :k].argmax(-1)
+    wrong = torch.rand(b, k, generator=gen) < 0.3
+    tokens[wrong] = (tokens[wrong] + 1) % v
+    greedy = S.accept_tokens_reference(tokens, target, None, 0.0)
+    failures = []
+    for temperature in (1e-6, 1e-9, 1e-20, 1e-30):
+        for draft in (dl, None):
+            out, n = S.accept_tokens(tokens, target, draft, temperature, generator=0,
+                                     backend=backend)
+            bad = int(((out != greedy[0]).any(1) | (n != greedy[1])).sum())
+            if bad:
+                failures.append(f"T={temperature} draft={draft is not None}: {bad}/{b} rows")
+    return failures
+
+
+def test_tiny_temperature_is_greedy(cpu_backend):
+    assert tiny_temperature_failures(cpu_backend) == []
+
+
+_TINY_TEMPERATURE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import ponder._C as C
+from test_speculative import tiny_temperature_failures
+print(C.active_isa())
+print(";".join(tiny_temperature_failures("cpu")))
+"""
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2"])
+def test_tiny_temperature_is_greedy_on_narrower_isa(cap):
+    """The same on the CPU builds that the widest one hides (see tests/test_cpu_isa.py)."""
+    env = dict(os.environ, PONDER_CPU_ISA=cap)
+    run = subprocess.run([sys.executable, "-c", _TINY_TEMPERATURE_SCRIPT,
+                          os.path.dirname(__file__)], env=env, check=True, capture_output=True,
+                         text=True)
+    ran, failures = (run.stdout.splitlines() + [""])[:2]
+    if ran != cap:
+        pytest.skip(f"this CPU has no {cap} build to run (it ran {ran})")
+    assert failures == ""
 
 
 # --------------------------------------------------------------------------------------------

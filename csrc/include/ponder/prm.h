@@ -20,7 +20,9 @@ PONDER_HD Acc sigmoid(Acc z) {
 }
 
 // Running min / last / product / sum of one row's step scores, in step order. A row with no
-// steps reports NaN for all four aggregates (ponder/ops/prm.py documents why).
+// steps reports NaN for all four aggregates (ponder/ops/prm.py documents why). A NaN score makes
+// every aggregate that reads it NaN, as in the reference (torch.amin propagates NaN): a solution
+// with an unscorable step must not win a best-of-N by min.
 template <class Acc>
 struct RowAggregate {
   Acc min = Acc(INFINITY);
@@ -30,7 +32,7 @@ struct RowAggregate {
   int64_t count = 0;
 
   PONDER_HD void add(Acc s) {
-    min = s < min ? s : min;
+    min = (s < min || s != s) ? s : min;  // once NaN, stays NaN (NaN < x is false)
     last = s;
     product *= s;
     sum += s;
