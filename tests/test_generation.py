@@ -34,6 +34,18 @@ def test_shapes_seeds_and_stop(gen):
                                          max_new_tokens=40)[0]
 
 
+def test_per_prompt_seeds_do_not_depend_on_the_other_prompts(gen):
+    prompts = ["Q: 12+34-5=?\n\n", "Q: 7+1=?\n\n", "Q: 50-8+9=?\n\n"]
+    both = gen.generate(prompts, n=3, max_new_tokens=24, temperature=1.0, seed=[5, 6, 7])
+    alone = [gen.generate([p], n=3, max_new_tokens=24, temperature=1.0, seed=[s])[0]
+             for p, s in zip(prompts, [5, 6, 7])]
+    assert both == alone
+    assert gen.generate(prompts[1:], n=3, max_new_tokens=24, temperature=1.0,
+                        seed=[6, 7]) == both[1:]
+    with pytest.raises(ValueError, match="one int per prompt"):
+        gen.generate(prompts, seed=[1, 2])
+
+
 def test_errors(gen):
     with pytest.raises(TypeError):
         gen.generate("Q: 1+1=?\n\n")

@@ -41,14 +41,17 @@ class TextGenerator(Protocol):
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop: Sequence[str] = (),
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> list[list[str]]:
         """``n`` completions of each prompt: ``out[i][j]`` is the ``j``-th of ``prompts[i]``.
 
         A completion excludes the prompt, ends at the end-of-sequence token (not included),
         after ``max_new_tokens`` tokens, or just before the first of the ``stop`` strings.
         ``temperature == 0`` is greedy (the ``n`` completions are then equal). The same
-        ``seed`` and arguments give the same completions.
+        ``seed`` and arguments give the same completions. ``seed`` may also be one seed per
+        prompt: each prompt's completions then depend on its own seed only, not on the other
+        prompts of the call (here each prompt is sampled on its own, since batching prompts
+        together changes their padding and so their numerics).
         """
         where = f"{type(self).__name__}.generate"
         if isinstance(prompts, str):
@@ -59,9 +62,18 @@ class TextGenerator(Protocol):
         if not (temperature >= 0.0) or not (0.0 < top_p <= 1.0):
             raise ValueError(f"{where}: need temperature >= 0 and 0 < top_p <= 1, got "
                              f"{temperature} and {top_p}")
-        flat = [p for p in prompts for _ in range(n)]
-        texts = self._sample(flat, max_new_tokens=int(max_new_tokens),
-                             temperature=float(temperature), top_p=float(top_p), seed=seed)
+        options = {"max_new_tokens": int(max_new_tokens), "temperature": float(temperature),
+                   "top_p": float(top_p)}
+        if seed is None or isinstance(seed, numbers.Integral):
+            texts = self._sample([p for p in prompts for _ in range(n)], seed=seed, **options)
+        else:
+            seeds = list(seed)
+            if len(seeds) != len(prompts) or not all(
+                    isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+                raise ValueError(f"{where}: seed must be None, an int or one int per prompt "
+                                 f"({len(prompts)}), got {seed!r}")
+            texts = [t for p, s in zip(prompts, seeds)
+                     for t in self._sample([p] * n, seed=int(s), **options)]
         texts = [truncate_at_stop(t, stop) for t in texts]
         return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 

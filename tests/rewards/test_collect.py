@@ -114,3 +114,75 @@ def test_collect_errors(tmp_path):
     with pytest.raises(ValueError, match="eta"):
         collect_rollouts([], FakeGenerator(), ToyVerifier(), tmp_path / "o", eta=float("nan"),
                          progress=False)
+
+
+class SeededGenerator(FakeGenerator):
+    """Completions that depend on the seed each prompt is given (one per prompt, as
+    ``collect_rollouts`` passes them): right or wrong by the bits of ``seed + j``."""
+
+    def __init__(self, fail_after=None):
+        super().__init__(fail_after)
+        self.seeds = []
+
+    def generate(self, prompts, *, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0,
+                 stop=(), seed=None):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        assert len(seed) == len(prompts)
+        self.seeds.extend(seed)
+        out = []
+        for p, s in zip(prompts, seed):
+            answer = Problem.from_question(p.split("\n\n")[0]).answer
+            out.append([f"Answer: {answer + ((s >> j) & 1)}" for j in range(n)])
+        return out
+
+
+def test_collect_resume_matches_an_uninterrupted_run_byte_for_byte(tmp_path):
+    records, _ = _records()
+    ref = tmp_path / "ref.jsonl"
+    collect_rollouts(records, SeededGenerator(), ToyVerifier(), ref, n=6, seed=7,
+                     progress=False, prefixes_per_call=4)
+
+    out = tmp_path / "er.jsonl"
+    with pytest.raises(KeyboardInterrupt):  # 2 calls x 3 prefixes: one solution and a half
+        collect_rollouts(records, SeededGenerator(fail_after=2), ToyVerifier(), out, n=6,
+                         seed=7, progress=False, prefixes_per_call=3)
+    stats = collect_rollouts(records, SeededGenerator(), ToyVerifier(), out, n=6, seed=7,
+                             progress=False, prefixes_per_call=2)
+    assert stats.skipped == 2 and stats.prefixes_reused == 0 and stats.prefixes_sampled == 9
+    assert out.read_bytes() == ref.read_bytes()
+    assert (tmp_path / "er.jsonl.rollouts.jsonl").read_bytes() == \
+        (tmp_path / "ref.jsonl.rollouts.jsonl").read_bytes()
+    rows = [json.loads(line) for line in ref.read_text().splitlines()]
+    assert {(r["n"], r["seed"], r["temperature"], r["max_new_tokens"], r["eta"]) for r in rows} \
+        == {(6, 7, 1.0, 256, 2.0)}
+    # The fake really depends on the seed: another run seed gives other outcomes.
+    other = tmp_path / "other.jsonl"
+    collect_rollouts(records, SeededGenerator(), ToyVerifier(), other, n=6, seed=8,
+                     progress=False)
+    assert [json.loads(line)["outcomes"] for line in other.read_text().splitlines()] != \
+        [r["outcomes"] for r in rows]
+
+
+@pytest.mark.parametrize(("name", "value"), [("n", 5), ("seed", 1), ("temperature", 0.5),
+                                             ("max_new_tokens", 64), ("eta", 1.0)])
+def test_collect_refuses_a_resume_with_other_parameters(tmp_path, name, value):
+    records, _ = _records()
+    out = tmp_path / "er.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        collect_rollouts(records, SeededGenerator(fail_after=2), ToyVerifier(), out, n=3,
+                         progress=False, prefixes_per_call=2)
+    before = out.read_bytes(), (tmp_path / "er.jsonl.rollouts.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=rf"with {name}=.*written with {name}="):
+        collect_rollouts(records, SeededGenerator(), ToyVerifier(), out, progress=False,
+                         **{"n": 3, name: value})
+    assert (out.read_bytes(), (tmp_path / "er.jsonl.rollouts.jsonl").read_bytes()) == before
+
+
+def test_collect_refuses_to_resume_a_file_without_recorded_parameters(tmp_path):
+    records, _ = _records()
+    out = tmp_path / "er.jsonl"
+    out.write_text(json.dumps({"id": "old", "text": "x", "value": [1.0], "eta": 2.0}) + "\n")
+    with pytest.raises(ValueError, match="do not record n"):
+        collect_rollouts(records, SeededGenerator(), ToyVerifier(), out, progress=False)

@@ -7,17 +7,24 @@ step's outcome is the correctness of the whole solution. Each solution then beco
 record::
 
     {"id": ..., "text": "<question> <step 1> ки\\n<step 2> ки", "value": [l_1, ..., l_K],
-     "question": ..., "steps": [...], "outcomes": [[o, ...], ..., [o_K]], "eta": eta}
+     "question": ..., "steps": [...], "outcomes": [[o, ...], ..., [o_K]], "eta": eta,
+     "n": n, "temperature": ..., "max_new_tokens": ..., "seed": seed}
 
 with ``l_t = er_prm_label(outcomes[t], eta)`` (the text follows the PRM's convention). The raw
 outcomes are kept so the labels can be recomputed for another ``eta`` without new rollouts.
+
+Seeds: each prefix is sampled with its own seed, a hash of the run's ``seed``, the solution id
+and the step index, so its completions do not depend on which other prefixes share its
+``generate`` call (a resumed run regroups them).
 
 Resumability: two append-only JSONL files, each line written whole and flushed.
 ``<out>.rollouts.jsonl`` gets one line per finished prefix (``{"key": "<id>:<t>",
 "outcomes": [...]}``) and ``<out>`` one line per finished solution. After an interruption (or a
 crash) a restart skips solutions already in ``<out>`` and prefixes already in the rollouts file,
 so nothing finished is sampled twice or written twice; a partly written last line (a kill in the
-middle of a write) is cut off first.
+middle of a write) is cut off first. Every line records the sampling parameters (``n``,
+``temperature``, ``max_new_tokens``, ``seed``; ``<out>``'s also ``eta``), and a restart with
+other values is refused rather than mixing two runs in one file.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..validation import check_int, check_real
 from .labels import er_prm_label
 from .model import PRMConvention, math_shepherd
 from .verify import Verifier, split_steps
@@ -84,6 +92,28 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
         if line.strip():
             out.append(json.loads(line))
     return out
+
+
+def _check_resume(path: Path, lines: list[dict[str, Any]], params: Mapping[str, Any]) -> None:
+    """Refuse to append to ``path`` if its lines were written with other ``params``."""
+    for line in lines:
+        for name, value in params.items():
+            if name not in line:
+                raise ValueError(f"collect_rollouts: cannot resume {path}: its lines do not "
+                                 f"record {name} (written by an older version); write to a new "
+                                 "output")
+            if line[name] != value:
+                raise ValueError(f"collect_rollouts: cannot resume {path} with {name}={value!r}: "
+                                 f"it was written with {name}={line[name]!r}; pass that or "
+                                 "write to a new output")
+
+
+def _prefix_seed(seed: int, key: str) -> int:
+    """The seed of one prefix (``key`` is ``"<id>:<t>"``), independent of the other prefixes
+    sampled in the same call. 32 bits: backends derive further seeds from it (the transformers
+    one multiplies it by about 1e6), which must stay within torch's 64-bit seeds."""
+    h = hashlib.blake2b(f"{seed};{key}".encode(), digest_size=4)
+    return int.from_bytes(h.digest(), "big")
 
 
 def _append(f, record: Mapping[str, Any]) -> None:
@@ -150,22 +180,38 @@ def collect_rollouts(
         Formats the ``"text"`` field (Math-Shepherd's by default).
     prompt : callable
         ``prompt(question, prefix_steps)`` -> the text the policy continues.
+    temperature, max_new_tokens : sampling options passed to ``generator.generate``
+    seed : int
+        The run's seed; each prefix is sampled with a seed derived from it and the prefix (one
+        seed per prompt: see :meth:`ponder.generation.TextGenerator.generate`).
     prefixes_per_call : int
-        Prefixes batched into one ``generator.generate`` call (``n`` completions each).
+        Prefixes passed to one ``generate`` call (``n`` completions each); the results do not
+        depend on it.
     """
     convention = convention or math_shepherd()
     er_prm_label([0.0], eta)  # validates eta before any sampling
-    if n < 1 or prefixes_per_call < 1:
-        raise ValueError(f"collect_rollouts: n and prefixes_per_call must be >= 1, got {n} and "
-                         f"{prefixes_per_call}")
+    where = "collect_rollouts"
+    n = check_int(where, "n", n, minimum=1)
+    prefixes_per_call = check_int(where, "prefixes_per_call", prefixes_per_call, minimum=1)
+    max_new_tokens = check_int(where, "max_new_tokens", max_new_tokens, minimum=1)
+    seed = check_int(where, "seed", seed, minimum=None)
+    temperature = check_real(where, "temperature", temperature, nonnegative=True)
+    # What the outcomes depend on (besides the policy, prompt and verifier, which a file cannot
+    # record): a resume must match them, so one file never mixes two runs.
+    sampling = {"n": n, "temperature": temperature, "max_new_tokens": max_new_tokens,
+                "seed": seed}
     items = _normalise(records, separator)
     out_path = Path(out_path)
     cache_path = out_path.with_name(out_path.name + ".rollouts.jsonl")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _repair_tail(out_path)
     _repair_tail(cache_path)
-    done = {r["id"] for r in _read_lines(out_path)}
-    cache = {r["key"]: r["outcomes"] for r in _read_lines(cache_path)}
+    written = _read_lines(out_path)
+    cached = _read_lines(cache_path)
+    _check_resume(out_path, written, {**sampling, "eta": eta})
+    _check_resume(cache_path, cached, sampling)
+    done = {r["id"] for r in written}
+    cache = {r["key"]: r["outcomes"] for r in cached}
     stats = CollectStats(solutions=len(items))
     todo = [r for r in items if r["id"] not in done]
     stats.skipped = len(items) - len(todo)
@@ -195,7 +241,7 @@ def collect_rollouts(
                         "text": convention.format(rec["question"], rec["steps"], tokenizer),
                         "value": [er_prm_label(o, eta) for o in outcomes],
                         "question": rec["question"], "steps": rec["steps"],
-                        "outcomes": outcomes, "eta": eta,
+                        "outcomes": outcomes, "eta": eta, **sampling,
                     })
                     stats.written += 1
                     todo.pop(0)
@@ -206,17 +252,14 @@ def collect_rollouts(
                 if not pending:
                     return
                 prompts = [prompt(rec["question"], rec["steps"][:t]) for rec, t in pending]
-                # The seed depends on the prefixes only, so a resumed run samples the same.
-                call_seed = seed + int(hashlib.blake2b(
-                    "".join(f"{rec['id']}:{t};" for rec, t in pending).encode(),
-                    digest_size=4).hexdigest(), 16)
+                keys = [f"{rec['id']}:{t}" for rec, t in pending]
                 outs = generator.generate(prompts, n=n, max_new_tokens=max_new_tokens,
-                                          temperature=temperature, seed=call_seed)
-                for (rec, t), p, comps in zip(pending, prompts, outs):
+                                          temperature=temperature,
+                                          seed=[_prefix_seed(seed, k) for k in keys])
+                for (rec, _), key, p, comps in zip(pending, keys, prompts, outs):
                     outcomes = [int(bool(verifier(rec["reference"], p + c))) for c in comps]
-                    key = f"{rec['id']}:{t}"
                     cache[key] = outcomes
-                    _append(cache_f, {"key": key, "outcomes": outcomes})
+                    _append(cache_f, {"key": key, "outcomes": outcomes, **sampling})
                     stats.prefixes_sampled += 1
                     stats.completions += len(comps)
                 pending.clear()
