@@ -381,6 +381,12 @@ def test_pad_step_index():
         prm.pad_step_index(packed, torch.tensor([0, 3, 5]))
     with pytest.raises(TypeError, match="offsets"):
         prm.pad_step_index(packed)
+    # Float offsets or positions are not indices (they used to reach torch's indexing).
+    with pytest.raises(TypeError, match="offsets must have dtype int32 or int64"):
+        prm.pad_step_index(packed, offsets.float())
+    with pytest.raises(TypeError, match="positions must have dtype int32 or int64"):
+        prm.pad_step_index(packed.double(), offsets)
+    assert torch.equal(prm.pad_step_index(packed.int(), offsets.int()), want)
 
 
 # --------------------------------------------------------------------------------------------

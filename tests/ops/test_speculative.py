@@ -149,6 +149,17 @@ def test_keep_thresholds_definition():
     assert float(S.keep_thresholds(logits, 1.0, None, float(probs[0]) + 1e-3)) == 2.0
 
 
+@pytest.mark.parametrize(("args", "exc", "match"), [
+    ((1.0, 0, None), ValueError, r"keep_thresholds: top_k must be an integer >= 1, got 0"),
+    ((1.0, 2.0, None), TypeError, r"keep_thresholds: top_k must be an integer >= 1"),
+    ((1.0, None, 0.0), ValueError, r"keep_thresholds: top_p must be in \(0, 1\]"),
+    ((0.0, 2, None), ValueError, r"keep_thresholds: temperature must be > 0"),
+])
+def test_keep_thresholds_errors(args, exc, match):
+    with pytest.raises(exc, match=match):
+        S.keep_thresholds(torch.randn(2, 5), *args)
+
+
 # --------------------------------------------------------------------------------------------
 # Statistical: the emitted tokens have the target's distribution
 # --------------------------------------------------------------------------------------------

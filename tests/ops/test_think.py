@@ -397,6 +397,9 @@ def test_other_ops_errors():
     k = torch.randn(1, 2, 5, 8)
     with pytest.raises(ValueError, match=r"Hq % Hkv"):
         T.channel_scores(torch.randn(1, 3, 4, 8), k)
+    # Zero query heads is a multiple of Hkv, but leaves the group mean empty (it was NaN).
+    with pytest.raises(ValueError, match=r"q_window has 0 heads, which must be a positive"):
+        T.channel_scores(torch.randn(1, 0, 4, 8), k)
     with pytest.raises(ValueError, match=r"q_window must be"):
         T.channel_scores(torch.randn(1, 2, 4, 7), k)
     with pytest.raises(ValueError, match=r"at least one query"):

@@ -374,6 +374,9 @@ _score_steps_op.register_autograd(_score_steps_backward, setup_context=_setup_co
 # --------------------------------------------------------------------------------------------
 
 
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
 def pad_step_index(
     positions: Sequence[Sequence[int]] | Tensor,
     offsets: Tensor | None = None,
@@ -383,9 +386,9 @@ def pad_step_index(
     """The padded ``[B, S_max]`` int64 ``step_index`` (-1 padding) from ragged step positions.
 
     Args:
-        positions: a list of B lists of positions, or (packed form) a 1-D int tensor of all
-            rows' positions concatenated, with ``offsets``.
-        offsets: ``[B + 1]`` int tensor, row ``b`` = ``positions[offsets[b]:offsets[b + 1]]``
+        positions: a list of B lists of positions, or (packed form) a 1-D int32/int64 tensor of
+            all rows' positions concatenated, with ``offsets``.
+        offsets: ``[B + 1]`` int32/int64 tensor, row ``b`` = ``positions[offsets[b]:offsets[b + 1]]``
             (packed form only).
         device: where to put the result (default: the packed tensor's device, else CPU).
     """
@@ -399,8 +402,11 @@ def pad_step_index(
             out[b, : len(r)] = torch.tensor(r, dtype=torch.int64)
         return out.to(device) if device is not None else out
     op = "pad_step_index"
-    positions = check_tensor(op, "positions", positions, ndim=1)
-    offsets = check_tensor(op, "offsets", offsets, ndim=1, device=positions.device)
+    # Integer dtypes only: a float position or offset is not an index (and torch's indexing
+    # would fail on it with an unrelated error, or silently truncate it).
+    positions = check_tensor(op, "positions", positions, dtype=_INDEX_DTYPES, ndim=1)
+    offsets = check_tensor(op, "offsets", offsets, dtype=_INDEX_DTYPES, ndim=1,
+                           device=positions.device)
     if offsets.numel() == 0:
         raise ValueError(f"{op}: offsets must have B + 1 >= 1 entries")
     counts = offsets.diff()

@@ -83,6 +83,12 @@ def keep_thresholds(
         ``[...]`` float32 thresholds, or None when no filter applies. Temporaries are at most
         ``[16, V]`` (rows are processed in chunks).
     """
+    op = "keep_thresholds"
+    temperature = check_real(op, "temperature", temperature, positive=True)
+    if top_k is not None:
+        top_k = check_int(op, "top_k", top_k, minimum=1)
+    if top_p is not None:
+        top_p = check_probability(op, "top_p", top_p, zero=False)
     vocab = logits.shape[-1]
     use_k = top_k is not None and top_k < vocab
     use_p = top_p is not None and top_p < 1.0

@@ -324,7 +324,7 @@ def _values_checkable() -> bool:
 
 
 def _check_groups(op: str, hq: int, hkv: int, q_name: str) -> None:
-    if hkv < 1 or hq % hkv != 0:
+    if hkv < 1 or hq < 1 or hq % hkv != 0:
         raise ValueError(
             f"{op}: {q_name} has {hq} heads, which must be a positive multiple of the {hkv} "
             "KV heads (GQA: Hq % Hkv == 0)"
