@@ -741,6 +741,26 @@ def _error_cases():
         ("proximal_step", "eta", 0.0, ValueError, r"eta must be > 0"),
         ("proximal_step", "eta", -2.0, ValueError, r"eta must be > 0"),
         ("proximal_step", "eta", False, TypeError, r"eta must be a real number"),
+        # Finite but beyond where the math holds (uld_coefficients raised OverflowError and
+        # ZeroDivisionError; the others silently gave inf or NaN).
+        ("uld_step", "friction", 1e200, ValueError,
+         r"uld_step: friction must be in \[1e-150, 1e\+150\], got 1e\+200"),
+        ("uld_step", "friction", 1e-200, ValueError,
+         r"uld_step: friction must be in \[1e-150, 1e\+150\], got 1e-200"),
+        ("uld_step", "friction", 1e-120, ValueError,
+         r"uld_step: step_size \* friction must be in \[1e-100, "),
+        ("uld_step", "step_size", 1e300, ValueError,
+         r"uld_step: step_size and friction are too large: they give e = "),
+        ("uld_step", "step_size", 1e40, ValueError,
+         r"uld_step: step_size and friction are too large: they give e = .*float32"),
+        ("ula_step", "step_size", 1e39, ValueError,
+         r"ula_step: step_size and temperature are too large: they give step_size = 1e\+39"),
+        ("ula_step", "temperature", 1e300, ValueError,
+         r"ula_step: step_size and temperature are too large: they give "
+         r"sqrt\(2 step_size temperature\) = 7\.7\d*e\+149, beyond float32's range"),
+        ("mala_propose", "step_size", 1e39, ValueError, r"mala_propose: step_size is too large"),
+        ("proximal_step", "eta", 1e-300, ValueError,
+         r"proximal_step: step_size and eta are too large: they give step_size / eta"),
         # uld noise is [2, *x.shape]: x-shaped noise is wrong
         ("uld_step", "noise", lambda kw: kw["noise"][0].contiguous(), ValueError,
          r"noise must have shape \(2, 4, 3\)"),
@@ -936,3 +956,23 @@ def test_no_warnings_leak():
         warnings.simplefilter("error")
         x = torch.zeros(3, 4)
         L.ula_step(x, x, 0.1, generator=0)
+
+
+def test_range_limits_keep_valid_inputs_valid():
+    x = torch.zeros(4, 3, dtype=torch.float64)
+    noise = torch.ones(2, 4, 3, dtype=torch.float64)
+    # step_size * friction overflowing float64 is refused by name.
+    with pytest.raises(ValueError, match=r"uld_step: step_size \* friction must be in .*"
+                                         r"step_size=1e\+300, friction=1e\+100"):
+        L.uld_step(x, x, x, 1e300, 1e100, noise=noise, backend="torch")
+    # The ends of the ULD range give finite steps that match the limits of the dynamics: tiny
+    # friction is a free particle (x + h v + h^2/2 g), huge friction barely moves.
+    a, b, e, sv, sxv, sx = L.uld_coefficients(0.4, 1e-99)
+    assert (a, b, e) == pytest.approx((1.0, 0.4, 0.08), rel=1e-12)
+    assert max(sv, sxv, sx) < 1e-40
+    for step_size, friction in ((0.4, 1e-99), (0.4, 1e150), (1e51, 1e-150)):
+        out = L.uld_step(x, x + 1, x + 1, step_size, friction, noise=noise, backend="torch")
+        assert all(bool(torch.isfinite(t).all()) for t in out)
+    # float64 inputs keep float64's range: coefficients beyond float32's are still valid there.
+    out = L.ula_step(x, x, 1e39, temperature=1.0, noise=noise[0], backend="torch")
+    assert bool(torch.isfinite(out).all())

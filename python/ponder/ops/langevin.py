@@ -18,7 +18,8 @@ as a ``torch.library`` custom op ``ponder::<name>`` with a fake, so it works und
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -83,7 +84,8 @@ def uld_coefficients(
     where ``(sv, sxv, sx)`` is the Cholesky factor of the joint covariance of the noise:
     ``Var xi_v = 1 - a^2``, ``Cov(xi_x, xi_v) = (1 - a)^2 / gamma`` and
     ``Var xi_x = (2 / gamma) (h - 2 (1 - a) / gamma + (1 - a^2) / (2 gamma))`` (docs/samplers.md).
-    Small ``gamma h`` uses series, so nothing cancels catastrophically.
+    Small ``gamma h`` uses series, so nothing cancels catastrophically. Exact for
+    ``1e-150 <= gamma <= 1e150`` and ``gamma h >= 1e-100`` (what :func:`uld_step` accepts).
 
     Returns:
         ``(a, b, e, sv, sxv, sx)`` as Python floats.
@@ -109,6 +111,41 @@ def uld_coefficients(
     sxv = cov / sv
     sx = math.sqrt(max(var_x - sxv * sxv, 0.0))
     return a, b, e, sv, sxv, sx
+
+
+# Where uld_coefficients is exact: it divides by friction**2, which must be a normal float64, and
+# its small-(friction h) series are s**2 / 2 and s**3 / 3 at leading order, which must not
+# underflow either (they did not raise, they went silently wrong).
+ULD_FRICTION_RANGE = (1e-150, 1e150)
+ULD_MIN_FRICTION_STEP = 1e-100
+
+
+def _check_uld_range(op: str, step_size: float, friction: float) -> None:
+    low, high = ULD_FRICTION_RANGE
+    if not low <= friction <= high:
+        raise ValueError(f"{op}: friction must be in [{low:g}, {high:g}], got {friction:g}")
+    s = step_size * friction
+    if not ULD_MIN_FRICTION_STEP <= s <= sys.float_info.max:
+        raise ValueError(
+            f"{op}: step_size * friction must be in [{ULD_MIN_FRICTION_STEP:g}, "
+            f"{sys.float_info.max:g}], got step_size={step_size:g}, friction={friction:g}"
+        )
+
+
+def _check_coefficients(
+    op: str, x: Tensor, backend: str, coefs: Mapping[str, float], args: str
+) -> None:
+    """Refuse finite arguments whose step coefficients are not finite in the dtype the kernels
+    compute in (``acc_dtype(x.dtype)``; float32 on Triton, which takes Python float arguments
+    as float32): the step would silently be inf or NaN everywhere."""
+    acc = torch.float32 if backend == "triton" else acc_dtype(x.dtype)
+    limit = torch.finfo(acc).max
+    for formula, value in coefs.items():
+        if not abs(value) <= limit:  # NaN fails too
+            raise ValueError(
+                f"{op}: {args} too large: they give {formula} = {value:g}, beyond "
+                f"{str(acc).removeprefix('torch.')}'s range (need |{formula}| <= {limit:g})"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,7 +535,9 @@ def ula_step(
         x: ``[C, d]`` chain states (any shape works), float32/64 or float16/bfloat16.
         grad_logp: like ``x``: the gradient of the log-density at ``x``.
         step_size: ``h > 0``.
-        temperature: ``T >= 0`` (``T = 0`` is plain gradient ascent).
+        temperature: ``T >= 0`` (``T = 0`` is plain gradient ascent). ``h`` and
+            ``sqrt(2 h T)`` must be finite in the compute dtype (float32 for float32/16 and
+            bfloat16 inputs), else a ValueError (the step would be inf or NaN).
         noise: optional standard normals like ``x`` (exact, backend-independent path).
         generator: int seed, ``torch.Generator`` or None (torch's default generator).
         backend: ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``; default by device.
@@ -511,6 +550,8 @@ def ula_step(
     _check_like(op, "grad_logp", grad_logp, x)
     h = check_real(op, "step_size", step_size, positive=True)
     t = check_real(op, "temperature", temperature, nonnegative=True)
+    _check_coefficients(op, x, name, {"step_size": h, "sqrt(2 step_size temperature)":
+                                math.sqrt(2.0 * h * t)}, "step_size and temperature are")
     if noise is not None:
         _check_like(op, "noise", noise, x)
     seed = _seed(op, noise, generator)
@@ -541,6 +582,8 @@ def mala_propose(
     name = _prepare(op, x, backend)
     _check_like(op, "grad_logp", grad_logp, x)
     h = check_real(op, "step_size", step_size, positive=True)
+    _check_coefficients(op, x, name, {"step_size": h, "sqrt(2 step_size)": math.sqrt(2.0 * h)},
+                        "step_size is")
     if noise is not None:
         _check_like(op, "noise", noise, x)
     seed = _seed(op, noise, generator)
@@ -638,7 +681,9 @@ def uld_step(
     Args:
         x, v: ``[C, d]`` positions and velocities (any shape works, the same for both).
         grad_logp: like ``x``: the gradient of the log-density at ``x``.
-        step_size: ``h > 0``; friction: ``gamma > 0``.
+        step_size: ``h > 0``; friction: ``gamma`` in ``[1e-150, 1e150]``, with
+            ``gamma h >= 1e-100``, and coefficients finite in the compute dtype (float32 for
+            float32/16 and bfloat16 inputs).
         noise: optional ``[2, *x.shape]`` independent standard normals ``(n_v, n_x)``; the op
             correlates them.
         generator / backend: as in :func:`ula_step`.
@@ -652,6 +697,10 @@ def uld_step(
     _check_like(op, "grad_logp", grad_logp, x)
     h = check_real(op, "step_size", step_size, positive=True)
     gamma = check_real(op, "friction", friction, positive=True)
+    _check_uld_range(op, h, gamma)
+    _check_coefficients(op, x, name, dict(zip(("a", "b", "e", "sv", "sxv", "sx"),
+                                        uld_coefficients(h, gamma), strict=True)),
+                        "step_size and friction are")
     if noise is not None:
         _check_like(op, "noise", noise, x, shape=(2, *x.shape))
     seed = _seed(op, noise, generator)
@@ -691,6 +740,9 @@ def proximal_step(
     _check_like(op, "grad_logp", grad_logp, z)
     tau = check_real(op, "step_size", step_size, positive=True)
     eta_ = check_real(op, "eta", eta, positive=True)
+    _check_coefficients(op, z, name, {"step_size / eta": tau / eta_, "step_size": tau,
+                                "sqrt(2 step_size)": math.sqrt(2.0 * tau)},
+                        "step_size and eta are")
     if noise is not None:
         _check_like(op, "noise", noise, z)
     seed = _seed(op, noise, generator)
