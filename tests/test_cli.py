@@ -95,7 +95,7 @@ def test_experiments_quick(tmp_path, capsys):
 def test_sample_bad_values_return_2(argv, capsys):
     assert cli.main(["sample", *argv, "--quiet"]) == 2
     out, err = capsys.readouterr()
-    assert err.startswith("ponder sample: ")
+    assert err.strip().splitlines()[-1].startswith("ponder sample: error: ")
     assert out == ""  # refused before sampling
 
 
@@ -106,9 +106,7 @@ def test_sample_bad_values_return_2(argv, capsys):
     [],
 ])
 def test_unparsable_arguments_exit_2(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        cli.main(argv)
-    assert info.value.code == 2
+    assert cli.main(argv) == 2
     assert "usage: ponder" in capsys.readouterr().err
 
 

@@ -186,7 +186,7 @@ def test_cli_data_file(tmp_path, capsys):
     assert read_problems(str(path), 1) == (["Q: 1+2=?\n\n"], [3])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "x"}\n')
-    with pytest.raises(ValueError, match="needs 'prompt' and 'answer'"):
+    with pytest.raises(ValueError, match="has no 'prompt', 'answer'"):
         read_problems(str(bad), 5)
     assert main(["rsd", "--data", str(path), "--prm", "oracle"]) == 2
     assert "--data needs a learned PRM" in capsys.readouterr().err

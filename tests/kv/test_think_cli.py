@@ -49,7 +49,7 @@ def test_think_prompt_file_and_errors(tmp_path, capsys):
     assert rc == 0, out + err
     assert "prompts      2" in out and "toy accuracy" not in out
     assert cli.main(["think", "--prune-ratio", "1.5"]) == 2
-    assert "prune_ratio" in capsys.readouterr().err
+    assert "--prune-ratio" in capsys.readouterr().err
     assert cli.main(["think", "--prompts", str(tmp_path / "missing.jsonl")]) == 2
 
 

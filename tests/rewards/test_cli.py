@@ -73,4 +73,4 @@ def test_errors(tmp_path, capsys):
     bad = _write(tmp_path / "bad.jsonl", [{"question": "Q: 1+1=?"}])
     assert main(["prm", "score", "--input", bad, "--output", str(tmp_path / "o"),
                  "--quiet"]) == 2
-    assert "needs 'steps' or 'solution'" in capsys.readouterr().err
+    assert "needs 'steps' (a list of strings) or 'solution'" in capsys.readouterr().err

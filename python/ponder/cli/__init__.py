@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 # A module per command family, each with its ``add_parser`` and the code that runs its commands;
 # the library code they call lives in the layers below.
+from .. import BackendUnavailableError
 from . import demo, prm, rsd, samplers, think, toy
 
 
@@ -43,12 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a command may raise for bad input (an argument out of range, a file that cannot be read, a
+# backend or device that is not here): printed as one line, exit status 2. Anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, OSError, BackendUnavailableError)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``ponder`` on ``argv`` (default ``sys.argv[1:]``); returns the exit status (2 for bad
-    arguments, with the reason on stderr)."""
-    args = build_parser().parse_args(argv)
+    """Run ``ponder`` on ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Bad arguments or inputs end with one line on stderr, ``ponder <command>: error: <what>``, and
+    exit status 2 (argparse's own errors too; it prints the usage first). Returns rather than
+    exits, ``--help`` included. ``PONDER_DEBUG=1`` in the
+    environment shows the traceback instead.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad argument (argparse printed why)
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, TypeError) as err:
-        print(f"ponder {args.command}: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if os.environ.get("PONDER_DEBUG", "") not in ("", "0"):
+            raise
+        name = " ".join(filter(None, [args.command, getattr(args, "prm_command", None)]))
+        print(f"ponder {name}: error: {_one_line(err)}", file=sys.stderr)
         return 2

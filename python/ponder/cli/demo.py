@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import checks
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``ponder demo`` on the ``ponder`` command's sub-parsers."""
@@ -18,7 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="small sizes: a smoke run of about 15 s, not numbers to report")
     p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=None, metavar="SECTION",
                    help=f"run only these sections ({', '.join(SECTIONS)})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=checks.nonnegative_int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p

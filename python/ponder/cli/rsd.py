@@ -6,6 +6,22 @@ import argparse
 import json
 import math
 
+from ..ops.speculative import OMEGAS
+from . import checks
+
+TOY_LMS = ("draft", "target")
+
+
+def _delta(text: str) -> float:
+    """An acceptance threshold: any number (+-inf included), not NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be a number (inf allowed), got {text!r}")
+    return value
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``ponder rsd`` on ``ponder``'s subparsers."""
@@ -14,21 +30,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Run RSD on the toy arithmetic world (default models: the toy draft and "
         "target) and print accuracy, steps, tokens and estimated FLOPs next to draft-only and "
         "target-only runs.")
-    parser.add_argument("--draft", default="draft",
+    parser.add_argument("--draft", default="draft", type=checks.model_source("toy model", TOY_LMS),
                         help="toy model name or a transformers model folder (default: draft)")
-    parser.add_argument("--target", default="target",
+    parser.add_argument("--target", default="target", type=checks.model_source("toy model", TOY_LMS),
                         help="toy model name or a transformers model folder (default: target)")
-    parser.add_argument("--prm", default="toy",
+    parser.add_argument("--prm", default="toy", choices=["toy", "oracle"],
                         help="'toy' (the shipped toy PRM if present, else the oracle step "
                         "checker) or 'oracle' (toy problems only)")
-    parser.add_argument("--data", default=None,
+    parser.add_argument("--data", default=None, type=checks.existing_file,
                         help="JSONL of problems {\"prompt\": ..., \"answer\": ...} "
                         "(default: toy test problems)")
-    parser.add_argument("--n", type=int, default=100, help="problems to run (default 100)")
-    parser.add_argument("--delta", type=float, nargs="+", default=[0.7],
+    parser.add_argument("--n", type=checks.positive_int, default=100, help="problems to run (default 100)")
+    parser.add_argument("--delta", type=_delta, nargs="+", default=[0.7],
                         help="acceptance thresholds (default 0.7)")
-    parser.add_argument("--omega", default="binary")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--omega", default="binary", choices=OMEGAS)
+    parser.add_argument("--max-new-tokens", type=checks.positive_int, default=64)
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.set_defaults(func=run)
     return parser
@@ -40,14 +56,14 @@ def load_prm(kind: str, problems):
     from ..toy import ToyOracleScorer, load_toy_prm
 
     if kind not in ("toy", "oracle"):
-        raise ValueError(f"--prm must be 'toy' or 'oracle', got {kind!r}")
+        raise checks.CommandError(f"--prm must be 'toy' or 'oracle', got {kind!r}")
     if kind == "toy":
         try:
             return load_toy_prm(), "toy PRM"
         except FileNotFoundError:
             pass
     if any(isinstance(p, str) for p in problems):
-        raise ValueError("--data needs a learned PRM (the oracle only knows the toy test "
+        raise checks.CommandError("--data needs a learned PRM (the oracle only knows the toy test "
                          "problems), and the toy PRM is not installed")
     return ToyOracleScorer(problems), "oracle step checker"
 
@@ -62,28 +78,17 @@ def _load_model(name: str):
         return load_toy_model(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True,
+                                                 use_safetensors=True).eval()
     tok = AutoTokenizer.from_pretrained(name, local_files_only=True, padding_side="left")
     return model, tok
 
 
 def read_problems(path: str, n: int) -> tuple[list[str], list[object]]:
-    """Prompts and answers from a JSONL file of {"prompt": str, "answer": ...} rows."""
-    prompts, answers = [], []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "prompt" not in row or "answer" not in row:
-                raise ValueError(f"{path}:{line_no}: a row needs 'prompt' and 'answer'")
-            prompts.append(row["prompt"])
-            answers.append(row["answer"])
-            if len(prompts) >= n:
-                break
-    if not prompts:
-        raise ValueError(f"{path}: no problems")
-    return prompts, answers
+    """Prompts and answers from a JSONL file of {"prompt": str, "answer": ...} rows (the first
+    ``n``)."""
+    rows = checks.read_records(path, ("prompt", "answer"), arg="--data", kinds={"prompt": str})
+    return [r["prompt"] for r in rows[:n]], [r["answer"] for r in rows[:n]]
 
 
 def run(args) -> int:

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
 import torch
+
+from . import checks
 
 LANGEVIN_SAMPLERS = ("mala", "ula", "sgld", "uld", "sps-sgld", "sps-mala")
 DIFFUSION_SAMPLERS = ("ddpm", "rtk-mala", "rtk-uld")
@@ -28,20 +29,20 @@ def add_parsers(subparsers) -> None:
     p.add_argument("sampler", nargs="?", default="mala",
                    choices=LANGEVIN_SAMPLERS + DIFFUSION_SAMPLERS)
     p.add_argument("--target", default="gaussian", choices=sorted(TARGETS))
-    p.add_argument("--dim", type=int, default=None, help="default 2 (3 for logistic)")
-    p.add_argument("--chains", type=int, default=1024, help="chains (samples for diffusion)")
-    p.add_argument("--steps", type=int, default=1000, help="steps (DDPM: reverse steps)")
-    p.add_argument("--step-size", type=float, default=None,
+    p.add_argument("--dim", type=checks.positive_int, default=None, help="default 2 (3 for logistic)")
+    p.add_argument("--chains", type=checks.int_at_least(2), default=1024, help="chains (samples for diffusion)")
+    p.add_argument("--steps", type=checks.int_at_least(2), default=1000, help="steps (DDPM: reverse steps)")
+    p.add_argument("--step-size", type=checks.positive_real, default=None,
                    help="h (SPS: the inner tau); default depends on the target")
-    p.add_argument("--friction", type=float, default=1.0, help="ULD friction gamma")
-    p.add_argument("--eta", type=float, default=1.0, help="SPS outer proximal step")
-    p.add_argument("--inner-steps", type=int, default=5, help="SPS / RTK inner steps")
-    p.add_argument("--segments", type=int, default=10, help="RTK segments K")
-    p.add_argument("--batch-size", type=int, default=32, help="SGLD / SPS minibatch (logistic)")
+    p.add_argument("--friction", type=checks.positive_real, default=1.0, help="ULD friction gamma")
+    p.add_argument("--eta", type=checks.positive_real, default=1.0, help="SPS outer proximal step")
+    p.add_argument("--inner-steps", type=checks.positive_int, default=5, help="SPS / RTK inner steps")
+    p.add_argument("--segments", type=checks.positive_int, default=10, help="RTK segments K")
+    p.add_argument("--batch-size", type=checks.positive_int, default=32, help="SGLD / SPS minibatch (logistic)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=checks.device, default="cpu")
     p.add_argument("--backend", choices=["cpu", "cuda", "triton", "torch"], default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=checks.nonnegative_int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sample)
 
@@ -49,7 +50,7 @@ def add_parsers(subparsers) -> None:
     p_exp.add_argument("which", choices=["samplers"])
     p_exp.add_argument("--out", default="bench/samplers")
     p_exp.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    p_exp.add_argument("--seed", type=int, default=0)
+    p_exp.add_argument("--seed", type=checks.nonnegative_int, default=0)
     p_exp.add_argument("--quiet", action="store_true")
     p_exp.set_defaults(func=run_experiments)
 
@@ -58,14 +59,6 @@ def _problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with ``ponder sample``'s arguments (drops ``--batch-size`` where
     minibatches make no sense)."""
     problems = []
-    if args.steps < 2:
-        problems.append("--steps must be >= 2")
-    if args.chains < 2:
-        problems.append("--chains must be >= 2")
-    if args.dim is not None and args.dim < 1:
-        problems.append("--dim must be >= 1")
-    if args.step_size is not None and not (math.isfinite(args.step_size) and args.step_size > 0):
-        problems.append("--step-size must be a finite number > 0")
     if args.sampler in ("sgld", "sps-sgld", "sps-mala") and args.target != "logistic":
         args.batch_size = None  # minibatches need a finite-sum target
     if args.sampler in DIFFUSION_SAMPLERS and args.target in ("logistic", "double-well"):
@@ -115,7 +108,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
     problems = _problems(args)
     if problems:
-        print("ponder sample: " + "; ".join(problems), file=sys.stderr)
+        print("ponder sample: error: " + "; ".join(problems), file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
@@ -123,8 +116,8 @@ def run_sample(args: argparse.Namespace) -> int:
     dim = 3 if args.target == "logistic" and args.dim is None else (args.dim or 2)
     target = make_target(args.target, dim=dim).to(device=device, dtype=dtype)
     step = args.step_size if args.step_size is not None else DEFAULT_STEP[args.target]
-    print(f"sampler      {args.sampler} on {args.target} (d={target.dim}), {args.dtype} on "
-          f"{device}, seed {args.seed}")
+    header = (f"sampler      {args.sampler} on {args.target} (d={target.dim}), {args.dtype} on "
+              f"{device}, seed {args.seed}")
     if args.sampler in DIFFUSION_SAMPLERS:
         from .. import samplers as s
 
@@ -134,6 +127,7 @@ def run_sample(args: argparse.Namespace) -> int:
         else:
             cls = s.RTK_MALA if args.sampler == "rtk-mala" else s.RTK_ULD
             sampler = cls(target, args.segments, args.inner_steps, **common)
+        print(header)
         result = sampler.sample(args.chains, progress=not args.quiet)
         print(f"samples      {args.chains}, {result.nfe} score evaluations each, "
               f"{result.seconds:.3f} s")
@@ -142,6 +136,7 @@ def run_sample(args: argparse.Namespace) -> int:
         _report_samples(target, result.samples, args.seed)
         return 0
     sampler = _build_langevin(args, target, step)
+    print(header)
     x0 = torch.randn(args.chains, target.dim, dtype=dtype, device=device)
     start = time.perf_counter()
     trace = sampler.run(x0, args.steps, burn_in=args.steps // 2, progress=not args.quiet)

@@ -20,6 +20,10 @@ from pathlib import Path
 
 import torch
 
+from . import checks
+
+TOY_MODELS = ("draft", "target", "retrieval", "retrieval-constructed")
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``think`` subcommand to ``ponder``'s subparsers."""
@@ -27,26 +31,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "think", help="generate with and without ThinK (cache bytes, decode tokens/s, agreement)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="target",
+    p.add_argument("--model", default="target", type=checks.model_source("toy model", TOY_MODELS),
                    help="a toy model name (draft, target, retrieval, retrieval-constructed) or "
                         "a local Hugging Face model folder")
-    p.add_argument("--prompts", default=None, help=".jsonl (one prompt a line) or a text file")
-    p.add_argument("--n", type=int, default=32, help="toy prompts used (without --prompts)")
-    p.add_argument("--context", type=int, default=4096,
+    p.add_argument("--prompts", default=None, type=checks.existing_file, help=".jsonl (one prompt a line) or a text file")
+    p.add_argument("--n", type=checks.positive_int, default=32, help="toy prompts used (without --prompts)")
+    p.add_argument("--context", type=checks.positive_int, default=4096,
                    help="--model retrieval: prompt length in tokens (default 4096)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=None,
+    p.add_argument("--batch-size", type=checks.positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=checks.positive_int, default=None,
                    help="default 48 (2 for --model retrieval: 'v' and the digit)")
-    p.add_argument("--prune-ratio", type=float, default=0.4)
-    p.add_argument("--window", type=int, default=None, help="default 8 on the toy arithmetic "
+    p.add_argument("--prune-ratio", type=checks.real_in(0.0, 1.0, high_open=True), default=0.4)
+    p.add_argument("--window", type=checks.positive_int, default=None, help="default 8 on the toy arithmetic "
                                                              "prompts, else 32")
-    p.add_argument("--recent", type=int, default=None, help="as --window")
+    p.add_argument("--recent", type=checks.nonnegative_int, default=None, help="as --window")
     p.add_argument("--evict", choices=["snapkv"], default=None)
-    p.add_argument("--token-budget", type=int, default=None)
-    p.add_argument("--fold-block", type=int, default=None,
+    p.add_argument("--token-budget", type=checks.positive_int, default=None)
+    p.add_argument("--fold-block", type=checks.positive_int, default=None,
                    help="prune generated tokens too, this many at a time")
     p.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=checks.nonnegative_int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--backend", choices=["cpu", "triton", "torch"], default=None)
     p.set_defaults(func=run)
@@ -63,7 +67,11 @@ def _read_prompts(path: str) -> list[str]:
     for number, line in enumerate(file.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        item = json.loads(line)
+        try:
+            item = json.loads(line)
+        except ValueError as err:
+            raise checks.CommandError(f"--prompts: line {number} of {path} is not JSON ({err})") \
+                from err
         if isinstance(item, dict):
             item = item.get("prompt")
         if not isinstance(item, str):
@@ -94,7 +102,8 @@ def _load(args):
         return model.to(dtype), tokenizer, "toy 'retrieval' (constructed)"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, local_files_only=True,
+                                                 use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -114,9 +123,6 @@ def run(args: argparse.Namespace) -> int:
     for name in ("window", "recent"):
         if getattr(args, name) is None:
             setattr(args, name, 8 if toy_arithmetic else 32)
-    for name in ("n", "batch_size", "max_new_tokens", "context"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     model, tokenizer, label = _load(args)
     problems = lookups = None
     if args.prompts is not None:

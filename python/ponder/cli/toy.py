@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from . import checks
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    default=None)
     p.add_argument("--out", default=None,
                    help="weights folder (default: the package's shipped weights)")
-    p.add_argument("--n", type=int, default=300, help="eval: test problems")
+    p.add_argument("--n", type=checks.positive_int, default=300, help="eval: test problems")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -74,4 +77,6 @@ def run(args: argparse.Namespace) -> int:
     from ..toy import SPECS
 
     names = args.models or [*SPECS, "prm", "retrieval"]
+    if args.action == "eval" and args.out is not None and not Path(args.out).is_dir():
+        raise checks.CommandError(f"--out: no such weights folder: {args.out}")
     return (_train if args.action == "train" else _eval)(args, names)

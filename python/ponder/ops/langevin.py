@@ -120,7 +120,9 @@ ULD_FRICTION_RANGE = (1e-150, 1e150)
 ULD_MIN_FRICTION_STEP = 1e-100
 
 
-def _check_uld_range(op: str, step_size: float, friction: float) -> None:
+def check_uld_range(op: str, step_size: float, friction: float) -> None:
+    """Raise ValueError (naming ``op``) where ULD's coefficients break down in float64: friction
+    outside ULD_FRICTION_RANGE, or step_size * friction too small or too large."""
     low, high = ULD_FRICTION_RANGE
     if not low <= friction <= high:
         raise ValueError(f"{op}: friction must be in [{low:g}, {high:g}], got {friction:g}")
@@ -697,7 +699,7 @@ def uld_step(
     _check_like(op, "grad_logp", grad_logp, x)
     h = check_real(op, "step_size", step_size, positive=True)
     gamma = check_real(op, "friction", friction, positive=True)
-    _check_uld_range(op, h, gamma)
+    check_uld_range(op, h, gamma)
     _check_coefficients(op, x, name, dict(zip(("a", "b", "e", "sv", "sxv", "sx"),
                                         uld_coefficients(h, gamma), strict=True)),
                         "step_size and friction are")

@@ -181,6 +181,7 @@ class ULD(_LangevinBase):
         super().__init__(target, step_size, batch_size=batch_size, generator=generator,
                          backend=backend)
         self.friction = check_real(self.name, "friction", friction, positive=True)
+        ops.check_uld_range(self.name, self.step_size, self.friction)
 
     def init(self, x0: Any) -> State:
         x = self._start(x0)
