@@ -524,3 +524,68 @@ def test_custom_op_compiles_without_graph_break():
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     got, want = compiled(tokens, target, dl, au, ru), f(tokens, target, dl, au, ru)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+# --------------------------------------------------------------------------------------------
+# The contract on non-finite logits: -inf is a masked token; NaN, +inf, a row with no finite
+# logit and a largest logit that overflows float32 at the temperature are errors on every backend.
+# --------------------------------------------------------------------------------------------
+
+
+def _poison(logits, kind):
+    out = logits.clone()
+    if kind == "nan":
+        out[1, 2, 4] = float("nan")
+    elif kind == "+inf":
+        out[1, 2, 4] = float("inf")
+    elif kind == "all -inf":
+        out[1, 2] = float("-inf")
+    elif kind == "huge":
+        out[1, 2, 4] = 1e38
+    return out
+
+
+NONFINITE = [("nan", "holds NaN"), ("+inf", r"holds \+inf"), ("all -inf", "has no finite logit")]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("kind,match", NONFINITE)
+@pytest.mark.parametrize("which", ["target_logits", "draft_logits"])
+def test_accept_tokens_refuses_nonfinite_logits(which, kind, match, temperature, cpu_backend):
+    args = _good()
+    if which == "draft_logits" and kind != "all -inf":
+        args[which][1, 2, 4] = float("nan") if kind == "nan" else float("inf")
+    else:
+        args[which] = _poison(args[which], kind)
+    with pytest.raises(ValueError, match=rf"{which} row \(batch 1, position 2\) {match}"):
+        S.accept_tokens(**args, temperature=temperature, generator=0, backend=cpu_backend)
+
+
+def test_accept_tokens_refuses_logits_that_overflow_at_the_temperature(cpu_backend):
+    args = _good()
+    args["target_logits"] = _poison(args["target_logits"], "huge")
+    S.accept_tokens(**args, temperature=1.0, generator=0, backend=cpu_backend)  # 1e38: finite
+    with pytest.raises(ValueError, match="overflows float32 when divided by temperature 0.01"):
+        S.accept_tokens(**args, temperature=0.01, generator=0, backend=cpu_backend)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_accept_tokens_masked_tokens_are_never_emitted(dtype, temperature, cpu_backend):
+    # Half of each row masked with -inf (a top-k / grammar mask): equal to the reference, and no
+    # masked token is ever kept or drawn.
+    _skip_triton_bf16(cpu_backend, dtype)
+    _tokens, target, dl, (au, ru) = make_inputs(4, 3, 37, dtype=torch.float64, seed=3)
+    mask = torch.rand(4, 1, 37, generator=torch.Generator().manual_seed(1)) < 0.5
+    mask[..., 0] = False  # every row keeps a token
+    target = target.masked_fill(mask, float("-inf")).to(dtype)
+    dl = dl.masked_fill(mask, float("-inf")).to(dtype)
+    tokens = torch.multinomial(torch.softmax(dl.double().reshape(-1, 37), -1), 1,
+                               generator=torch.Generator().manual_seed(2)).reshape(4, 3)
+    uni = None if temperature == 0 else (au, ru)
+    out, n = S.accept_tokens(tokens, target, dl, temperature, uniforms=uni, backend=cpu_backend)
+    ref, ref_n = S.accept_tokens_reference(tokens, target, dl, temperature,
+                                           accept_uniforms=au, race_uniforms=ru)
+    assert torch.equal(out, ref) and torch.equal(n, ref_n)
+    for b in range(4):
+        assert not mask[b, 0, out[b, : int(n[b]) + 1]].any()

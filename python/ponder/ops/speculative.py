@@ -24,6 +24,7 @@ a ``torch.library`` custom op ``ponder::<name>`` with a fake, so it works under 
 
 from __future__ import annotations
 
+import math
 
 import torch
 from torch import Tensor
@@ -408,6 +409,39 @@ def _row_seeds(op: str, generator: object, batch: int, device) -> tuple[Tensor, 
     return torch.full((batch,), seed, dtype=torch.int64, device=device), False
 
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _check_logit_rows(op: str, name: str, logits: Tensor, temperature: float) -> None:
+    """The contract on logits, the same for every backend: ``-inf`` is a masked token, but NaN
+    and ``+inf`` are refused, so is a row with no finite logit, and (for ``temperature > 0``) a
+    row whose largest logit / temperature overflows float32, the precision the kernels compute
+    in. One max-reduction finds all four: it is NaN if the row holds a NaN, ``+inf`` if it holds
+    ``+inf``, ``-inf`` if every entry is ``-inf``.
+    """
+    if logits.numel() == 0:
+        return
+    top = logits.amax(dim=-1).double()
+    bad = ~torch.isfinite(top)
+    if temperature > 0.0:
+        bad |= top.abs() / temperature > _FLOAT32_MAX
+    if not bool(bad.any()):
+        return
+    row = tuple(int(i) for i in bad.nonzero()[0])
+    value = float(top[row])
+    if math.isnan(value):
+        what = "holds NaN"
+    elif value == math.inf:
+        what = "holds +inf"
+    elif value == -math.inf:
+        what = "has no finite logit (all -inf)"
+    else:
+        what = (f"has a largest logit {value:g} that overflows float32 when divided by "
+                f"temperature {temperature:g}")
+    raise ValueError(f"{op}: {name} row (batch {row[0]}, position {row[1]}) {what}; logits "
+                     "may hold -inf for masked tokens, but every row needs a finite largest logit")
+
+
 def accept_tokens(
     draft_tokens: Tensor,
     target_logits: Tensor,
@@ -443,6 +477,11 @@ def accept_tokens(
             result (``accept[b, j]`` tests position j; ``race[b]`` draws row b's final token).
         backend: ``"cpu"``, ``"triton"`` or ``"torch"``; default by device.
 
+    Logits may hold ``-inf`` (a masked token, probability 0). NaN, ``+inf``, a row with no
+    finite logit, or a largest logit that overflows float32 once divided by ``temperature`` are
+    ValueErrors naming the row, on every backend (checked with one max-reduction per logits
+    tensor before any kernel runs).
+
     Returns:
         ``(tokens [B, K + 1] int64, accepted [B] int64)``: row b emits
         ``tokens[b, :accepted[b] + 1]`` (the kept draft tokens and one target token), padded with
@@ -475,6 +514,9 @@ def accept_tokens(
         top_p = check_probability(op, "top_p", top_p, zero=False)
     if draft_tokens.numel() and not bool(((draft_tokens >= 0) & (draft_tokens < vocab)).all()):
         raise ValueError(f"{op}: draft_tokens must be token ids in [0, {vocab})")
+    _check_logit_rows(op, "target_logits", target_logits, t)
+    if draft_logits is not None:
+        _check_logit_rows(op, "draft_logits", draft_logits, t)
     name = choose_backend(op, KERNELS, target_logits, backend)
     accept_u = race_u = None
     if uniforms is not None:
