@@ -69,10 +69,66 @@ def call_op(op: Callable[..., Any], impl: Callable[..., Any], *args: Any) -> Any
     Eager calls on plain tensors go straight to ``impl`` (the op's body): the dispatcher costs
     about 15 us per call, which matters for per-step sampler loops on small batches. Under
     ``torch.compile``, tracing, or tensor subclasses (fake tensors), the registered op ``op`` runs,
-    so those see a custom op with its fake.
+    so those see a custom op with its fake; so does a call that autograd records (an input
+    requires grad), so that the op's registered backward is used, the same on every backend.
     """
-    if torch.compiler.is_compiling() or any(
+    if torch.compiler.is_compiling() or needs_grad(*args) or any(
         isinstance(a, torch.Tensor) and type(a) is not torch.Tensor for a in args
     ):
         return op(*args)
     return impl(*args)
+
+
+def needs_grad(*args: Any) -> bool:
+    """Whether autograd will record a call on ``args``: grad mode is on and a tensor among them
+    requires grad (an ``nn.Parameter`` included)."""
+    return torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args
+    )
+
+
+def refuse_grad(op: str, why: str, **tensors: torch.Tensor | None) -> None:
+    """Raise TypeError, naming the argument, if a call of ``op`` (which has no gradient: ``why``)
+    would be recorded by autograd; every backend refuses alike, before any kernel runs."""
+    if not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise TypeError(
+                f"{op}: {name} requires grad, but {op} has no gradient ({why}); pass "
+                f"{name}.detach() or call it under torch.no_grad()"
+            )
+
+
+def register_reference_backward(custom_op: Any, reference: Callable[..., Any]) -> None:
+    """Give ``custom_op`` the backward of ``reference``, a plain-torch function with the op's
+    signature and outputs (its torch backend): the backward recomputes the reference under
+    autograd from the saved inputs and differentiates it, so every backend has the same exact
+    gradient, at the cost of one reference forward. For ops whose references are cheap next to
+    what they serve (attention over one decode step, a channel score, a gather)."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in inputs]
+        ctx.scalars = [None if isinstance(a, torch.Tensor) else a for a in inputs]
+        ctx.save_for_backward(*[a for a in inputs if isinstance(a, torch.Tensor)])
+
+    def backward(ctx, *grads):
+        saved = iter(ctx.saved_tensors)
+        args = [next(saved) if t else s for t, s in zip(ctx.is_tensor, ctx.scalars)]
+        wanted = [i for i, a in enumerate(args)
+                  if isinstance(a, torch.Tensor) and ctx.needs_input_grad[i]]
+        with torch.enable_grad():
+            for i in wanted:
+                args[i] = args[i].detach().requires_grad_()
+            outs = reference(*args)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+        result: list[Any] = [None] * len(args)
+        if pairs and wanted:
+            found = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in wanted],
+                                        [g for _, g in pairs], allow_unused=True)
+            for i, g in zip(wanted, found):
+                result[i] = g
+        return tuple(result)
+
+    custom_op.register_autograd(backward, setup_context=setup_context)

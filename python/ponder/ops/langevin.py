@@ -494,6 +494,89 @@ def _(x, logp, grad_logp, x_prop, logp_prop, grad_logp_prop, step_size, uniforms
 
 
 # --------------------------------------------------------------------------------------------
+# Autograd. Each step is affine in its tensor inputs (x, grad_logp, the noise, ...) with scalar
+# coefficients, so the backward is that same linear map transposed, exact on every backend; the
+# random draws do not enter it. mala_accept selects rows: the gradient goes to the side each
+# chain took (the accept decision is piecewise constant in the inputs: zero derivative almost
+# everywhere).
+# --------------------------------------------------------------------------------------------
+
+
+def _cast(g: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
+    """The gradient of an input of ``dtype`` (None: the input is not a tensor or was None)."""
+    return None if g is None or dtype is None else g.to(dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    # Backwards need the scalar coefficients, each tensor input's dtype (None for a scalar or an
+    # absent tensor), and for mala_accept which chains were accepted.
+    ctx.args = [a if not isinstance(a, Tensor) else None for a in inputs]
+    ctx.dtypes = [a.dtype if isinstance(a, Tensor) else None for a in inputs]
+    if isinstance(output, tuple) and len(output) == 4:  # mala_accept
+        ctx.save_for_backward(output[3])
+
+
+def _ula_step_backward(ctx, g_out):
+    dx, dg, _, _, dn = ctx.dtypes[:5]
+    h, t = ctx.args[2], ctx.args[3]
+    return (_cast(g_out, dx), _cast(h * g_out, dg), None, None,
+            _cast(math.sqrt(2.0 * h * t) * g_out, dn), None, None)
+
+
+def _mala_propose_backward(ctx, g_out):
+    dx, dg, _, dn = ctx.dtypes[:4]
+    h = ctx.args[2]
+    return (_cast(g_out, dx), _cast(h * g_out, dg), None,
+            _cast(math.sqrt(2.0 * h) * g_out, dn), None, None)
+
+
+def _proximal_step_backward(ctx, g_out):
+    dz, dy, dg, _, _, dn = ctx.dtypes[:6]
+    tau, eta = ctx.args[3], ctx.args[4]
+    return (_cast((1.0 - tau / eta) * g_out, dz), _cast((tau / eta) * g_out, dy),
+            _cast(tau * g_out, dg), None, None,
+            _cast(math.sqrt(2.0 * tau) * g_out, dn), None, None)
+
+
+def _uld_step_backward(ctx, g_x, g_v):
+    dx, dv, dg, _, _, dn = ctx.dtypes[:6]
+    a, b, e, sv, sxv, sx = uld_coefficients(ctx.args[3], ctx.args[4])
+    g_x = torch.zeros_like(g_v) if g_x is None else g_x
+    g_v = torch.zeros_like(g_x) if g_v is None else g_v
+    g_noise = torch.stack((sv * g_v + sxv * g_x, sx * g_x)) if dn is not None else None
+    return (_cast(g_x, dx), _cast(a * g_v + b * g_x, dv), _cast(b * g_v + e * g_x, dg),
+            None, None, _cast(g_noise, dn), None, None)
+
+
+def _mala_accept_backward(ctx, g_x, g_logp, g_grad, _g_accepted):
+    (accepted,) = ctx.saved_tensors
+    dx, dl, dg, dxp, dlp, dgp = ctx.dtypes[:6]
+
+    def split(g, mask, d_rejected, d_accepted):
+        if g is None:
+            return None, None
+        zero = torch.zeros_like(g)
+        return _cast(torch.where(mask, zero, g), d_rejected), \
+            _cast(torch.where(mask, g, zero), d_accepted)
+
+    row = accepted.unsqueeze(-1)
+    gx, gxp = split(g_x, row, dx, dxp)
+    gl, glp = split(g_logp, accepted, dl, dlp)
+    gg, ggp = split(g_grad, row, dg, dgp)
+    return gx, gl, gg, gxp, glp, ggp, None, None, None, None
+
+
+for _op, _backward in (
+    (_ula_step_op, _ula_step_backward),
+    (_mala_propose_op, _mala_propose_backward),
+    (_proximal_step_op, _proximal_step_backward),
+    (_uld_step_op, _uld_step_backward),
+    (_mala_accept_op, _mala_accept_backward),
+):
+    _op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
 # Public API: validate, choose the backend, resolve the seed, call the op.
 # --------------------------------------------------------------------------------------------
 

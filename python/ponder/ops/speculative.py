@@ -38,7 +38,7 @@ from ..validation import (
     check_tensor,
     resolve_seed,
 )
-from ._common import call_op, choose_backend, launch_native, seeded_generator
+from ._common import call_op, choose_backend, launch_native, refuse_grad, seeded_generator
 
 __all__ = [
     "OMEGAS",
@@ -477,6 +477,9 @@ def accept_tokens(
             result (``accept[b, j]`` tests position j; ``race[b]`` draws row b's final token).
         backend: ``"cpu"``, ``"triton"`` or ``"torch"``; default by device.
 
+    Outputs are integers, so no gradient flows: logits that require grad are read as values,
+    alike on every backend.
+
     Logits may hold ``-inf`` (a masked token, probability 0). NaN, ``+inf``, a row with no
     finite logit, or a largest logit that overflows float32 once divided by ``temperature`` are
     ValueErrors naming the row, on every backend (checked with one max-reduction per logits
@@ -589,6 +592,7 @@ def accept_steps(
     if omega == "clipping" and delta <= 0:
         raise ValueError(f"{op}: omega='clipping' needs threshold > 0, got {delta}")
     s = check_real(op, "sharpness", sharpness, positive=True)
+    refuse_grad(op, "a sampling decision: its weights are not differentiated", rewards=rewards)
     # The kernels read rewards as float64: any dtype runs on any backend.
     name = _backend.resolve(op, rewards.device, backend, KERNELS)
     if uniforms is not None:

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from .. import _backend
 from ..validation import check_int, check_probability, check_tensor
-from ._common import call_op, choose_backend, launch_native
+from ._common import call_op, choose_backend, launch_native, register_reference_backward
 
 __all__ = [
     "DTYPES",
@@ -310,6 +310,18 @@ def _(q, k_pruned, idx, k_recent, v, lengths, starts, scale, backend):
         q.new_empty(batch, hq, s_len, v.shape[-1]),
         q.new_empty(batch, hq, s_len, dtype=torch.float32),
     )
+
+
+# Autograd: each op's backward differentiates its plain-torch reference (recomputed from the saved
+# inputs), so a model patched with ThinK trains or fine-tunes with the same gradients on every
+# backend; select_channels returns indices and has none.
+register_reference_backward(
+    _channel_scores_op, lambda q_window, k, backend: _channel_scores_impl(q_window, k, "torch"))
+register_reference_backward(_compact_keys_op, _compact_keys_impl)
+register_reference_backward(
+    _pruned_decode_attention_op,
+    lambda *args: _pruned_decode_attention_impl(*args[:-1], "torch"),
+)
 
 
 # --------------------------------------------------------------------------------------------

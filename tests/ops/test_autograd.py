@@ -1,0 +1,135 @@
+"""Gradients through the public ops: the same on every backend.
+
+The Langevin steps are affine in their tensor inputs: their backward is checked with fp64
+``gradcheck`` on each backend. The ThinK ops differentiate their reference: each backend's
+gradients must equal autograd through the reference. ``accept_steps`` (a sampling decision) refuses
+inputs that require grad, on every backend, before any kernel runs; ``accept_tokens`` returns
+integers. ``nn.Parameter`` inputs work end to end. (PRM scoring has its own gradient tests in
+test_prm.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ponder.ops import langevin as L
+from ponder.ops import speculative as S
+from ponder.ops import think as T
+
+
+def _f64(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+
+LANGEVIN_CASES = {
+    "ula_step": (lambda b: (_f64(5, 3), _f64(5, 3, seed=1), _f64(5, 3, seed=2)),
+                 lambda b, x, g, n: L.ula_step(x, g, 0.1, temperature=0.5, noise=n, backend=b)),
+    "mala_propose": (lambda b: (_f64(5, 3), _f64(5, 3, seed=1), _f64(5, 3, seed=2)),
+                     lambda b, x, g, n: L.mala_propose(x, g, 0.1, noise=n, backend=b)),
+    "proximal_step": (lambda b: (_f64(5, 3), _f64(5, 3, seed=1), _f64(5, 3, seed=2),
+                                 _f64(5, 3, seed=3)),
+                      lambda b, z, y, g, n: L.proximal_step(z, y, g, 0.1, 2.0, noise=n,
+                                                            backend=b)),
+    "uld_step": (lambda b: (_f64(5, 3), _f64(5, 3, seed=1), _f64(5, 3, seed=2),
+                            _f64(2, 5, 3, seed=3)),
+                 lambda b, x, v, g, n: L.uld_step(x, v, g, 0.1, 0.7, noise=n, backend=b)),
+}
+
+
+@pytest.mark.parametrize("op", sorted(LANGEVIN_CASES))
+def test_langevin_steps_gradcheck(op, cpu_backend):
+    make, call = LANGEVIN_CASES[op]
+    inputs = make(cpu_backend)
+    assert torch.autograd.gradcheck(lambda *a: call(cpu_backend, *a), inputs)
+
+
+def test_mala_accept_gradcheck_routes_gradients_to_the_chosen_side(cpu_backend):
+    x, g, xp, gp = (_f64(6, 3, seed=s) for s in range(4))
+    lp, lpp = _f64(6, seed=4), _f64(6, seed=5)
+    u = torch.linspace(0.05, 0.95, 6, dtype=torch.float64)
+
+    def call(*a):
+        return L.mala_accept(*a, 0.3, uniforms=u, backend=cpu_backend)[:3]
+
+    args = (x, lp, g, xp, lpp, gp)
+    assert torch.autograd.gradcheck(call, args)
+    accepted = L.mala_accept(*args, 0.3, uniforms=u, backend=cpu_backend)[3]
+    assert 0 < int(accepted.sum()) < 6  # both sides exercised
+    x_out = call(*args)[0]
+    gx, gxp = torch.autograd.grad(x_out.sum(), (x, xp))
+    assert torch.equal(gxp[:, 0] == 1, accepted) and torch.equal(gx[:, 0] == 1, ~accepted)
+
+
+def test_langevin_parameter_inputs_train(cpu_backend):
+    # An nn.Parameter through a step: backward works (it used to fail with "no autograd formula").
+    p = torch.nn.Parameter(torch.randn(4, 2))
+    out = L.ula_step(p, torch.randn(4, 2), 0.1, generator=0, backend=cpu_backend)
+    out.square().sum().backward()
+    torch.testing.assert_close(p.grad, 2 * out.detach())
+
+
+def _attention_inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    b, hq, hkv, s, d, lp, lr, dv, kept = 2, 4, 2, 2, 8, 5, 3, 6, 5
+    idx = torch.stack([torch.randperm(d, generator=g)[:kept].sort().values
+                       for _ in range(b * hkv)]).reshape(b, hkv, kept)
+    q = torch.randn(b, hq, s, d, generator=g).to(dtype)
+    kp = torch.randn(b, hkv, lp, kept, generator=g).to(dtype)
+    kr = torch.randn(b, hkv, lr, d, generator=g).to(dtype)
+    v = torch.randn(b, hkv, lp + lr, dv, generator=g).to(dtype)
+    return q, kp, idx, kr, v
+
+
+def _grads(fn, tensors):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out = out if isinstance(out, tuple) else (out,)
+    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(i), dtype=o.dtype)
+               for i, o in enumerate(out)]
+    sum(((o.float() * w.float()).sum() for o, w in zip(out, weights))).backward()
+    return [t.grad for t in leaves]
+
+
+def test_pruned_decode_attention_gradients_equal_the_reference(cpu_backend):
+    q, kp, idx, kr, v = _attention_inputs()
+    lengths = torch.tensor([8, 6])
+
+    def op(q, kp, kr, v):
+        return T.pruned_decode_attention(q, kp, idx, kr, v, lengths, return_lse=True,
+                                         backend=cpu_backend)
+
+    def ref(q, kp, kr, v):
+        return T.pruned_decode_attention_reference(q, kp, idx, kr, v, lengths, 8 ** -0.5)
+
+    for got, want in zip(_grads(op, (q, kp, kr, v)), _grads(ref, (q, kp, kr, v))):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_channel_scores_and_compact_keys_gradients_equal_the_reference(cpu_backend):
+    q, _kp, idx, kr, _v = _attention_inputs()
+    got = _grads(lambda q, k: T.channel_scores(q, k, backend=cpu_backend), (q, kr))
+    want = _grads(T.channel_scores_reference, (q, kr))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    got = _grads(lambda k: T.compact_keys(k, idx), (kr,))
+    want = _grads(lambda k: T.compact_keys_reference(k, idx), (kr,))
+    torch.testing.assert_close(got[0], want[0])
+
+
+def test_accept_steps_refuses_rewards_that_require_grad(cpu_backend):
+    rewards = torch.rand(5, requires_grad=True)
+    with pytest.raises(TypeError, match="rewards requires grad"):
+        S.accept_steps(rewards, 0.5, "sigmoid", generator=0, backend=cpu_backend)
+    with torch.no_grad():
+        S.accept_steps(rewards, 0.5, "sigmoid", generator=0, backend=cpu_backend)
+    S.accept_steps(rewards.detach(), 0.5, "sigmoid", generator=0, backend=cpu_backend)
+
+
+def test_accept_tokens_reads_logits_that_require_grad_as_values(cpu_backend):
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 3, 11, generator=g, requires_grad=True)
+    tokens = torch.randint(0, 11, (2, 2), generator=g)
+    out, n = S.accept_tokens(tokens, target, None, 0.0, backend=cpu_backend)
+    ref, ref_n = S.accept_tokens_reference(tokens, target.detach(), None, 0.0)
+    assert torch.equal(out, ref) and torch.equal(n, ref_n) and not out.requires_grad
