@@ -52,9 +52,9 @@ void prm_steps(uintptr_t logits, int64_t logits_numel, uintptr_t scores, int64_t
   threads = check_threads(op, threads);
   PONDER_CHECK(labels == 1 || labels == 2, op << ": head must have 1 or 2 rows, got " << labels);
   // Scores are asked for through num_steps ([B]: never null for B > 0), since scores [B, S]
-  // is an empty buffer (maybe null) when S = 0.
-  const bool want_logits = logits != 0;
-  const bool want_scores = num_steps != 0;
+  // is an empty buffer (maybe null) when S = 0. A buffer is absent when it is (0, 0).
+  const bool want_logits = logits != 0 || logits_numel != 0;
+  const bool want_scores = num_steps != 0 || num_steps_numel != 0;
   PONDER_CHECK(want_logits || want_scores, op << ": no output requested");
   check_optional_buffer(op, {"logits", logits, logits_numel}, {batch, steps, labels});
   if (want_scores) {

@@ -183,9 +183,13 @@ void accept_tokens(uintptr_t tokens_out, int64_t tokens_out_numel, uintptr_t cou
   PONDER_CHECK(temperature >= 0.0 && std::isfinite(temperature),
                op << ": temperature must be finite and >= 0, got " << temperature);
   const bool greedy = temperature == 0.0;
-  PONDER_CHECK(greedy || (accept_u != 0) == (race_u != 0),
+  // An absent optional buffer is (0, 0); anything else is checked as a buffer below.
+  const bool has_accept_u = accept_u != 0 || accept_u_numel != 0;
+  const bool has_race_u = race_u != 0 || race_u_numel != 0;
+  const bool has_seeds = seeds != 0 || seeds_numel != 0;
+  PONDER_CHECK(greedy || has_accept_u == has_race_u,
                op << ": pass both uniform buffers or neither");
-  PONDER_CHECK(greedy || accept_u != 0 || seeds != 0 || batch == 0,
+  PONDER_CHECK(greedy || has_accept_u || has_seeds || batch == 0,
                op << ": seeds is a null pointer");
   check_buffer(op, {"tokens_out", tokens_out, tokens_out_numel}, {batch, k + 1});
   check_buffer(op, {"counts_out", counts_out, counts_out_numel}, {batch});
