@@ -4,6 +4,12 @@
 // editor's syntax check) gets the baseline one.
 #pragma once
 
+#include <algorithm>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "cpu/dtype.h"
 #include "cpu/ops.h"
 #include "ponder/check.h"
@@ -11,3 +17,24 @@
 #ifndef PONDER_CPU_ISA
 #define PONDER_CPU_ISA isa_default
 #endif
+
+namespace ponder {
+namespace cpu {
+
+// The OpenMP team size for a launcher's `threads` argument (torch's thread count): below 1 is a
+// ValueError; above the processors this process may run on it is clamped to them. More threads
+// than processors never speed a kernel up, and an absurd count (2^31 - 1) would make OpenMP abort
+// the process when thread creation fails. Results never depend on the thread count, so the clamp
+// changes no output. The processor count is read once (it costs a system call).
+inline int check_threads(const char* op, int threads) {
+  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
+#ifdef _OPENMP
+  static const int procs = std::max(1, omp_get_num_procs());
+  return std::min(threads, procs);
+#else
+  return 1;
+#endif
+}
+
+}  // namespace cpu
+}  // namespace ponder

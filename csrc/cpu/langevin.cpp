@@ -63,18 +63,18 @@ void for_each_with_normal(int64_t n, int threads, const T* noise, uint64_t seed,
   });
 }
 
-void check_common(const char* op, int64_t n, int threads) {
-  PONDER_CHECK(n >= 0, op << ": element count must be >= 0, got " << n);
-  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
-}
-
 }  // namespace
 
-void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, int64_t n,
-              int dtype, double drift, double noise_scale, uint64_t seed, int threads) {
+void ula_step(uintptr_t out, int64_t out_numel, uintptr_t x, int64_t x_numel,
+              uintptr_t grad_logp, int64_t grad_logp_numel, uintptr_t noise,
+              int64_t noise_numel, int64_t n, int dtype, double drift, double noise_scale,
+              uint64_t seed, int threads) {
   const char* op = "ula_step";
-  check_common(op, n, threads);
-  check_buffers(op, n, {{"out", out}, {"x", x}, {"grad_logp", grad_logp}});
+  threads = check_threads(op, threads);
+  check_buffer(op, {"out", out, out_numel}, {n});
+  check_buffer(op, {"x", x, x_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -89,12 +89,17 @@ void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, 
   });
 }
 
-void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp, uintptr_t noise,
-                   int64_t n, int dtype, double keep, double pull, double drift,
-                   double noise_scale, uint64_t seed, int threads) {
+void proximal_step(uintptr_t out, int64_t out_numel, uintptr_t z, int64_t z_numel, uintptr_t y,
+                   int64_t y_numel, uintptr_t grad_logp, int64_t grad_logp_numel,
+                   uintptr_t noise, int64_t noise_numel, int64_t n, int dtype, double keep,
+                   double pull, double drift, double noise_scale, uint64_t seed, int threads) {
   const char* op = "proximal_step";
-  check_common(op, n, threads);
-  check_buffers(op, n, {{"out", out}, {"z", z}, {"y", y}, {"grad_logp", grad_logp}});
+  threads = check_threads(op, threads);
+  check_buffer(op, {"out", out, out_numel}, {n});
+  check_buffer(op, {"z", z, z_numel}, {n});
+  check_buffer(op, {"y", y, y_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -110,13 +115,19 @@ void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp,
   });
 }
 
-void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintptr_t grad_logp,
-              uintptr_t noise, int64_t n, int dtype, double a, double b, double e, double sv,
-              double sxv, double sx, uint64_t seed, int threads) {
+void uld_step(uintptr_t x_out, int64_t x_out_numel, uintptr_t v_out, int64_t v_out_numel,
+              uintptr_t x, int64_t x_numel, uintptr_t v, int64_t v_numel, uintptr_t grad_logp,
+              int64_t grad_logp_numel, uintptr_t noise, int64_t noise_numel, int64_t n,
+              int dtype, double a, double b, double e, double sv, double sxv, double sx,
+              uint64_t seed, int threads) {
   const char* op = "uld_step";
-  check_common(op, n, threads);
-  check_buffers(op, n,
-                {{"x_out", x_out}, {"v_out", v_out}, {"x", x}, {"v", v}, {"grad_logp", grad_logp}});
+  threads = check_threads(op, threads);
+  check_buffer(op, {"x_out", x_out, x_out_numel}, {n});
+  check_buffer(op, {"v_out", v_out, v_out_numel}, {n});
+  check_buffer(op, {"x", x, x_numel}, {n});
+  check_buffer(op, {"v", v, v_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {2, n});
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -144,22 +155,28 @@ void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintpt
   });
 }
 
-void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintptr_t accepted,
-                 uintptr_t x, uintptr_t logp, uintptr_t grad_logp, uintptr_t x_prop,
-                 uintptr_t logp_prop, uintptr_t grad_logp_prop, uintptr_t uniforms,
-                 int64_t chains, int64_t dim, int dtype, double step_size, uint64_t seed,
-                 int threads) {
+void mala_accept(uintptr_t x_out, int64_t x_out_numel, uintptr_t logp_out, int64_t logp_out_numel,
+                 uintptr_t grad_out, int64_t grad_out_numel, uintptr_t accepted,
+                 int64_t accepted_numel, uintptr_t x, int64_t x_numel, uintptr_t logp,
+                 int64_t logp_numel, uintptr_t grad_logp, int64_t grad_logp_numel,
+                 uintptr_t x_prop, int64_t x_prop_numel, uintptr_t logp_prop,
+                 int64_t logp_prop_numel, uintptr_t grad_logp_prop, int64_t grad_logp_prop_numel,
+                 uintptr_t uniforms, int64_t uniforms_numel, int64_t chains, int64_t dim,
+                 int dtype, double step_size, uint64_t seed, int threads) {
   const char* op = "mala_accept";
-  PONDER_CHECK(chains >= 0 && dim >= 0,
-               op << ": chains and dim must be >= 0, got " << chains << " and " << dim);
-  const int64_t n = chains * dim;
-  check_common(op, n, threads);
-  check_buffers(op, chains,
-                {{"logp_out", logp_out}, {"accepted", accepted}, {"logp", logp},
-                 {"logp_prop", logp_prop}});
-  check_buffers(op, n,
-                {{"x_out", x_out}, {"grad_out", grad_out}, {"x", x}, {"grad_logp", grad_logp},
-                 {"x_prop", x_prop}, {"grad_logp_prop", grad_logp_prop}});
+  threads = check_threads(op, threads);
+  check_buffer(op, {"x_out", x_out, x_out_numel}, {chains, dim});
+  check_buffer(op, {"logp_out", logp_out, logp_out_numel}, {chains});
+  check_buffer(op, {"grad_out", grad_out, grad_out_numel}, {chains, dim});
+  check_buffer(op, {"accepted", accepted, accepted_numel}, {chains});
+  check_buffer(op, {"x", x, x_numel}, {chains, dim});
+  check_buffer(op, {"logp", logp, logp_numel}, {chains});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {chains, dim});
+  check_buffer(op, {"x_prop", x_prop, x_prop_numel}, {chains, dim});
+  check_buffer(op, {"logp_prop", logp_prop, logp_prop_numel}, {chains});
+  check_buffer(op, {"grad_logp_prop", grad_logp_prop, grad_logp_prop_numel}, {chains, dim});
+  check_optional_buffer(op, {"uniforms", uniforms, uniforms_numel}, {chains});
+  const int64_t n = chains * dim;  // fits: x's check multiplied them
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;

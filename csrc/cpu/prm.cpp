@@ -40,36 +40,44 @@ void dot2(const T* row, const Acc* w0, const Acc* w1, int64_t width, Acc* z0, Ac
 
 }  // namespace
 
-void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t lasts,
-               uintptr_t products, uintptr_t means, uintptr_t num_steps, uintptr_t hidden,
-               uintptr_t step_index, uintptr_t head, uintptr_t bias, int64_t batch,
-               int64_t length, int64_t width, int64_t steps, int64_t labels, int64_t stride_b,
-               int64_t stride_l, int dtype, int threads) {
+void prm_steps(uintptr_t logits, int64_t logits_numel, uintptr_t scores, int64_t scores_numel,
+               uintptr_t mins, int64_t mins_numel, uintptr_t lasts, int64_t lasts_numel,
+               uintptr_t products, int64_t products_numel, uintptr_t means, int64_t means_numel,
+               uintptr_t num_steps, int64_t num_steps_numel, uintptr_t hidden,
+               int64_t hidden_numel, uintptr_t step_index, int64_t step_index_numel,
+               uintptr_t head, int64_t head_numel, uintptr_t bias, int64_t bias_numel,
+               int64_t batch, int64_t length, int64_t width, int64_t steps, int64_t labels,
+               int64_t stride_b, int64_t stride_l, int dtype, int threads) {
   const char* op = "score_steps";
-  PONDER_CHECK(batch >= 0 && length >= 0 && width >= 0 && steps >= 0,
-               op << ": sizes must be >= 0, got B=" << batch << " L=" << length
-                  << " H=" << width << " S=" << steps);
+  threads = check_threads(op, threads);
   PONDER_CHECK(labels == 1 || labels == 2, op << ": head must have 1 or 2 rows, got " << labels);
-  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
-  PONDER_CHECK(stride_b >= 0 && stride_l >= 0,
-               op << ": hidden strides must be >= 0, got " << stride_b << ", " << stride_l);
   // Scores are asked for through num_steps ([B]: never null for B > 0), since scores [B, S]
-  // is an empty buffer (maybe null) when S = 0.
-  const int64_t pairs = batch * steps;
-  const bool want_logits = logits != 0;
-  const bool want_scores = num_steps != 0;
+  // is an empty buffer (maybe null) when S = 0. A buffer is absent when it is (0, 0).
+  const bool want_logits = logits != 0 || logits_numel != 0;
+  const bool want_scores = num_steps != 0 || num_steps_numel != 0;
   PONDER_CHECK(want_logits || want_scores, op << ": no output requested");
-  PONDER_CHECK(!want_scores || ((pairs == 0 || scores) && mins && lasts && products && means),
-               op << ": scores need all of scores, min, last, product, mean and num_steps");
-  PONDER_CHECK(pairs == 0 || step_index != 0, op << ": step_index is a null pointer");
-  PONDER_CHECK(pairs == 0 || length == 0 || width == 0 || (hidden != 0 && head != 0),
-               op << ": hidden or head is a null pointer");
+  check_optional_buffer(op, {"logits", logits, logits_numel}, {batch, steps, labels});
+  if (want_scores) {
+    check_buffer(op, {"scores", scores, scores_numel}, {batch, steps});
+    check_buffer(op, {"mins", mins, mins_numel}, {batch});
+    check_buffer(op, {"lasts", lasts, lasts_numel}, {batch});
+    check_buffer(op, {"products", products, products_numel}, {batch});
+    check_buffer(op, {"means", means, means_numel}, {batch});
+    check_buffer(op, {"num_steps", num_steps, num_steps_numel}, {batch});
+  }
+  check_buffer(op, {"hidden", hidden, hidden_numel}, {batch, length, width},
+               {stride_b, stride_l, 1});
+  check_buffer(op, {"step_index", step_index, step_index_numel}, {batch, steps});
+  check_buffer(op, {"head", head, head_numel}, {labels, width});
+  check_optional_buffer(op, {"bias", bias, bias_numel}, {labels});
+  const int64_t pairs = batch * steps;  // fits: step_index's check multiplied them
   const int64_t* idx = reinterpret_cast<const int64_t*>(step_index);
 
   // Re-check every position that will be read, and that each row is a run of steps followed
-  // only by padding: positions in [0, L), strictly increasing, -1 after the last step.
-  std::vector<int64_t> count(static_cast<size_t>(batch), 0);
-  for (int64_t b = 0; b < batch; ++b) {
+  // only by padding: positions in [0, L), strictly increasing, -1 after the last step. (With
+  // S = 0 nothing is read, and B is bounded by num_steps only when scores are asked for.)
+  std::vector<int64_t> count(want_scores ? static_cast<size_t>(batch) : 0, 0);
+  for (int64_t b = 0; steps > 0 && b < batch; ++b) {
     int64_t n = 0;
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t p = idx[b * steps + s];
@@ -83,7 +91,7 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
                       << s << "]");
       ++n;
     }
-    count[b] = n;
+    if (want_scores) count[b] = n;
   }
 
   dispatch_dtype(dtype, op, [&](auto tag) {
@@ -96,7 +104,8 @@ void prm_steps(uintptr_t logits, uintptr_t scores, uintptr_t mins, uintptr_t las
     Acc* sc = reinterpret_cast<Acc*>(scores);
     const Acc b0 = bs ? bs[0] : Acc(0);
     const Acc b1 = (bs && labels == 2) ? bs[1] : Acc(0);
-    const int nt = pairs * width * labels < kParallelMin ? 1 : threads;
+    // (In double: the product of three checked sizes may not fit in int64.)
+    const int nt = double(pairs) * double(width * labels) < kParallelMin ? 1 : threads;
 
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < pairs; ++i) {

@@ -166,25 +166,42 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
 
 }  // namespace
 
-void accept_tokens(uintptr_t tokens_out, uintptr_t counts_out, uintptr_t draft_tokens,
-                   uintptr_t target_logits, uintptr_t draft_logits, uintptr_t target_thr,
-                   uintptr_t draft_thr, uintptr_t accept_u, uintptr_t race_u, uintptr_t seeds,
-                   int64_t batch, int64_t k, int64_t vocab, int dtype, double temperature,
-                   int per_row_seeds, int threads) {
+void accept_tokens(uintptr_t tokens_out, int64_t tokens_out_numel, uintptr_t counts_out,
+                   int64_t counts_out_numel, uintptr_t draft_tokens, int64_t draft_tokens_numel,
+                   uintptr_t target_logits, int64_t target_logits_numel, uintptr_t draft_logits,
+                   int64_t draft_logits_numel, uintptr_t target_thr, int64_t target_thr_numel,
+                   uintptr_t draft_thr, int64_t draft_thr_numel, uintptr_t accept_u,
+                   int64_t accept_u_numel, uintptr_t race_u, int64_t race_u_numel,
+                   uintptr_t seeds, int64_t seeds_numel, int64_t batch, int64_t k, int64_t vocab,
+                   int dtype, double temperature, int per_row_seeds, int threads) {
   const char* op = "accept_tokens";
-  PONDER_CHECK(batch >= 0, op << ": batch must be >= 0, got " << batch);
-  PONDER_CHECK(k >= 1, op << ": K (draft tokens per row) must be >= 1, got " << k);
+  threads = check_threads(op, threads);
+  // K < 2^62 keeps K + 1 (the target rows per batch row) far from overflow.
+  PONDER_CHECK(k >= 1 && k < (int64_t(1) << 62),
+               op << ": K (draft tokens per row) must be in [1, 2^62), got " << k);
   PONDER_CHECK(vocab >= 1, op << ": vocab must be >= 1, got " << vocab);
-  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
   PONDER_CHECK(temperature >= 0.0 && std::isfinite(temperature),
                op << ": temperature must be finite and >= 0, got " << temperature);
-  if (batch == 0) return;
-  PONDER_CHECK(tokens_out && counts_out && draft_tokens && target_logits,
-               op << ": a required buffer is a null pointer");
   const bool greedy = temperature == 0.0;
-  PONDER_CHECK(greedy || (accept_u != 0) == (race_u != 0),
+  // An absent optional buffer is (0, 0); anything else is checked as a buffer below.
+  const bool has_accept_u = accept_u != 0 || accept_u_numel != 0;
+  const bool has_race_u = race_u != 0 || race_u_numel != 0;
+  const bool has_seeds = seeds != 0 || seeds_numel != 0;
+  PONDER_CHECK(greedy || has_accept_u == has_race_u,
                op << ": pass both uniform buffers or neither");
-  PONDER_CHECK(greedy || accept_u != 0 || seeds != 0, op << ": seeds is a null pointer");
+  PONDER_CHECK(greedy || has_accept_u || has_seeds || batch == 0,
+               op << ": seeds is a null pointer");
+  check_buffer(op, {"tokens_out", tokens_out, tokens_out_numel}, {batch, k + 1});
+  check_buffer(op, {"counts_out", counts_out, counts_out_numel}, {batch});
+  check_buffer(op, {"draft_tokens", draft_tokens, draft_tokens_numel}, {batch, k});
+  check_buffer(op, {"target_logits", target_logits, target_logits_numel}, {batch, k + 1, vocab});
+  check_optional_buffer(op, {"draft_logits", draft_logits, draft_logits_numel}, {batch, k, vocab});
+  check_optional_buffer(op, {"target_thr", target_thr, target_thr_numel}, {batch, k + 1});
+  check_optional_buffer(op, {"draft_thr", draft_thr, draft_thr_numel}, {batch, k});
+  check_optional_buffer(op, {"accept_u", accept_u, accept_u_numel}, {batch, k});
+  check_optional_buffer(op, {"race_u", race_u, race_u_numel}, {batch, vocab});
+  check_optional_buffer(op, {"seeds", seeds, seeds_numel}, {batch});
+  if (batch == 0) return;
   const int64_t* x = reinterpret_cast<const int64_t*>(draft_tokens);
   // Every index this launcher uses comes from draft_tokens: check them all before any work.
   for (int64_t i = 0; i < batch * k; ++i) {
@@ -276,15 +293,17 @@ void accept_tokens(uintptr_t tokens_out, uintptr_t counts_out, uintptr_t draft_t
   });
 }
 
-void accept_steps(uintptr_t accepted_out, uintptr_t weights_out, uintptr_t rewards,
-                  uintptr_t uniforms, int64_t n, int kind, double threshold, double sharpness,
-                  uint64_t seed, int threads) {
+void accept_steps(uintptr_t accepted_out, int64_t accepted_out_numel, uintptr_t weights_out,
+                  int64_t weights_out_numel, uintptr_t rewards, int64_t rewards_numel,
+                  uintptr_t uniforms, int64_t uniforms_numel, int64_t n, int kind,
+                  double threshold, double sharpness, uint64_t seed, int threads) {
   const char* op = "accept_steps";
-  PONDER_CHECK(n >= 0, op << ": n must be >= 0, got " << n);
+  check_threads(op, threads);  // one thread: the loop is cheaper than a fork
   PONDER_CHECK(kind >= 0 && kind <= 3, op << ": unknown omega code " << kind);
-  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
-  if (n == 0) return;
-  PONDER_CHECK(accepted_out && weights_out && rewards, op << ": a buffer is a null pointer");
+  check_buffer(op, {"accepted_out", accepted_out, accepted_out_numel}, {n});
+  check_buffer(op, {"weights_out", weights_out, weights_out_numel}, {n});
+  check_buffer(op, {"rewards", rewards, rewards_numel}, {n});
+  check_optional_buffer(op, {"uniforms", uniforms, uniforms_numel}, {n});
   bool* acc = reinterpret_cast<bool*>(accepted_out);
   double* w = reinterpret_cast<double*>(weights_out);
   const double* r = reinterpret_cast<const double*>(rewards);

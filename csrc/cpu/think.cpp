@@ -28,6 +28,8 @@ constexpr int64_t kPartialBudget = int64_t(16) << 20;
 constexpr int64_t kBlock = 32;
 // Below this many key rows (over all heads) one thread does it all: forking costs more.
 constexpr int64_t kParallelMinRows = 2048;
+// The most keys (Lp, and Lr) a call may have: far above any cache.
+constexpr int64_t kMaxKeys = int64_t(1) << 40;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -190,10 +192,6 @@ inline void fill_tails(float* tail, const float* q, int64_t R, int64_t n) {
   }
 }
 
-void check_ptr(const char* op, const char* name, uintptr_t ptr, bool needed) {
-  PONDER_CHECK(!needed || ptr != 0, op << ": " << name << " is a null pointer");
-}
-
 struct AttnShape {
   int64_t batch, hq, hkv, s_len, lp, lr, dim, kept, dv;
   int64_t kp_sb, kp_sh, kp_sl, kr_sb, kr_sh, kr_sl, v_sb, v_sh, v_sl;
@@ -352,8 +350,10 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
   // Longer chunks when many query rows (a long chunked prefill) would make the partials large:
   // they stay under kPartialBudget floats. The split depends on the shapes only.
   int64_t chunk_keys = kChunkKeys;
+  // (The budget test in double: heads * R * Dv is out's element count, but times the chunk
+  // count it may not fit in int64 when a zero token stride makes L huge.)
   while (chunk_keys < L &&
-         heads * ((L + chunk_keys - 1) / chunk_keys) * R * a.dv > kPartialBudget) {
+         double(heads * R * a.dv) * double((L + chunk_keys - 1) / chunk_keys) > kPartialBudget) {
     chunk_keys *= 2;
   }
   const int64_t chunks = std::max<int64_t>(1, (L + chunk_keys - 1) / chunk_keys);
@@ -361,7 +361,7 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
   // Partials of every task: m, l [tasks, R] and acc [tasks, R, Dv].
   std::vector<float> part_m(tasks * R), part_l(tasks * R), part_acc(tasks * R * a.dv);
   const float qscale = scale * think::kLog2e;
-  const int nt = heads * L < kParallelMinRows ? 1 : threads;
+  const int nt = double(heads) * double(L) < kParallelMinRows ? 1 : threads;
   const int64_t wide = std::max(a.dim, a.dv);
 
 #pragma omp parallel num_threads(nt)
@@ -444,33 +444,35 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
 
 }  // namespace
 
-void think_pruned_decode_attention(uintptr_t out, uintptr_t lse, uintptr_t q, uintptr_t k_pruned,
-                                   uintptr_t idx, uintptr_t k_recent, uintptr_t v,
-                                   uintptr_t starts, uintptr_t lengths, int64_t batch, int64_t hq,
-                                   int64_t hkv, int64_t s_len, int64_t lp, int64_t lr,
-                                   int64_t dim, int64_t kept, int64_t dv, int64_t kp_sb,
-                                   int64_t kp_sh, int64_t kp_sl, int64_t kr_sb, int64_t kr_sh,
-                                   int64_t kr_sl, int64_t v_sb, int64_t v_sh, int64_t v_sl,
-                                   int dtype, double scale, int threads) {
+void think_pruned_decode_attention(
+    uintptr_t out, int64_t out_numel, uintptr_t lse, int64_t lse_numel, uintptr_t q,
+    int64_t q_numel, uintptr_t k_pruned, int64_t k_pruned_numel, uintptr_t idx, int64_t idx_numel,
+    uintptr_t k_recent, int64_t k_recent_numel, uintptr_t v, int64_t v_numel, uintptr_t starts,
+    int64_t starts_numel, uintptr_t lengths, int64_t lengths_numel, int64_t batch, int64_t hq,
+    int64_t hkv, int64_t s_len, int64_t lp, int64_t lr, int64_t dim, int64_t kept, int64_t dv,
+    int64_t kp_sb, int64_t kp_sh, int64_t kp_sl, int64_t kr_sb, int64_t kr_sh, int64_t kr_sl,
+    int64_t v_sb, int64_t v_sh, int64_t v_sl, int dtype, double scale, int threads) {
   const char* op = "think_pruned_decode_attention";
-  PONDER_CHECK(batch >= 0 && hq >= 0 && s_len >= 0 && lp >= 0 && lr >= 0 && dim >= 0 &&
-                   kept >= 0 && dv >= 0,
-               op << ": sizes must be >= 0");
+  threads = check_threads(op, threads);
   PONDER_CHECK(hkv >= 1 && hq % hkv == 0,
                op << ": Hq = " << hq << " must be a multiple of Hkv = " << hkv);
   PONDER_CHECK(kept <= dim, op << ": T = " << kept << " exceeds D = " << dim);
-  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
-  for (int64_t s : {kp_sb, kp_sh, kp_sl, kr_sb, kr_sh, kr_sl, v_sb, v_sh, v_sl})
-    PONDER_CHECK(s >= 0, op << ": strides must be >= 0");
-  const int64_t rows = batch * hq * s_len;
-  if (rows == 0 || dv == 0) return;
-  check_ptr(op, "out", out, true);
-  check_ptr(op, "lse", lse, true);
-  check_ptr(op, "q", q, true);
-  check_ptr(op, "k_pruned", k_pruned, lp > 0 && kept > 0);
-  check_ptr(op, "idx", idx, kept > 0);
-  check_ptr(op, "k_recent", k_recent, lr > 0 && dim > 0);
-  check_ptr(op, "v", v, lp + lr > 0);
+  // Key positions are counted in int64 with room to spare (chunk bounds, Lp + Lr): a bound far
+  // above any cache, which a zero token stride would otherwise leave unchecked.
+  PONDER_CHECK(lp <= kMaxKeys && lr <= kMaxKeys,
+               op << ": Lp = " << lp << " and Lr = " << lr << " must be at most 2^40 keys each");
+  check_buffer(op, {"out", out, out_numel}, {batch, hq, s_len, dv});
+  check_buffer(op, {"lse", lse, lse_numel}, {batch, hq, s_len});
+  check_buffer(op, {"q", q, q_numel}, {batch, hq, s_len, dim});
+  check_buffer(op, {"k_pruned", k_pruned, k_pruned_numel}, {batch, hkv, lp, kept},
+               {kp_sb, kp_sh, kp_sl, 1});
+  check_buffer(op, {"idx", idx, idx_numel}, {batch, hkv, kept});
+  check_buffer(op, {"k_recent", k_recent, k_recent_numel}, {batch, hkv, lr, dim},
+               {kr_sb, kr_sh, kr_sl, 1});
+  check_buffer(op, {"v", v, v_numel}, {batch, hkv, lp + lr, dv}, {v_sb, v_sh, v_sl, 1});
+  check_optional_buffer(op, {"starts", starts, starts_numel}, {batch});
+  check_optional_buffer(op, {"lengths", lengths, lengths_numel}, {batch});
+  if (batch == 0 || hq == 0 || s_len == 0 || dv == 0) return;  // no output row
   const AttnShape a{batch, hq, hkv, s_len, lp, lr, dim, kept, dv, kp_sb, kp_sh, kp_sl,
                     kr_sb, kr_sh, kr_sl, v_sb, v_sh, v_sl};
   // Every index the kernel uses: channel indices and the per-row key windows.
@@ -496,20 +498,22 @@ void think_pruned_decode_attention(uintptr_t out, uintptr_t lse, uintptr_t q, ui
   });
 }
 
-void think_channel_scores(uintptr_t out, uintptr_t q_window, uintptr_t k, int64_t batch,
+void think_channel_scores(uintptr_t out, int64_t out_numel, uintptr_t q_window,
+                          int64_t q_window_numel, uintptr_t k, int64_t k_numel, int64_t batch,
                           int64_t hq, int64_t hkv, int64_t window, int64_t length, int64_t dim,
                           int dtype, int threads) {
   const char* op = "think_channel_scores";
-  PONDER_CHECK(batch >= 0 && hq >= 0 && window >= 1 && length >= 1 && dim >= 0,
-               op << ": need B, Hq, D >= 0 and W, L >= 1");
+  threads = check_threads(op, threads);
+  PONDER_CHECK(window >= 1 && length >= 1,
+               op << ": need W, L >= 1, got W = " << window << ", L = " << length);
   PONDER_CHECK(hkv >= 1 && hq % hkv == 0,
                op << ": Hq = " << hq << " must be a multiple of Hkv = " << hkv);
-  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
-  const int64_t heads = batch * hkv;
-  if (heads == 0 || dim == 0) return;
-  check_ptr(op, "out", out, true);
-  check_ptr(op, "q_window", q_window, hq > 0);
-  check_ptr(op, "k", k, true);
+  check_buffer(op, {"out", out, out_numel}, {batch, hkv, dim});
+  check_buffer(op, {"q_window", q_window, q_window_numel}, {batch, hq, window, dim});
+  check_buffer(op, {"k", k, k_numel}, {batch, hkv, length, dim});
+  if (dim == 0) return;
+  const int64_t heads = batch * hkv;  // fits: out's check multiplied them
+  if (heads == 0) return;
   const int64_t group = hq / hkv;
   // Fixed chunks of keys, summed in double: the scores do not depend on the thread count and
   // a mean over 32K squares keeps full float precision.

@@ -1,5 +1,5 @@
 // What every CUDA launcher shares. A launcher runs these steps in this order:
-//   1. validate its arguments (PONDER_CHECK, check_buffers: ponder/check.h) -> ValueError;
+//   1. validate its arguments (PONDER_CHECK, check_buffer: ponder/check.h) -> ValueError;
 //   2. DeviceGuard guard(device, op): the tensors' device is current until the launcher returns;
 //   3. stream_from(stream): torch's current stream on that device, passed from Python;
 //   4. dispatch_dtype(dtype, op, ...): the kernel template for the storage type, launched on it;

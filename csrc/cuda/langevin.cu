@@ -142,12 +142,6 @@ __global__ void mala_accept_kernel(T* x_out, double* logp_out, T* g_out, bool* a
   }
 }
 
-// Element-wise launchers: n >= 0 and every buffer of n elements present.
-void check_elementwise(const char* op, int64_t n, std::initializer_list<Buffer> buffers) {
-  PONDER_CHECK(n >= 0, op << ": element count must be >= 0, got " << n);
-  check_buffers(op, n, buffers);
-}
-
 }  // namespace
 
 int device_count() {
@@ -159,11 +153,15 @@ int device_count() {
   return count;
 }
 
-void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, int64_t n,
-              int dtype, double drift, double noise_scale, uint64_t seed, int device,
-              uintptr_t stream) {
+void ula_step(uintptr_t out, int64_t out_numel, uintptr_t x, int64_t x_numel,
+              uintptr_t grad_logp, int64_t grad_logp_numel, uintptr_t noise,
+              int64_t noise_numel, int64_t n, int dtype, double drift, double noise_scale,
+              uint64_t seed, int device, uintptr_t stream) {
   const char* op = "ula_step";
-  check_elementwise(op, n, {{"out", out}, {"x", x}, {"grad_logp", grad_logp}});
+  check_buffer(op, {"out", out, out_numel}, {n});
+  check_buffer(op, {"x", x, x_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
   launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -174,11 +172,17 @@ void ula_step(uintptr_t out, uintptr_t x, uintptr_t grad_logp, uintptr_t noise, 
   });
 }
 
-void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp, uintptr_t noise,
-                   int64_t n, int dtype, double keep, double pull, double drift,
-                   double noise_scale, uint64_t seed, int device, uintptr_t stream) {
+void proximal_step(uintptr_t out, int64_t out_numel, uintptr_t z, int64_t z_numel, uintptr_t y,
+                   int64_t y_numel, uintptr_t grad_logp, int64_t grad_logp_numel,
+                   uintptr_t noise, int64_t noise_numel, int64_t n, int dtype, double keep,
+                   double pull, double drift, double noise_scale, uint64_t seed, int device,
+                   uintptr_t stream) {
   const char* op = "proximal_step";
-  check_elementwise(op, n, {{"out", out}, {"z", z}, {"y", y}, {"grad_logp", grad_logp}});
+  check_buffer(op, {"out", out, out_numel}, {n});
+  check_buffer(op, {"z", z, z_numel}, {n});
+  check_buffer(op, {"y", y, y_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
   launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -189,12 +193,18 @@ void proximal_step(uintptr_t out, uintptr_t z, uintptr_t y, uintptr_t grad_logp,
   });
 }
 
-void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintptr_t grad_logp,
-              uintptr_t noise, int64_t n, int dtype, double a, double b, double e, double sv,
-              double sxv, double sx, uint64_t seed, int device, uintptr_t stream) {
+void uld_step(uintptr_t x_out, int64_t x_out_numel, uintptr_t v_out, int64_t v_out_numel,
+              uintptr_t x, int64_t x_numel, uintptr_t v, int64_t v_numel, uintptr_t grad_logp,
+              int64_t grad_logp_numel, uintptr_t noise, int64_t noise_numel, int64_t n,
+              int dtype, double a, double b, double e, double sv, double sxv, double sx,
+              uint64_t seed, int device, uintptr_t stream) {
   const char* op = "uld_step";
-  check_elementwise(op, n, {{"x_out", x_out}, {"v_out", v_out}, {"x", x}, {"v", v},
-                            {"grad_logp", grad_logp}});
+  check_buffer(op, {"x_out", x_out, x_out_numel}, {n});
+  check_buffer(op, {"v_out", v_out, v_out_numel}, {n});
+  check_buffer(op, {"x", x, x_numel}, {n});
+  check_buffer(op, {"v", v, v_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {2, n});
   launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -206,21 +216,28 @@ void uld_step(uintptr_t x_out, uintptr_t v_out, uintptr_t x, uintptr_t v, uintpt
   });
 }
 
-void mala_accept(uintptr_t x_out, uintptr_t logp_out, uintptr_t grad_out, uintptr_t accepted,
-                 uintptr_t x, uintptr_t logp, uintptr_t grad_logp, uintptr_t x_prop,
-                 uintptr_t logp_prop, uintptr_t grad_logp_prop, uintptr_t uniforms,
-                 int64_t chains, int64_t dim, int dtype, double step_size, uint64_t seed,
-                 int device, uintptr_t stream) {
+void mala_accept(uintptr_t x_out, int64_t x_out_numel, uintptr_t logp_out, int64_t logp_out_numel,
+                 uintptr_t grad_out, int64_t grad_out_numel, uintptr_t accepted,
+                 int64_t accepted_numel, uintptr_t x, int64_t x_numel, uintptr_t logp,
+                 int64_t logp_numel, uintptr_t grad_logp, int64_t grad_logp_numel,
+                 uintptr_t x_prop, int64_t x_prop_numel, uintptr_t logp_prop,
+                 int64_t logp_prop_numel, uintptr_t grad_logp_prop, int64_t grad_logp_prop_numel,
+                 uintptr_t uniforms, int64_t uniforms_numel, int64_t chains, int64_t dim,
+                 int dtype, double step_size, uint64_t seed, int device, uintptr_t stream) {
   const char* op = "mala_accept";
-  PONDER_CHECK(chains >= 0 && dim >= 0,
-               op << ": chains and dim must be >= 0, got " << chains << " and " << dim);
+  check_buffer(op, {"x_out", x_out, x_out_numel}, {chains, dim});
+  check_buffer(op, {"logp_out", logp_out, logp_out_numel}, {chains});
+  check_buffer(op, {"grad_out", grad_out, grad_out_numel}, {chains, dim});
+  check_buffer(op, {"accepted", accepted, accepted_numel}, {chains});
+  check_buffer(op, {"x", x, x_numel}, {chains, dim});
+  check_buffer(op, {"logp", logp, logp_numel}, {chains});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {chains, dim});
+  check_buffer(op, {"x_prop", x_prop, x_prop_numel}, {chains, dim});
+  check_buffer(op, {"logp_prop", logp_prop, logp_prop_numel}, {chains});
+  check_buffer(op, {"grad_logp_prop", grad_logp_prop, grad_logp_prop_numel}, {chains, dim});
+  check_optional_buffer(op, {"uniforms", uniforms, uniforms_numel}, {chains});
+  // One block per chain: the grid's x dimension holds at most 2^31 - 1 blocks.
   PONDER_CHECK(chains < (int64_t(1) << 31), op << ": at most 2^31 - 1 chains, got " << chains);
-  check_buffers(op, chains,
-                {{"logp_out", logp_out}, {"accepted", accepted}, {"logp", logp},
-                 {"logp_prop", logp_prop}});
-  check_elementwise(op, chains * dim,
-                    {{"x_out", x_out}, {"grad_out", grad_out}, {"x", x}, {"grad_logp", grad_logp},
-                     {"x_prop", x_prop}, {"grad_logp_prop", grad_logp_prop}});
   launch(op, device, stream, dtype, chains, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;

@@ -806,12 +806,13 @@ def test_native_launcher_rechecks_its_arguments():
     """The C++ side refuses what it would index with, whatever the caller did (ValueError)."""
     native = _backend.cpu_module()
     out, x = torch.empty(8), torch.zeros(8)
-    args = [out.data_ptr(), x.data_ptr(), x.data_ptr(), 0]
+    # Each buffer is (address, element count); noise is absent: (0, 0).
+    args = [out.data_ptr(), 8, x.data_ptr(), 8, x.data_ptr(), 8, 0, 0]
     with pytest.raises(ValueError, match="out is a null pointer"):
-        native.ula_step(0, *args[1:], 8, 0, 0.1, 0.1, 0, 1)
+        native.ula_step(0, 0, *args[2:], 8, 0, 0.1, 0.1, 0, 1)
     with pytest.raises(ValueError, match="unknown dtype code 9"):
         native.ula_step(*args, 8, 9, 0.1, 0.1, 0, 1)
-    with pytest.raises(ValueError, match="element count must be >= 0"):
+    with pytest.raises(ValueError, match="out has a negative size"):
         native.ula_step(*args, -1, 0, 0.1, 0.1, 0, 1)
     with pytest.raises(ValueError, match="threads must be >= 1"):
         native.ula_step(*args, 8, 0, 0.1, 0.1, 0, 0)

@@ -443,11 +443,12 @@ def test_native_launcher_rechecks_token_ids():
     out = torch.empty(1, 3, dtype=torch.int64)
     counts = torch.empty(1, dtype=torch.int64)
     seeds = torch.zeros(1, dtype=torch.int64)
-    args = [out.data_ptr(), counts.data_ptr(), tokens.data_ptr(), logits.data_ptr(), 0, 0, 0, 0,
-            0, seeds.data_ptr()]
+    # Each buffer is (address, element count); the optional ones are absent: (0, 0).
+    args = [out.data_ptr(), 3, counts.data_ptr(), 1, tokens.data_ptr(), 2, logits.data_ptr(), 33,
+            *[0] * 10, seeds.data_ptr(), 1]
     with pytest.raises(ValueError, match=r"draft token 11 .* outside \[0, 11\)"):
         native.accept_tokens(*args, 1, 2, 11, 0, 1.0, 0, 1)
-    with pytest.raises(ValueError, match="K .* must be >= 1"):
+    with pytest.raises(ValueError, match=r"K .* must be in \[1, "):
         native.accept_tokens(*args, 1, 0, 11, 0, 1.0, 0, 1)
     with pytest.raises(ValueError, match="unknown dtype code"):
         tokens[0, 1] = 3

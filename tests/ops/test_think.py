@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from ponder import _backend
 from ponder.ops import think as T
+from ponder.ops._common import buffer_args
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
@@ -378,10 +379,9 @@ def test_cpp_launcher_rechecks_indices():
     bad[1, 1, 2] = 8
 
     def launch(index, starts=None, lengths=None):
+        buffers = [out, lse, q, kp, index, kr, v, starts, lengths]
         ponder._C.think_pruned_decode_attention(
-            out.data_ptr(), lse.data_ptr(), q.data_ptr(), kp.data_ptr(), index.data_ptr(),
-            kr.data_ptr(), v.data_ptr(), 0 if starts is None else starts.data_ptr(),
-            0 if lengths is None else lengths.data_ptr(), 2, 4, 2, 1, 6, 2, 8, 5, 8,
+            *[n for t in buffers for n in buffer_args(t)], 2, 4, 2, 1, 6, 2, 8, 5, 8,
             *kp.stride()[:3], *kr.stride()[:3], *v.stride()[:3], 0, 0.3, 1)
 
     launch(idx)  # the good call runs

@@ -37,6 +37,17 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def buffer_args(t: torch.Tensor | None) -> tuple[int, int]:
+    """``(address, element count)`` of the buffer behind ``t``, as a launcher takes each buffer
+    parameter; ``(0, 0)`` for None. A strided view (a slice of a preallocated cache) passes the
+    elements from its first one to the end of its storage, which its strides may reach."""
+    if t is None:
+        return 0, 0
+    if t.is_contiguous():
+        return t.data_ptr(), t.numel()
+    return t.data_ptr(), t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+
+
 def launch_native(
     backend: str,
     kernel: Callable[..., None],
@@ -45,17 +56,19 @@ def launch_native(
 ) -> None:
     """Call ``kernel``, a C++ launcher of backend ``cpu`` or ``cuda`` (from a KernelTable).
 
-    ``tensors`` are contiguous buffers (None for an optional one: a null pointer); ``scalars``
-    follow in the launcher's order and end with the seed. The CPU launcher also gets torch's
-    thread count; the CUDA launcher gets the device index and torch's current stream.
+    ``tensors`` are the buffers (None for an optional one): each is passed as two integers, its
+    address and its element count (``0, 0`` for None), which the launcher checks against the
+    sizes and strides it will use. ``scalars`` follow in the launcher's order and end with the
+    seed. The CPU launcher also gets torch's thread count; the CUDA launcher gets the device index
+    and torch's current stream.
     """
-    ptrs = [0 if t is None else t.data_ptr() for t in tensors]
+    buffers = [v for t in tensors for v in buffer_args(t)]
     if backend == "cpu":
-        kernel(*ptrs, *scalars, torch.get_num_threads())
+        kernel(*buffers, *scalars, torch.get_num_threads())
         return
     device = next(t.device for t in tensors if t is not None)
     stream = torch.cuda.current_stream(device).cuda_stream
-    kernel(*ptrs, *scalars, device.index, stream)
+    kernel(*buffers, *scalars, device.index, stream)
 
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
