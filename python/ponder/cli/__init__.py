@@ -12,9 +12,9 @@
     ponder prm score|collect|train|best-of-n      process reward models on JSONL files
 
 A bad argument or input (a missing file, a number out of range, a device or backend that is not
-here, a model folder that cannot be loaded) stops the command before any work with one line,
-"ponder <command>: error: ...", and exit status 2. PONDER_DEBUG=1 in the environment shows the
-traceback instead. Models are read from local folders with safetensors weights only, unless a
+here, a model folder that cannot be loaded) stops the command with one line, "ponder <command>:
+error: ...", and exit status 2, before any work wherever it can be told in advance. PONDER_DEBUG=1
+in the environment shows the traceback instead. Models are read from local folders with safetensors weights only, unless a
 command is given --allow-download (Hugging Face Hub ids) or --allow-pickle (*.bin weights)."""
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ lines (``--separator`` splits a solution into steps); ``best-of-n`` reads ``{"qu
 "candidates": [solution, ...]}`` lines, optionally with ``"reference"`` (the gold answer for the
 verifier; the toy verifier solves the question itself). ``--model`` / ``--policy`` / ``--init``
 take ``toy`` (the shipped toy PRM), ``toy-draft`` / ``toy-target`` (the toy LMs) or a
-transformers model folder.
+transformers model folder with safetensors weights (``--allow-pickle`` for ``*.bin`` weights,
+``--allow-download`` for Hugging Face Hub ids).
 """
 
 from __future__ import annotations
