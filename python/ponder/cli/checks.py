@@ -66,8 +66,6 @@ nonnegative_int = int_at_least(0)
 # Seeds go to torch.manual_seed and ponder's counter-based generators: 63 bits.
 seed = int_at_least(0, MAX_SEED)
 positive_real = real_in(0.0, low_open=True)
-nonnegative_real = real_in(0.0)
-probability = real_in(0.0, 1.0, low_open=True)
 
 
 def nonempty_text(text: str) -> str:
