@@ -29,8 +29,18 @@ def files(tmp_path_factory) -> dict[str, str]:
         (root / name).write_text(text)
         return str(root / name)
 
+    def write_bytes(name: str, data: bytes) -> str:
+        (root / name).write_bytes(data)
+        return str(root / name)
+
     def jsonl(name: str, *records: object) -> str:
         return write(name, "".join(json.dumps(r) + "\n" for r in records))
+
+    def folder(name: str, *files: str) -> str:
+        (root / name).mkdir()
+        for file in files:
+            (root / name / file).write_text("{}")
+        return str(root / name)
 
     return {
         "missing": str(root / "missing.jsonl"),
@@ -48,6 +58,31 @@ def files(tmp_path_factory) -> dict[str, str]:
         "no_answer": jsonl("no_answer.jsonl", {"prompt": "Q: 1+1=?"}),
         "prompts_not_json": write("prompts.jsonl", "Q: 1+1=?\n"),
         "not_er_data": jsonl("not_er.jsonl", {"foo": 1}),
+        "er_bad_labels": jsonl("er_labels.jsonl", {"text": "a k", "value": [1.5]}),
+        "er_bool_labels": jsonl("er_bool.jsonl", {"text": "a k", "value": [True]}),
+        "er_no_steps": jsonl("er_steps.jsonl", {"question": "Q", "steps": [], "value": [1.0]}),
+        "empty_steps": jsonl("empty_steps.jsonl", {"question": "Q: 1+1=?", "steps": []}),
+        "empty_solution": jsonl("empty_sol.jsonl", {"question": "Q: 1+1=?", "solution": ""}),
+        "empty_candidate": jsonl("empty_cand.jsonl", {"question": "Q: 1+1=?",
+                                                      "candidates": ["Answer: 2", ""]}),
+        "list_reference": jsonl("list_ref.jsonl", {"question": "Q: 1+1=?", "candidates": ["x"],
+                                                   "reference": [2]}),
+        "not_toy_question": jsonl("not_toy.jsonl", {"question": "What is 1+1?",
+                                                    "candidates": ["2"]}),
+        "empty_prompt": jsonl("empty_prompt.jsonl", {"prompt": " ", "answer": 2}),
+        "bool_answer": jsonl("bool_answer.jsonl", {"prompt": "Q: 1+1=?", "answer": True}),
+        "word_answer": jsonl("word_answer.jsonl", {"prompt": "Q: 1+1=?", "answer": "two"}),
+        "two_answers": jsonl("two_answers.jsonl", {"prompt": "Q: 1+1=?", "answer": 2},
+                             {"prompt": "Q: 1+1=?", "answer": 3}),
+        "good_problems": jsonl("problems.jsonl", {"prompt": "Q: 1+1=?", "answer": 2}),
+        "empty_text": write("empty.txt", " \n"),
+        "not_utf8": write_bytes("latin1.txt", "caf\xe9".encode("latin-1")),
+        "prompts_empty_line": jsonl("prompts_empty.jsonl", {"prompt": ""}),
+        # model folders that cannot be loaded (refused from their file list, nothing is read)
+        "no_config": folder("no_config"),
+        "pickled": folder("pickled", "config.json", "pytorch_model.bin", "tokenizer.json"),
+        "no_weights": folder("no_weights", "config.json", "tokenizer.json"),
+        "no_tokenizer": folder("no_tokenizer", "config.json", "model.safetensors"),
     }
 
 
@@ -56,6 +91,8 @@ CASES = [
     # ponder demo / info / experiments
     (["demo", "--only", "nothing"], "--only"),
     (["demo", "--seed", "-1"], "--seed"),
+    (["demo", "--out", "{good}"], "--out"),
+    (["experiments", "samplers", "--out", "{good}"], "--out"),
     (["info", "--bogus"], "unrecognized arguments"),
     (["experiments", "samplers", "--seed", "x"], "--seed"),
     (["experiments", "nothing"], "invalid choice"),
@@ -75,15 +112,33 @@ CASES = [
     (["sample", "sgld", "--target", "logistic", "--batch-size", "0"], "--batch-size"),
     (["sample", "ddpm", "--target", "logistic"], "exact score"),
     (["sample", "--seed", "-1"], "--seed"),
+    (["sample", "--seed", str(2**64)], "--seed"),
+    (["sample", "--chains", str(10**13)], "--chains"),
+    (["sample", "--dim", str(10**12), "--chains", "2"], "--dim"),
+    # not built here, or (where it is) not for --device cpu: refused either way, before any work
+    (["sample", "--backend", "cuda"], "--backend cuda"),
     # ponder toy
     (["toy", "eval", "--n", "-5"], "--n"),
     (["toy", "eval", "--n", "0"], "--n"),
     (["toy", "eval", "--models", "draft", "--out", "{missing}"], "--out"),
     (["toy", "fly"], "invalid choice"),
+    (["toy", "train", "--out", "{good}"], "--out"),
+    (["toy", "eval", "--models", "prm", "--out", "{folder}"], "recipe"),
     # ponder think
     (["think", "--model", "{missing}"], "--model"),
     (["think", "--prompts", "{missing}"], "--prompts"),
     (["think", "--prompts", "{prompts_not_json}", "--model", "draft"], "not JSON"),
+    (["think", "--prompts", "{empty_text}"], "empty"),
+    (["think", "--prompts", "{not_utf8}"], "--prompts"),
+    (["think", "--prompts", "{prompts_empty_line}"], "empty prompt"),
+    (["think", "--model", "{no_config}"], "config.json"),
+    (["think", "--model", "{pickled}"], "--allow-pickle"),
+    (["think", "--model", "{no_weights}", "--allow-pickle"], "no weights"),
+    (["think", "--model", "{no_tokenizer}"], "tokenizer"),
+    (["think", "--model", "org/name"], "--allow-download"),
+    (["think", "--evict", "snapkv"], "token_budget"),
+    (["think", "--seed", str(2**63)], "--seed"),
+    (["think", "--model", "draft", "--max-new-tokens", str(10**8)], "max_position_embeddings"),
     (["think", "--n", "0"], "--n"),
     (["think", "--context", "0"], "--context"),
     (["think", "--batch-size", "0"], "--batch-size"),
@@ -106,6 +161,12 @@ CASES = [
     (["rsd", "--delta", "nan"], "--delta"),
     (["rsd", "--omega", "bogus"], "--omega"),
     (["rsd", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["rsd", "--data", "{empty_prompt}"], "'prompt' is empty"),
+    (["rsd", "--data", "{bool_answer}"], "'answer'"),
+    (["rsd", "--data", "{word_answer}"], "'answer'"),
+    (["rsd", "--data", "{two_answers}"], "another answer"),
+    (["rsd", "--data", "{good_problems}", "--prm", "oracle"], "--prm oracle"),
+    (["rsd", "--target", "{pickled}"], "--allow-pickle"),
     # ponder prm score
     (["prm", "score", "--input", "{missing}", "--output", "{no_folder_out}"], "--input"),
     (["prm", "score", "--input", "{good}", "--output", "{no_folder_out}"], "--output"),
@@ -122,6 +183,13 @@ CASES = [
      "--allow-download"),
     (["prm", "score", "--input", "{good}", "--output", "o.jsonl", "--batch-size", "0"],
      "--batch-size"),
+    (["prm", "score", "--input", "{empty_steps}", "--output", "o.jsonl"], "no steps"),
+    (["prm", "score", "--input", "{empty_solution}", "--output", "o.jsonl"], "no steps"),
+    (["prm", "score", "--input", "{good}", "--output", "{good}"], "--input file"),
+    (["prm", "score", "--input", "{good}", "--output", "o.jsonl", "--separator", ""],
+     "--separator"),
+    (["prm", "score", "--input", "{good}", "--output", "o.jsonl", "--model", "{no_config}"],
+     "config.json"),
     # ponder prm collect
     (["prm", "collect", "--input", "{missing}", "--output", "o.jsonl"], "--input"),
     (["prm", "collect", "--input", "{good}", "--output", "o.jsonl", "--n", "0"], "--n"),
@@ -133,12 +201,23 @@ CASES = [
     (["prm", "collect", "--input", "{good}", "--output", "o.jsonl", "--policy", "{missing}"],
      "--policy"),
     (["prm", "collect", "--input", "{no_steps}", "--output", "o.jsonl"], "'steps'"),
+    (["prm", "collect", "--input", "{good}", "--output", "o.jsonl", "--temperature", "1e-300"],
+     "--temperature"),
+    (["prm", "collect", "--input", "{good}", "--output", "o.jsonl", "--seed", str(2**63)],
+     "--seed"),
+    (["prm", "collect", "--input", "{good}", "--output", "o.jsonl", "--policy", "{pickled}"],
+     "--allow-pickle"),
     # ponder prm train
     (["prm", "train", "--data", "{missing}", "--out", "o"], "--data"),
     (["prm", "train", "--data", "{good}", "--out", "o", "--steps", "0"], "--steps"),
     (["prm", "train", "--data", "{good}", "--out", "o", "--lr", "0"], "--lr"),
     (["prm", "train", "--data", "{good}", "--out", "o", "--init", "{missing}"], "--init"),
     (["prm", "train", "--data", "{empty}", "--out", "o"], "no records"),
+    (["prm", "train", "--data", "{not_er_data}", "--out", "o"], "'value'"),
+    (["prm", "train", "--data", "{er_bad_labels}", "--out", "o"], "[0, 1]"),
+    (["prm", "train", "--data", "{er_bool_labels}", "--out", "o"], "[0, 1]"),
+    (["prm", "train", "--data", "{er_no_steps}", "--out", "o"], "'steps' is empty"),
+    (["prm", "train", "--data", "{good}", "--out", "{good}"], "--out"),
     # ponder prm best-of-n
     (["prm", "best-of-n", "--input", "{missing}"], "--input"),
     (["prm", "best-of-n", "--input", "{string_candidates}"], "list of strings"),
@@ -146,6 +225,11 @@ CASES = [
     (["prm", "best-of-n", "--input", "{good}"], "'candidates'"),
     (["prm", "best-of-n", "--input", "{good}", "--aggregate", "max"], "--aggregate"),
     (["prm", "best-of-n", "--input", "{good}", "--output", "{no_folder_out}"], "--output"),
+    (["prm", "best-of-n", "--input", "{empty_candidate}"], "candidate 2 has no steps"),
+    (["prm", "best-of-n", "--input", "{list_reference}"], "'reference'"),
+    (["prm", "best-of-n", "--input", "{not_toy_question}"], "toy question"),
+    (["prm", "best-of-n", "--input", "{string_candidates}", "--output", "{string_candidates}"],
+     "--input file"),
     (["prm", "fly"], "invalid choice"),
 ]
 
@@ -196,3 +280,64 @@ def test_the_installed_command_exits_2(template, files):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"ponder {template[0]}")
+
+
+def test_errors_from_below_the_commands_hint_at_the_debug_switch(capsys, monkeypatch):
+    """A ValueError a command's own checks did not raise (ponder's library layers, transformers)
+    is still one line and status 2, and says how to see where it came from."""
+    monkeypatch.delenv("PONDER_DEBUG", raising=False)
+    # ULD's own friction check (the command only asks for a positive number)
+    assert cli.main(["sample", "uld", "--friction", "1e200", "--steps", "4", "--quiet"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "friction" in last and "PONDER_DEBUG=1" in last
+
+
+def _raising(exc: BaseException):
+    def run(args):
+        raise exc
+    return run
+
+
+def test_a_bug_keeps_its_traceback_and_ctrl_c_is_130(monkeypatch, capsys):
+    from ponder.cli import demo
+
+    monkeypatch.delenv("PONDER_DEBUG", raising=False)
+    monkeypatch.setattr(demo, "run", _raising(KeyError("a bug")))
+    with pytest.raises(KeyError):  # not an input problem: not turned into one line
+        cli.main(["demo"])
+    monkeypatch.setattr(demo, "run", _raising(KeyboardInterrupt()))
+    assert cli.main(["demo"]) == 130
+    assert capsys.readouterr().err.strip() == "ponder demo: interrupted"
+
+
+def test_output_checks_leave_no_file_and_keep_an_existing_one(tmp_path, files):
+    from ponder.cli import checks
+
+    new = tmp_path / "new.jsonl"
+    assert checks.output_file(str(new)) == str(new)
+    assert not new.exists()  # probed for writing, then removed
+    old = tmp_path / "old.jsonl"
+    old.write_text("kept\n")
+    checks.output_file(str(old))
+    assert old.read_text() == "kept\n"
+
+
+def test_prm_train_does_not_save_diverged_weights(files, tmp_path, monkeypatch, capsys):
+    """``--lr 1e300`` "trains" into NaN weights: they must not be saved as a model. The training
+    itself is replaced by what such a run leaves behind (no steps are run here)."""
+    import torch
+    from ponder.rewards import train as train_mod
+
+    def diverge(self, *args, **kwargs):
+        with torch.no_grad():
+            next(self.model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(train_mod.PRMTrainer, "train", diverge)
+    data = tmp_path / "er.jsonl"
+    data.write_text(json.dumps({"text": "Q: 1+1=?\n\n1+1=2 k", "value": [1.0]}) + "\n")
+    out = tmp_path / "prm-out"
+    argv = ["prm", "train", "--data", str(data), "--out", str(out), "--steps", "1", "--quiet"]
+    assert cli.main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "diverged" in last and "not saved" in last
+    assert not (out / "model.safetensors").exists()

@@ -182,11 +182,12 @@ def test_cli_data_file(tmp_path, capsys):
     path = tmp_path / "problems.jsonl"
     path.write_text('{"prompt": "Q: 1+2=?\\n\\n", "answer": 3}\n\n{"prompt": "Q: 5-1=?\\n\\n", '
                     '"answer": "4"}\n')
-    assert read_problems(str(path), 10) == (["Q: 1+2=?\n\n", "Q: 5-1=?\n\n"], [3, "4"])
+    # a string of digits is the integer answer (as a string the toy verifier reads a question)
+    assert read_problems(str(path), 10) == (["Q: 1+2=?\n\n", "Q: 5-1=?\n\n"], [3, 4])
     assert read_problems(str(path), 1) == (["Q: 1+2=?\n\n"], [3])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "x"}\n')
     with pytest.raises(ValueError, match="has no 'prompt', 'answer'"):
         read_problems(str(bad), 5)
     assert main(["rsd", "--data", str(path), "--prm", "oracle"]) == 2
-    assert "--data needs a learned PRM" in capsys.readouterr().err
+    assert "--prm oracle knows only the toy test problems" in capsys.readouterr().err

@@ -9,7 +9,13 @@
     ponder toy eval [--models ...]                greedy accuracy of the shipped toy models
     ponder think [--model M] [--prompts FILE]     ThinK vs dense: cache bytes, decode tok/s
     ponder rsd [--prm toy|oracle] [--delta D ...] RSD next to draft-only and target-only runs
-    ponder prm score|collect|train|best-of-n      process reward models on JSONL files"""
+    ponder prm score|collect|train|best-of-n      process reward models on JSONL files
+
+A bad argument or input (a missing file, a number out of range, a device or backend that is not
+here, a model folder that cannot be loaded) stops the command with one line, "ponder <command>:
+error: ...", and exit status 2, before any work wherever it can be told in advance. PONDER_DEBUG=1
+in the environment shows the traceback instead. Models are read from local folders with safetensors weights only, unless a
+command is given --allow-download (Hugging Face Hub ids) or --allow-pickle (*.bin weights)."""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import sys
 # A module per command family, each with its ``add_parser`` and the code that runs its commands;
 # the library code they call lives in the layers below.
 from .. import BackendUnavailableError
-from . import demo, prm, rsd, samplers, think, toy
+from . import checks, demo, prm, rsd, samplers, think, toy
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -46,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What a command may raise for bad input (an argument out of range, a file that cannot be read, a
-# backend or device that is not here): printed as one line, exit status 2. Anything else is a bug
-# and keeps its traceback.
+# backend or device that is not here, a model folder that cannot be loaded): printed as one line,
+# exit status 2. ponder's own checks raise ValueError / TypeError naming the argument (ponder.
+# validation). Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, BackendUnavailableError)
+DEBUG_ENV = "PONDER_DEBUG"
 
 
 def _one_line(err: BaseException) -> str:
@@ -56,24 +64,46 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    """An allocation that failed: torch's CUDA OutOfMemoryError, or the CPU allocator's
+    RuntimeError (which has no class of its own)."""
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``ponder`` on ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     Bad arguments or inputs end with one line on stderr, ``ponder <command>: error: <what>``, and
-    exit status 2 (argparse's own errors too; it prints the usage first). Returns rather than
-    exits, ``--help`` included. ``PONDER_DEBUG=1`` in the
-    environment shows the traceback instead.
+    exit status 2 (argparse's own errors too; it prints the usage first); so does running out of
+    memory. An error that a command's own checks did not raise (one from ponder's library layers,
+    transformers or torch) carries a hint to set ``PONDER_DEBUG=1``, which shows the traceback
+    instead. Ctrl-C ends with exit status 130. Returns rather than exits, ``--help`` included.
     """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, or a bad argument (argparse printed why)
         return exit_.code if isinstance(exit_.code, int) else 2
+    name = " ".join(filter(None, [args.command, getattr(args, "prm_command", None)]))
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args)
-    except USER_ERRORS as err:
-        if os.environ.get("PONDER_DEBUG", "") not in ("", "0"):
+    except KeyboardInterrupt:
+        if debug:
             raise
-        name = " ".join(filter(None, [args.command, getattr(args, "prm_command", None)]))
-        print(f"ponder {name}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"ponder {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not (isinstance(err, USER_ERRORS) or _out_of_memory(err)):
+            raise
+        what = _one_line(err)
+        if _out_of_memory(err):
+            what = (f"out of memory ({what[:200]}): ask for less (fewer chains or tokens, a "
+                    "smaller batch)")
+        if not isinstance(err, checks.CommandError):
+            what += f" ({DEBUG_ENV}=1 shows the traceback)"
+        print(f"ponder {name}: error: {what}", file=sys.stderr)
         return 2

@@ -15,12 +15,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Run every part of ponder on its built-in toy world, offline "
                                    "on the CPU: print a table per section and write "
                                    "OUT/report.md with the plots.")
-    p.add_argument("--out", default="ponder-demo", help="report folder (default ./ponder-demo)")
+    p.add_argument("--out", default="ponder-demo", type=checks.output_dir,
+                   help="report folder (default ./ponder-demo)")
     p.add_argument("--quick", action="store_true",
                    help="small sizes: a smoke run of about 15 s, not numbers to report")
     p.add_argument("--only", nargs="+", choices=list(SECTIONS), default=None, metavar="SECTION",
                    help=f"run only these sections ({', '.join(SECTIONS)})")
-    p.add_argument("--seed", type=checks.nonnegative_int, default=0)
+    p.add_argument("--seed", type=checks.seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p

@@ -10,7 +10,8 @@ lines (``--separator`` splits a solution into steps); ``best-of-n`` reads ``{"qu
 "candidates": [solution, ...]}`` lines, optionally with ``"reference"`` (the gold answer for the
 verifier; the toy verifier solves the question itself). ``--model`` / ``--policy`` / ``--init``
 take ``toy`` (the shipped toy PRM), ``toy-draft`` / ``toy-target`` (the toy LMs) or a
-transformers model folder.
+transformers model folder with safetensors weights (``--allow-pickle`` for ``*.bin`` weights,
+``--allow-download`` for Hugging Face Hub ids).
 """
 
 from __future__ import annotations
@@ -31,26 +32,53 @@ def _convention(name: str):
     return toy_convention() if name == "toy" else math_shepherd()
 
 
-def _load_lm(name: str, allow_download: bool = False):
+def _load_lm(name: str, flag: str, args):
     """A toy LM by name, or (model, tokenizer) from a transformers model: a local folder with
-    safetensors weights, or a Hub id with ``allow_download`` (``--allow-download``)."""
+    safetensors weights unless ``--allow-download`` (a Hub id) or ``--allow-pickle`` (``*.bin``
+    weights) say otherwise."""
     if name in TOY_LMS:
         from ..toy import load_toy_model
 
         return load_toy_model(name.removeprefix("toy-"))
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    local = not allow_download
-    tok = AutoTokenizer.from_pretrained(name, local_files_only=local)
-    return AutoModelForCausalLM.from_pretrained(name, local_files_only=local,
-                                                use_safetensors=True), tok
+    return checks.load_causal_lm(name, flag, allow_download=args.allow_download,
+                                 allow_pickle=args.allow_pickle)
 
 
 def _verifier(name: str):
     from .. import toy  # noqa: F401 - importing ponder.toy registers the "toy" verifier
     from ..rewards import get_verifier
 
-    return get_verifier(name)
+    try:
+        return get_verifier(name)
+    except ImportError as err:  # math-verify is an optional dependency
+        raise checks.CommandError(f"--verifier {name}: {err}") from err
+
+
+def _check_references(recs: list[dict], verifier: str, path: str, keys: tuple[str, ...]) -> None:
+    """Make each record's reference (the first of ``keys`` it has, else its question) one that
+    ``verifier`` takes, before any model is loaded: a number or a string (math), an integer or a
+    toy question (toy; a string of digits becomes the integer, in place)."""
+    from ..toy import parse_question
+
+    for number, rec in enumerate(recs, 1):
+        where = f"--input: {path} record {number}"
+        key = next((k for k in keys if k in rec), "question")
+        ref = rec[key]
+        if not checks.is_a(ref, (int, float, str)):
+            raise checks.CommandError(f"{where}: {key!r} must be a number or a string")
+        if verifier != "toy":
+            continue
+        if isinstance(ref, str) and ref.strip().lstrip("-").isdigit():
+            rec[key] = int(ref)  # as a string the toy verifier would read a question
+        elif isinstance(ref, str):
+            try:
+                parse_question(ref)
+            except ValueError:
+                raise checks.CommandError(
+                    f"{where}: {key!r} is neither an integer answer nor a toy question "
+                    f"('Q: 12+34-5=?') for --verifier toy: {ref!r}") from None
+        elif not isinstance(ref, int):
+            raise checks.CommandError(f"{where}: {key!r} must be an integer for --verifier toy")
 
 
 def _load_prm(args):
@@ -60,27 +88,36 @@ def _load_prm(args):
         from ..toy.prm import load_toy_prm
 
         return load_toy_prm(batch_size=args.batch_size)
-    model, tok = _load_lm(args.model, args.allow_download)
+    model, tok = _load_lm(args.model, "--model", args)
     model.eval()
     return ProcessRewardModel(model, tok, _convention(args.convention), batch_size=args.batch_size)
 
 
 def _steps_of(rec: dict, separator: str, where: str = "--input") -> list[str]:
+    """The steps of a record: its ``steps``, or its ``solution`` split at ``separator``; at
+    least one (a solution without steps has nothing to score or label)."""
     from ..rewards.verify import split_steps
 
     if "steps" in rec:
-        return list(checks.string_list(rec, "steps", where))
-    if isinstance(rec.get("solution"), str):
-        return split_steps(rec["solution"], separator)
-    raise checks.CommandError(f"{where} needs 'steps' (a list of strings) or 'solution' "
-                              "(a string)")
+        steps = list(checks.string_list(rec, "steps", where))
+    elif isinstance(rec.get("solution"), str):
+        steps = split_steps(rec["solution"], separator)
+    else:
+        raise checks.CommandError(f"{where} needs 'steps' (a list of strings) or 'solution' "
+                                  "(a string)")
+    if not steps:
+        raise checks.CommandError(f"{where} has no steps")
+    return steps
 
 
-def _solutions(path: str) -> list[dict]:
-    """``score`` / ``collect`` input: {"question", "steps" | "solution"} records."""
-    recs = checks.read_records(path, ("question",), kinds={"question": str})
+def _solutions(args) -> list[dict]:
+    """``score`` / ``collect`` input: {"question", "steps" | "solution"} records, each with at
+    least one step."""
+    if checks.same_file(args.input, args.output):
+        raise checks.CommandError(f"--output is the --input file ({args.input})")
+    recs = checks.read_records(args.input, ("question",), kinds={"question": str})
     for number, rec in enumerate(recs, 1):
-        _steps_of(rec, "\n\n", f"--input: {path} record {number}")
+        _steps_of(rec, args.separator, f"--input: {args.input} record {number}")
     return recs
 
 
@@ -88,7 +125,7 @@ def _cmd_score(args) -> int:
     from ..rewards.model import aggregate
 
     _check_model(args, "--model", ("toy",))
-    recs = _solutions(args.input)
+    recs = _solutions(args)
     prm = _load_prm(args)
     steps = [_steps_of(r, args.separator) for r in recs]
     scores = prm.score([r["question"] for r in recs], steps, progress=not args.quiet)
@@ -110,11 +147,13 @@ def _cmd_collect(args) -> int:
     from ..rewards.collect import collect_rollouts
 
     _check_model(args, "--policy", TOY_LMS)
-    recs = _solutions(args.input)
-    model, tok = _load_lm(args.policy, args.allow_download)
+    recs = _solutions(args)
+    verifier = _verifier(args.verifier)
+    _check_references(recs, args.verifier, args.input, ("reference", "answer"))
+    model, tok = _load_lm(args.policy, "--policy", args)
     gen = TransformersGenerator(model, tok, batch_size=args.batch_size)
     stats = collect_rollouts(
-        recs, gen, _verifier(args.verifier), args.output, n=args.n,
+        recs, gen, verifier, args.output, n=args.n,
         eta=args.eta, convention=_convention(args.convention), tokenizer=tok,
         separator=args.separator, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, seed=args.seed, progress=not args.quiet,
@@ -132,11 +171,14 @@ def _cmd_train(args) -> int:
     from ..rewards.train import PRMDataCollator, PRMDataset, PRMTrainer
 
     _check_model(args, "--init", TOY_LMS)
-    recs = checks.read_records(args.data, arg="--data")
-    model, tok = _load_lm(args.init, args.allow_download)
+    recs = _training_records(args.data)
+    model, tok = _load_lm(args.init, "--init", args)
     model.train()
     conv = _convention(args.convention)
-    data = PRMDataset(recs, tok, conv)
+    try:
+        data = PRMDataset(recs, tok, conv)
+    except ValueError as err:  # a record whose step tags do not match its labels
+        raise checks.CommandError(f"--data: {args.data}: {err}") from err
     if len(data) == 0:
         raise checks.CommandError(f"--data: {args.data} holds no labelled steps")
     targs = TrainingArguments(
@@ -152,6 +194,12 @@ def _cmd_train(args) -> int:
     if args.quiet:
         trainer.remove_callback(PrinterCallback)
     trainer.train()
+    # A learning rate that blows the weights up still "trains": refuse to save NaN / inf.
+    broken = sum(int((~torch.isfinite(w)).sum()) for w in model.parameters())
+    if broken:
+        raise checks.CommandError(
+            f"training diverged: {broken:,} weights are NaN or inf after {args.steps} steps at "
+            f"--lr {args.lr:g}; the model was not saved (try a smaller --lr)")
     model.save_pretrained(args.out)  # safetensors
     tok.save_pretrained(args.out)
     print(f"trained on {len(data)} examples for {args.steps} steps -> {args.out}")
@@ -163,12 +211,15 @@ def _cmd_best_of_n(args) -> int:
     from ..toy import extract_answer
 
     _check_model(args, "--model", ("toy",))
+    if args.output is not None and checks.same_file(args.input, args.output):
+        raise checks.CommandError(f"--output is the --input file ({args.input})")
     recs = checks.read_records(args.input, ("question", "candidates"), kinds={"question": str})
     for number, rec in enumerate(recs, 1):
         where = f"--input: {args.input} record {number}"
-        if not checks.string_list(rec, "candidates", where):
-            raise checks.CommandError(f"{where}: 'candidates' is empty")
+        for c, text in enumerate(checks.string_list(rec, "candidates", where, nonempty=True), 1):
+            _steps_of({"solution": text}, args.separator, f"{where} candidate {c}")
     verifier = _verifier(args.verifier)
+    _check_references(recs, args.verifier, args.input, ("reference",))
     prm = _load_prm(args)
     questions, steps, owner = [], [], []
     for p, r in enumerate(recs):
@@ -196,16 +247,32 @@ def _cmd_best_of_n(args) -> int:
     return 0
 
 
+def _training_records(path: str) -> list[dict]:
+    """``train`` input: ER-PRM records, ``{"text", "value"}`` or ``{"question", "steps",
+    "value"}`` with ``value`` a non-empty list of labels in [0, 1]; checked before any model is
+    loaded (the step tags are counted once the tokenizer is there)."""
+    recs = checks.read_records(path, ("value",), arg="--data",
+                               kinds={"text": str, "question": str, "value": list})
+    for number, rec in enumerate(recs, 1):
+        where = f"--data: {path} record {number}"
+        labels = rec["value"]
+        if not labels or not all(checks.is_a(v, (int, float)) and 0.0 <= v <= 1.0
+                                 for v in labels):
+            raise checks.CommandError(f"{where}: 'value' must be a non-empty list of labels in "
+                                      "[0, 1]")
+        if "text" not in rec:
+            if "question" not in rec or "steps" not in rec:
+                raise checks.CommandError(f"{where} needs 'text', or 'question' and 'steps'")
+            checks.string_list(rec, "steps", where, nonempty=True)
+    return recs
+
+
 def _check_model(args, flag: str, names: tuple[str, ...]) -> None:
-    """``--model`` / ``--policy`` / ``--init`` name a built-in model or a local folder (a Hub
-    name too with ``--allow-download``): checked before any file is read or model loaded."""
-    value = getattr(args, flag.lstrip("-"))
-    if not args.allow_download:
-        try:
-            checks.model_source("model", names)(value)
-        except argparse.ArgumentTypeError as err:
-            raise checks.CommandError(f"{flag}: {err} (--allow-download to fetch it from the "
-                                      "Hub)") from None
+    """``--model`` / ``--policy`` / ``--init`` name a built-in model, a model folder that can be
+    loaded, or (``--allow-download``) a Hub id: checked before any file is read or model
+    loaded."""
+    checks.check_model(getattr(args, flag.lstrip("-")), flag, names,
+                       allow_download=args.allow_download, allow_pickle=args.allow_pickle)
 
 
 def add_parser(subparsers) -> None:
@@ -216,13 +283,12 @@ def add_parser(subparsers) -> None:
     sub = p.add_subparsers(dest="prm_command", required=True)
 
     def common(q, model=True):
-        q.add_argument("--separator", default="\n\n", help="step separator of solutions")
+        q.add_argument("--separator", default="\n\n", type=checks.nonempty_text,
+                       help="step separator of solutions")
         q.add_argument("--convention", choices=CONVENTIONS, default="toy")
         q.add_argument("--batch-size", type=checks.positive_int, default=64)
         q.add_argument("--quiet", action="store_true")
-        q.add_argument("--allow-download", action="store_true",
-                       help="let transformers fetch a model name from the Hugging Face Hub "
-                       "(default: local folders only; weights are always safetensors)")
+        checks.add_model_flags(q)
         if model:
             q.add_argument("--model", default="toy",
                            help="'toy' (the shipped toy PRM) or a transformers model folder")
@@ -241,19 +307,22 @@ def add_parser(subparsers) -> None:
     c.add_argument("--n", type=checks.positive_int, default=16)
     c.add_argument("--eta", type=checks.positive_real, default=2.0)
     c.add_argument("--max-new-tokens", type=checks.positive_int, default=256)
-    c.add_argument("--temperature", type=checks.positive_real, default=1.0)
-    c.add_argument("--seed", type=checks.nonnegative_int, default=0)
+    # Below 1e-6 the logits / temperature of float32 models overflow (a NaN sampling
+    # distribution); sampling is greedy long before.
+    c.add_argument("--temperature", type=checks.real_in(1e-6), default=1.0,
+                   help="sampling temperature (>= 1e-6)")
+    c.add_argument("--seed", type=checks.seed, default=0)
     common(c, model=False)
     c.set_defaults(func=_cmd_collect)
 
     t = sub.add_parser("train", help="train a PRM on ER-PRM JSONL (soft-label cross-entropy)")
     t.add_argument("--data", required=True, type=checks.existing_file)
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", required=True, type=checks.output_dir)
     t.add_argument("--init", default="toy-target",
                    help="toy-target, toy-draft or a folder")
     t.add_argument("--steps", type=checks.positive_int, default=500)
     t.add_argument("--lr", type=checks.positive_real, default=5e-4)
-    t.add_argument("--seed", type=checks.nonnegative_int, default=0)
+    t.add_argument("--seed", type=checks.seed, default=0)
     common(t, model=False)
     t.set_defaults(func=_cmd_train)
 

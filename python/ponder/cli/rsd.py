@@ -30,9 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Run RSD on the toy arithmetic world (default models: the toy draft and "
         "target) and print accuracy, steps, tokens and estimated FLOPs next to draft-only and "
         "target-only runs.")
-    parser.add_argument("--draft", default="draft", type=checks.model_source("toy model", TOY_LMS),
+    parser.add_argument("--draft", default="draft",
                         help="toy model name or a transformers model folder (default: draft)")
-    parser.add_argument("--target", default="target", type=checks.model_source("toy model", TOY_LMS),
+    parser.add_argument("--target", default="target",
                         help="toy model name or a transformers model folder (default: target)")
     parser.add_argument("--prm", default="toy", choices=["toy", "oracle"],
                         help="'toy' (the shipped toy PRM if present, else the oracle step "
@@ -40,12 +40,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, type=checks.existing_file,
                         help="JSONL of problems {\"prompt\": ..., \"answer\": ...} "
                         "(default: toy test problems)")
-    parser.add_argument("--n", type=checks.positive_int, default=100, help="problems to run (default 100)")
+    parser.add_argument("--n", type=checks.positive_int, default=100,
+                        help="problems to run (default 100)")
     parser.add_argument("--delta", type=_delta, nargs="+", default=[0.7],
                         help="acceptance thresholds (default 0.7)")
     parser.add_argument("--omega", default="binary", choices=OMEGAS)
     parser.add_argument("--max-new-tokens", type=checks.positive_int, default=64)
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    checks.add_model_flags(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -68,27 +70,48 @@ def load_prm(kind: str, problems):
     return ToyOracleScorer(problems), "oracle step checker"
 
 
-def _load_model(name: str):
-    """A toy model by name, or (model, tokenizer) from a transformers folder."""
-    from pathlib import Path
-
+def _load_model(name: str, flag: str, args):
+    """A toy model by name, or (model, tokenizer) from a transformers model (checked by
+    :func:`checks.check_model`)."""
     from ..toy import load_toy_model
 
-    if not Path(name).is_dir():
+    if name in TOY_LMS:
         return load_toy_model(name)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True,
-                                                 use_safetensors=True).eval()
-    tok = AutoTokenizer.from_pretrained(name, local_files_only=True, padding_side="left")
-    return model, tok
+    model, tok = checks.load_causal_lm(name, flag, allow_download=args.allow_download,
+                                       allow_pickle=args.allow_pickle)
+    tok.padding_side = "left"
+    return model.eval(), tok
 
 
 def read_problems(path: str, n: int) -> tuple[list[str], list[object]]:
-    """Prompts and answers from a JSONL file of {"prompt": str, "answer": ...} rows (the first
-    ``n``)."""
-    rows = checks.read_records(path, ("prompt", "answer"), arg="--data", kinds={"prompt": str})
-    return [r["prompt"] for r in rows[:n]], [r["answer"] for r in rows[:n]]
+    """Prompts and answers from a JSONL file of {"prompt": str, "answer": int | str} rows (the
+    first ``n``), the answers as the toy verifier takes them: an integer (a string of digits is
+    one), or a toy question it solves itself. A prompt must be non-empty, and one prompt cannot
+    have two answers."""
+    from ..toy import parse_question
+
+    rows = checks.read_records(path, ("prompt", "answer"), arg="--data",
+                               kinds={"prompt": str, "answer": (int, str)})[:n]
+    answers: dict[str, object] = {}
+    prompts, normalised = [], []
+    for number, row in enumerate(rows, 1):
+        where = f"--data: {path} record {number}"
+        prompt, answer = row["prompt"], row["answer"]
+        if not prompt.strip():
+            raise checks.CommandError(f"{where}: 'prompt' is empty")
+        if isinstance(answer, str) and answer.strip().lstrip("-").isdigit():
+            answer = int(answer)  # as a string it would be read as a question
+        elif isinstance(answer, str):
+            try:
+                parse_question(answer)
+            except ValueError:
+                raise checks.CommandError(f"{where}: 'answer' must be an integer or a toy "
+                                          f"question ('Q: 12+34-5=?'), got {answer!r}") from None
+        if answers.setdefault(prompt, answer) != answer:
+            raise checks.CommandError(f"{where} repeats an earlier prompt with another answer")
+        prompts.append(prompt)
+        normalised.append(answer)
+    return prompts, normalised
 
 
 def run(args) -> int:
@@ -96,21 +119,28 @@ def run(args) -> int:
     from ..decoding import num_parameters, rsd_generate
     from ..toy import SPECS, verify
 
-    draft, tok = _load_model(args.draft)
-    target, target_tok = _load_model(args.target)
+    for flag, name in (("--draft", args.draft), ("--target", args.target)):
+        checks.check_model(name, flag, TOY_LMS, kind="toy model",
+                           allow_download=args.allow_download, allow_pickle=args.allow_pickle)
     verifier = verify
     if args.data is None:
         problems = SPECS["target"].splits().test[: args.n]
-    else:
+        prompts = [p.prompt for p in problems]
+    else:  # read and checked before any model is loaded
         problems, answers = read_problems(args.data, args.n)
+        prompts = problems
         by_prompt = dict(zip(problems, answers))
 
         def verifier(prompt, text):
-            answer = by_prompt[prompt]
-            if isinstance(answer, str) and answer.strip().lstrip("-").isdigit():
-                answer = int(answer)  # a str would be read as a question
-            return verify(answer, text)
+            return verify(by_prompt[prompt], text)
 
+    if args.prm == "oracle" and args.data is not None:
+        raise checks.CommandError("--prm oracle knows only the toy test problems, not --data "
+                                  "(use --prm toy)")
+    draft, tok = _load_model(args.draft, "--draft", args)
+    target, target_tok = _load_model(args.target, "--target", args)
+    for model, tokenizer in ((draft, tok), (target, target_tok)):
+        checks.check_generation_length(tokenizer, model.config, prompts, args.max_new_tokens)
     prm, prm_name = load_prm(args.prm, problems)
     inner = getattr(prm, "model", None)
     # The oracle is charged as a target-sized PRM (a learned toy PRM is one).

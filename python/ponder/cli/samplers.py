@@ -29,28 +29,33 @@ def add_parsers(subparsers) -> None:
     p.add_argument("sampler", nargs="?", default="mala",
                    choices=LANGEVIN_SAMPLERS + DIFFUSION_SAMPLERS)
     p.add_argument("--target", default="gaussian", choices=sorted(TARGETS))
-    p.add_argument("--dim", type=checks.positive_int, default=None, help="default 2 (3 for logistic)")
-    p.add_argument("--chains", type=checks.int_at_least(2), default=1024, help="chains (samples for diffusion)")
-    p.add_argument("--steps", type=checks.int_at_least(2), default=1000, help="steps (DDPM: reverse steps)")
+    p.add_argument("--dim", type=checks.positive_int, default=None,
+                   help="default 2 (3 for logistic)")
+    p.add_argument("--chains", type=checks.int_at_least(2), default=1024,
+                   help="chains (samples for diffusion)")
+    p.add_argument("--steps", type=checks.int_at_least(2), default=1000,
+                   help="steps (DDPM: reverse steps)")
     p.add_argument("--step-size", type=checks.positive_real, default=None,
                    help="h (SPS: the inner tau); default depends on the target")
     p.add_argument("--friction", type=checks.positive_real, default=1.0, help="ULD friction gamma")
     p.add_argument("--eta", type=checks.positive_real, default=1.0, help="SPS outer proximal step")
-    p.add_argument("--inner-steps", type=checks.positive_int, default=5, help="SPS / RTK inner steps")
+    p.add_argument("--inner-steps", type=checks.positive_int, default=5,
+                   help="SPS / RTK inner steps")
     p.add_argument("--segments", type=checks.positive_int, default=10, help="RTK segments K")
-    p.add_argument("--batch-size", type=checks.positive_int, default=32, help="SGLD / SPS minibatch (logistic)")
+    p.add_argument("--batch-size", type=checks.positive_int, default=32,
+                   help="SGLD / SPS minibatch (logistic)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--device", type=checks.device, default="cpu")
     p.add_argument("--backend", choices=["cpu", "cuda", "triton", "torch"], default=None)
-    p.add_argument("--seed", type=checks.nonnegative_int, default=0)
+    p.add_argument("--seed", type=checks.seed, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sample)
 
     p_exp = subparsers.add_parser("experiments", help="regenerate experiment tables and plots")
     p_exp.add_argument("which", choices=["samplers"])
-    p_exp.add_argument("--out", default="bench/samplers")
+    p_exp.add_argument("--out", default="bench/samplers", type=checks.output_dir)
     p_exp.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    p_exp.add_argument("--seed", type=checks.nonnegative_int, default=0)
+    p_exp.add_argument("--seed", type=checks.seed, default=0)
     p_exp.add_argument("--quiet", action="store_true")
     p_exp.set_defaults(func=run_experiments)
 
@@ -110,10 +115,15 @@ def run_sample(args: argparse.Namespace) -> int:
     if problems:
         print("ponder sample: error: " + "; ".join(problems), file=sys.stderr)
         return 2
+    checks.check_backend(args.backend, args.device)
     torch.manual_seed(args.seed)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     device = torch.device(args.device)
     dim = 3 if args.target == "logistic" and args.dim is None else (args.dim or 2)
+    # A sampler holds a few [chains, dim] tensors at once (the state, its gradient, a proposal,
+    # the noise): sizes that can never fit are refused here, not by the allocator mid-run.
+    checks.check_fits(4 * args.chains * dim * dtype.itemsize, device,
+                      f"--chains {args.chains} x --dim {dim} in {args.dtype}")
     target = make_target(args.target, dim=dim).to(device=device, dtype=dtype)
     step = args.step_size if args.step_size is not None else DEFAULT_STEP[args.target]
     header = (f"sampler      {args.sampler} on {args.target} (d={target.dim}), {args.dtype} on "
@@ -139,10 +149,13 @@ def run_sample(args: argparse.Namespace) -> int:
     print(header)
     x0 = torch.randn(args.chains, target.dim, dtype=dtype, device=device)
     start = time.perf_counter()
-    trace = sampler.run(x0, args.steps, burn_in=args.steps // 2, progress=not args.quiet)
+    # Only the final state is reported: keeping no trace (burn_in = every step) holds memory to
+    # one state however many steps are asked for.
+    trace = sampler.run(x0, args.steps, burn_in=args.steps, progress=not args.quiet)
     elapsed = time.perf_counter() - start
     stats = trace.stats
-    print(f"chains       {args.chains} x {args.steps} steps (second half kept), step size {step}")
+    print(f"chains       {args.chains} x {args.steps} steps (the final states measured), "
+          f"step size {step}")
     print(f"gradients    {int(stats['grad_calls'])} calls per chain "
           f"({int(stats['data_grads'])} per-datum gradients)")
     print(f"time         {elapsed:.3f} s, {1e6 * elapsed / args.steps:.1f} us/step "

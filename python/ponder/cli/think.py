@@ -31,40 +31,49 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "think", help="generate with and without ThinK (cache bytes, decode tokens/s, agreement)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="target", type=checks.model_source("toy model", TOY_MODELS),
+    p.add_argument("--model", default="target",
                    help="a toy model name (draft, target, retrieval, retrieval-constructed) or "
                         "a local Hugging Face model folder")
-    p.add_argument("--prompts", default=None, type=checks.existing_file, help=".jsonl (one prompt a line) or a text file")
-    p.add_argument("--n", type=checks.positive_int, default=32, help="toy prompts used (without --prompts)")
+    p.add_argument("--prompts", default=None, type=checks.existing_file,
+                   help=".jsonl (one prompt a line) or a text file")
+    p.add_argument("--n", type=checks.positive_int, default=32,
+                   help="toy prompts used (without --prompts)")
     p.add_argument("--context", type=checks.positive_int, default=4096,
                    help="--model retrieval: prompt length in tokens (default 4096)")
     p.add_argument("--batch-size", type=checks.positive_int, default=16)
     p.add_argument("--max-new-tokens", type=checks.positive_int, default=None,
                    help="default 48 (2 for --model retrieval: 'v' and the digit)")
     p.add_argument("--prune-ratio", type=checks.real_in(0.0, 1.0, high_open=True), default=0.4)
-    p.add_argument("--window", type=checks.positive_int, default=None, help="default 8 on the toy arithmetic "
-                                                             "prompts, else 32")
+    p.add_argument("--window", type=checks.positive_int, default=None,
+                   help="default 8 on the toy arithmetic prompts, else 32")
     p.add_argument("--recent", type=checks.nonnegative_int, default=None, help="as --window")
     p.add_argument("--evict", choices=["snapkv"], default=None)
     p.add_argument("--token-budget", type=checks.positive_int, default=None)
     p.add_argument("--fold-block", type=checks.positive_int, default=None,
                    help="prune generated tokens too, this many at a time")
     p.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy")
-    p.add_argument("--seed", type=checks.nonnegative_int, default=0)
+    p.add_argument("--seed", type=checks.seed, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--backend", choices=["cpu", "triton", "torch"], default=None)
+    checks.add_model_flags(p)
     p.set_defaults(func=run)
     return p
 
 
 def _read_prompts(path: str) -> list[str]:
+    """The prompts of ``--prompts``: every non-empty one, or a :class:`CommandError` naming the
+    file and line."""
     file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--prompts: no such file {path}")
+    try:
+        text = file.read_text()
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8
+        raise checks.CommandError(f"--prompts: cannot read {path}: {err}") from err
     if file.suffix != ".jsonl":
-        return [file.read_text()]
+        if not text.strip():
+            raise checks.CommandError(f"--prompts: {path} is empty")
+        return [text]
     prompts = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -75,11 +84,13 @@ def _read_prompts(path: str) -> list[str]:
         if isinstance(item, dict):
             item = item.get("prompt")
         if not isinstance(item, str):
-            raise TypeError(f"--prompts: line {number} of {path} is not a string or a "
-                             "{\"prompt\": ...} object")
+            raise checks.CommandError(f"--prompts: line {number} of {path} is not a string or a "
+                                      "{\"prompt\": ...} object")
+        if not item.strip():
+            raise checks.CommandError(f"--prompts: line {number} of {path} is an empty prompt")
         prompts.append(item)
     if not prompts:
-        raise ValueError(f"--prompts: {path} holds no prompt")
+        raise checks.CommandError(f"--prompts: {path} holds no prompt")
     return prompts
 
 
@@ -100,11 +111,9 @@ def _load(args):
 
         model, tokenizer = build_retrieval_model()
         return model.to(dtype), tokenizer, "toy 'retrieval' (constructed)"
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, local_files_only=True,
-                                                 use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    model, tokenizer = checks.load_causal_lm(args.model, "--model", dtype=dtype,
+                                             allow_download=args.allow_download,
+                                             allow_pickle=args.allow_pickle)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -113,9 +122,11 @@ def _load(args):
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ponder think`` (see the module docstring); returns the exit status."""
-    from ..kv import apply_think, remove_think
+    from ..kv import ThinKSettings, apply_think, remove_think
     from ..kv.measure import generate_measured
 
+    checks.check_model(args.model, "--model", TOY_MODELS, kind="toy model",
+                       allow_download=args.allow_download, allow_pickle=args.allow_pickle)
     retrieval = args.model in ("retrieval", "retrieval-constructed")
     toy_arithmetic = args.prompts is None and not retrieval
     if args.max_new_tokens is None:
@@ -123,10 +134,17 @@ def run(args: argparse.Namespace) -> int:
     for name in ("window", "recent"):
         if getattr(args, name) is None:
             setattr(args, name, 8 if toy_arithmetic else 32)
+    settings = {"prune_ratio": args.prune_ratio, "window": args.window, "recent": args.recent,
+                "evict": args.evict, "token_budget": args.token_budget, "backend": args.backend,
+                "fold_block": args.fold_block}
+    ThinKSettings(**settings)  # the settings' own checks, before the model is loaded
+    checks.check_backend(args.backend, "cpu")  # the models run on the CPU
+    # Prompts from a file are read (and refused) before the model is loaded.
+    file_prompts = _read_prompts(args.prompts) if args.prompts is not None else None
     model, tokenizer, label = _load(args)
     problems = lookups = None
-    if args.prompts is not None:
-        prompts = _read_prompts(args.prompts)
+    if file_prompts is not None:
+        prompts = file_prompts
     elif retrieval:
         from ..toy import make_retrieval
 
@@ -137,10 +155,14 @@ def run(args: argparse.Namespace) -> int:
 
         problems = SPECS["target"].splits().test[: args.n]
         prompts = [p.prompt for p in problems]
-    settings = {"prune_ratio": args.prune_ratio, "window": args.window, "recent": args.recent,
-                    "evict": args.evict, "token_budget": args.token_budget, "backend": args.backend,
-                    "fold_block": args.fold_block}
-    apply_think(model, **settings)  # validates the settings before the slow part
+    # Caches are sized for prompt + new tokens (and a fold block): past the model's positions
+    # that is meaningless and can ask for more memory than there is.
+    checks.check_generation_length(tokenizer, model.config, prompts, args.max_new_tokens)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if args.fold_block is not None and isinstance(positions, int) and args.fold_block > positions:
+        raise checks.CommandError(f"--fold-block {args.fold_block} exceeds the model's "
+                                  f"max_position_embeddings ({positions}): it would never fold")
+    apply_think(model, **settings)  # checks the settings against the model
     remove_think(model)
     cfg = model.config
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("action", choices=["train", "eval"])
     p.add_argument("--models", nargs="+", choices=["draft", "target", "prm", "retrieval"],
                    default=None)
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, type=checks.output_dir,
                    help="weights folder (default: the package's shipped weights)")
     p.add_argument("--n", type=checks.positive_int, default=300, help="eval: test problems")
     p.add_argument("--quiet", action="store_true")
@@ -56,7 +56,12 @@ def _eval(args: argparse.Namespace, names: list[str]) -> int:
         from ..toy.models import read_recipe
         from ..toy.prm import format_prm_result
 
-        print(format_prm_result(read_recipe("prm", weights_dir=args.out)) + " (recipe.json)")
+        try:
+            recipe = read_recipe("prm", weights_dir=args.out)
+        except (OSError, ValueError) as err:  # ValueError: not JSON
+            raise checks.CommandError(f"no toy PRM recipe to report ({err}); `ponder toy train "
+                                      "--models prm` writes one") from err
+        print(format_prm_result(recipe) + " (recipe.json)")
     for name in [n for n in names if n in SPECS]:
         model, tokenizer = load_toy_model(name, weights_dir=args.out)
         problems = SPECS[name].splits().test[: args.n]

@@ -202,7 +202,7 @@ def load_toy_model(
     folder = root / name
     missing = [f for f in ("config.json", "model.safetensors") if not (folder / f).is_file()]
     if missing:
-        known = ", ".join(repr(n) for n in SPECS)
+        known = ", ".join(repr(n) for n in (*SPECS, "prm", "retrieval"))
         raise FileNotFoundError(
             f"load_toy_model: no trained toy model {name!r} in {folder} (missing "
             f"{', '.join(missing)}; the known models are {known}). Train them with "
