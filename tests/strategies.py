@@ -9,10 +9,21 @@ towards fewer special values and plainer layouts.
 
 from __future__ import annotations
 
+import atexit
 import math
+import shutil
+import tempfile
 
 import torch
+from hypothesis import configuration
 from hypothesis import strategies as st
+
+# Hypothesis caches what it reads from the source (and, with a database, examples) under
+# .hypothesis/ in the current folder, even with database=None. Tests write nothing into the
+# repository: point it at a temporary folder, before any @given runs, removed at exit.
+_HOME = tempfile.mkdtemp(prefix="ponder-hypothesis-")
+configuration.set_hypothesis_home_dir(_HOME)
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Odd sizes, 1, and empty; small enough for the Triton interpreter.

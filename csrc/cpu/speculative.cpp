@@ -36,8 +36,8 @@ struct Row {
     return static_cast<float>(l >= thr) * static_cast<float>(l > kNegInf);
   }
   float scaled(int64_t v) const { return keep(v) != 0.0f ? s(v) : kNegInf; }
-  // Without top-k / top-p every token is kept: a -inf logit then weighs exp(-87) ~ 1e-38 rather
-  // than 0 in the unfiltered loops (negligible; those loops must stay branch-free).
+  // Without top-k / top-p every token is kept: the unfiltered loops (branch-free) weigh a -inf
+  // logit exp_nonpos_f32(-inf) = 0.
   bool filtered() const { return thr > kNegInf; }
 
   // The log-sum-exp of the kept scaled logits (max pass, then a sum pass from cache).
