@@ -567,7 +567,8 @@ def _attention_bounds(q, k_pruned, idx, k_recent, v, lengths, starts, scale):
     start = torch.zeros(batch, dtype=torch.long) if starts is None else starts.long()
     end = torch.full((batch,), length) if lengths is None else lengths.long()
     q_pos = end[:, None] - s_len + torch.arange(s_len)[None, :]
-    visible = (pos[None, None, :] >= start[:, None, None]) & (pos[None, None, :] <= q_pos[..., None])
+    visible = (pos[None, None, :] >= start[:, None, None]) & \
+        (pos[None, None, :] <= q_pos[..., None])
     visible = visible[:, None, None].expand(batch, hkv, group, s_len, length).reshape(
         batch, hkv, group * s_len, length)
     logit_bound = torch.where(visible, logit_mag, torch.zeros_like(logit_mag)).amax(-1) \
@@ -797,7 +798,8 @@ def accept_tokens_cases(backend: str, *, nonfinite: bool = False):
             # Keep a finite entry in every row (a row of -inf is an error, drawn on purpose only
             # in the non-finite property).
             if t.numel():
-                t[..., 0] = torch.where(t[..., 0].isfinite(), t[..., 0], torch.zeros_like(t[..., 0]))
+                first = t[..., 0]
+                t[..., 0] = torch.where(first.isfinite(), first, torch.zeros_like(first))
             return relayout(t, draw(st.sampled_from(layouts)))
 
         target = logits((batch, k + 1, vocab))
