@@ -95,6 +95,12 @@ def _mala_accept_kernel(x_out_ptr, logp_out_ptr, g_out_ptr, acc_ptr, x_ptr, logp
         x1 = tl.load(xp_ptr + row + offs, mask=m, other=0.0).to(ACC)
         g1 = tl.load(gp_ptr + row + offs, mask=m, other=0.0).to(ACC)
         term = -0.25 * (g0 + g1) * (2.0 * (x1 - x0) + h * (g1 - g0))
+        # An infinite coordinate: the direct form, NaN like the definition where both squared
+        # norms are infinite (csrc/include/ponder/langevin.h, mala_log_ratio_term).
+        finite = ((x0 - x0) + (x1 - x1) + (g0 - g0) + (g1 - g1)) == 0.0
+        r_f = x1 - x0 - h * g0
+        r_b = x0 - x1 - h * g1
+        term = tl.where(finite, term, (r_f * r_f - r_b * r_b) / (4.0 * h))
         total += term.to(tl.float64)
     l0 = tl.load(logp_ptr + c)
     l1 = tl.load(logpp_ptr + c)

@@ -27,14 +27,17 @@ struct Row {
   float inv_t;
   float thr;  // -inf: keep all
 
-  float s(int64_t v) const { return load(logits[v]) * inv_t; }
+  // float(l) * inv_t in float, for every T: the max pass rounds it so, and every pass must see the
+  // same rounded value (for double logits, l * inv_t in double differs by an ulp, which at
+  // |l / T| ~ 1e20 is enough to make the argmax's probability exp(-ulp) = 0).
+  float s(int64_t v) const { return static_cast<float>(load(logits[v])) * inv_t; }
   float keep(int64_t v) const {
     const float l = load(logits[v]);
     return static_cast<float>(l >= thr) * static_cast<float>(l > kNegInf);
   }
   float scaled(int64_t v) const { return keep(v) != 0.0f ? s(v) : kNegInf; }
-  // Without top-k / top-p every token is kept: a -inf logit then weighs exp(-87) ~ 1e-38 rather
-  // than 0 in the unfiltered loops (negligible; those loops must stay branch-free).
+  // Without top-k / top-p every token is kept: the unfiltered loops (branch-free) weigh a -inf
+  // logit exp_nonpos_f32(-inf) = 0.
   bool filtered() const { return thr > kNegInf; }
 
   // The log-sum-exp of the kept scaled logits (max pass, then a sum pass from cache).
@@ -124,7 +127,9 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
       const T* lt = target.logits + b;
       const float it = target.inv_t;
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) key[i] = speculative::exp_nonpos_f32(load(lt[i]) * it - lse_t);
+      for (int64_t i = 0; i < n; ++i) {
+        key[i] = speculative::exp_nonpos_f32(static_cast<float>(load(lt[i])) * it - lse_t);
+      }
     }
     if (draft != nullptr) {
       if (draft->filtered()) {
@@ -139,7 +144,9 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
         const float it = draft->inv_t;
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) {
-          key[i] = std::max(key[i] - speculative::exp_nonpos_f32(load(ld[i]) * it - lse_d), 0.0f);
+          const float q =
+              speculative::exp_nonpos_f32(static_cast<float>(load(ld[i])) * it - lse_d);
+          key[i] = std::max(key[i] - q, 0.0f);
         }
       }
     } else if (point >= b && point < b + n) {

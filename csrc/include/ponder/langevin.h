@@ -62,8 +62,18 @@ PONDER_HD void uld_step(const UldCoef<Acc>& c, Acc x, Acc v, Acc grad_logp, Acc 
 // for small steps.
 template <class Acc>
 PONDER_HD Acc mala_log_ratio_term(Acc h, Acc x, Acc grad_logp, Acc x_prop, Acc grad_logp_prop) {
-  return Acc(-0.25) * (grad_logp + grad_logp_prop) *
-         (Acc(2) * (x_prop - x) + h * (grad_logp_prop - grad_logp));
+  const Acc term = Acc(-0.25) * (grad_logp + grad_logp_prop) *
+                   (Acc(2) * (x_prop - x) + h * (grad_logp_prop - grad_logp));
+  // An infinite coordinate: the definition (mala_log_alpha_reference) subtracts two infinite
+  // squared norms, a NaN log alpha, so the chain stays; the difference of squares is +-inf
+  // there instead and could move the chain to an infinite state. The direct form has the
+  // definition's NaN / inf pattern. (a - a is 0 exactly for a finite a, NaN otherwise.)
+  const Acc probe = (x - x) + (x_prop - x_prop) + (grad_logp - grad_logp) +
+                    (grad_logp_prop - grad_logp_prop);
+  const Acc r_forward = x_prop - x - h * grad_logp;
+  const Acc r_backward = x - x_prop - h * grad_logp_prop;
+  const Acc direct = (r_forward * r_forward - r_backward * r_backward) / (Acc(4) * h);
+  return probe == Acc(0) ? term : direct;
 }
 
 }  // namespace langevin

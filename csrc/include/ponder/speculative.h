@@ -18,11 +18,15 @@ constexpr uint32_t kStepStream = 0x53544550u;  // accept_steps ("STEP")
 
 // exp(x) for x <= 0 without branches, so that loops over a vocabulary row vectorise:
 // x = n ln2 + r, |r| <= ln2 / 2, exp(r) by its degree-6 Taylor polynomial (relative error
-// < 3e-7), 2^n through the exponent bits. Inputs below -87 (including -inf) give ~1e-38, never
-// NaN; callers mask excluded entries by multiplying with a 0/1 weight (a select here would be
-// turned into a branch around the polynomial, which stops GCC from vectorising).
+// < 3e-7), 2^n through the exponent bits. Inputs below -104 (including -inf) give 0, like expf,
+// never NaN; callers mask excluded entries by multiplying with a 0/1 weight (a select here would
+// be turned into a branch around the polynomial, which stops GCC from vectorising).
+// Results below exp(-87) are subnormal: 2^n is applied as 2^(n + 64) (exact) then 2^-64, which
+// rounds once, like expf. (Clamping to exp(-87) ~ 1e-38 weighed a token of probability
+// exp(-1e30) 1e-38, and it won races whose other weights were exactly 0.)
 PONDER_HD float exp_nonpos_f32(float x) {
-  x = x > -87.0f ? x : -87.0f;
+  const float in_range = static_cast<float>(x >= -104.0f);
+  x = x > -104.0f ? x : -104.0f;
   // Truncation of a value <= 0.5 rounds up: n = round-half-down(x / ln2), |r| <= ln2 / 2.
   const int ni = static_cast<int>(x * 1.44269504088896341f - 0.5f);
   const float n = static_cast<float>(ni);
@@ -30,7 +34,8 @@ PONDER_HD float exp_nonpos_f32(float x) {
   const float p =
       1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
                                                                             r * (1.0f / 720))))));
-  return p * random::bits_float(static_cast<uint32_t>(ni + 127) << 23);
+  return in_range * (p * random::bits_float(static_cast<uint32_t>(ni + 127 + 64) << 23)) *
+         5.42101086242752217e-20f;  // 2^-64
 }
 
 // Step acceptance weight omega(r) of RSD (arXiv 2501.19324). kinds: 0 binary step 1{r >= delta},

@@ -185,12 +185,22 @@ def mala_log_alpha_reference(
     step_size: float,
 ) -> Tensor:
     """Per-chain log acceptance ratio, float64: ``logp' - logp + log q(x|x') - log q(x'|x)``
-    with ``log q(a|b) = -|a - b - h grad_logp(b)|^2 / (4 h)``. Shapes: x [C, d] -> [C]."""
+    with ``log q(a|b) = -|a - b - h grad_logp(b)|^2 / (4 h)``. Shapes: x [C, d] -> [C].
+
+    The proposal part is ``sum_j (r_f^2 - r_b^2) / (4 h)`` with ``r_f = x' - x - h g`` and
+    ``r_b = x - x' - h g'``, summed per coordinate as the difference of squares
+    ``-(g + g') (2 (x' - x) + h (g' - g)) / 4``: no 1/h, so a tiny step neither overflows
+    (-inf - -inf, a NaN) nor cancels catastrophically (the kernels compute the same). A
+    coordinate with an infinite input keeps the direct form, whose NaN / inf pattern is that of
+    the two squared norms: NaN (rejected) where both are infinite.
+    """
     x, g, xp, gp = (t.double() for t in (x, grad_logp, x_prop, grad_logp_prop))
     h = step_size
-    log_q_forward = -((xp - x - h * g) ** 2).sum(-1) / (4 * h)
-    log_q_backward = -((x - xp - h * gp) ** 2).sum(-1) / (4 * h)
-    return logp_prop.double() - logp.double() + log_q_backward - log_q_forward
+    term = -0.25 * (g + gp) * (2.0 * (xp - x) + h * (gp - g))
+    r_f, r_b = xp - x - h * g, x - xp - h * gp
+    finite = torch.isfinite(x) & torch.isfinite(g) & torch.isfinite(xp) & torch.isfinite(gp)
+    term = torch.where(finite, term, (r_f * r_f - r_b * r_b) / (4 * h))
+    return logp_prop.double() - logp.double() + term.sum(-1)
 
 
 def mala_accept_reference(
