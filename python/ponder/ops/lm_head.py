@@ -617,30 +617,77 @@ def _token_logprobs_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _token_logprobs_backward(ctx, g_lp, g_ent, _g_lse):
+def _token_logprobs_backward_impl(
+    g_lp: Tensor, g_ent: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None,
+    targets: Tensor, mask: Tensor | None, ent: Tensor, lse: Tensor, temperature: float,
+    ignore_index: int, with_entropy: bool, chunk_tokens: int, chunk_vocab: int, backend: str,
+    need_weight: bool, need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``d log p_t / dz = 1[t] - p`` and ``dH / dz = -p (log p + H) = -p (z - lse + H)``:
     ``dz = p (alpha + beta z) + delta 1[t]`` with ``alpha = -g_lp - g_H (H - lse)``,
-    ``beta = -g_H``, ``delta = g_lp``, each times 1 / T."""
-    hidden, weight, bias, targets, mask, ent, lse = ctx.saved_tensors
-    temperature, ignore_index, with_entropy, chunks, backend = ctx.args
+    ``beta = -g_H``, ``delta = g_lp``, each times 1 / T. Returns (grad_hidden, grad_weight
+    (``[0]`` when not needed), grad_bias (``[0]`` when not needed or absent))."""
     inv_t = 1.0 / temperature
     keep = _keep(hidden.shape[0], hidden.device, mask) & (targets != ignore_index)
     idx, rows = _kept_rows(hidden, keep)
     acc = rows.dtype
-    g_lp = (torch.zeros_like(lse) if g_lp is None else g_lp.to(acc))[idx]
+    g_lp = g_lp.to(acc)[idx]
     alpha = -g_lp
     beta = None
-    if with_entropy and g_ent is not None:
+    if with_entropy:
         g_h = g_ent.to(acc)[idx]
         alpha = alpha - g_h * (ent[idx] - lse[idx])
-        beta = -g_h * inv_t
+        beta = (-g_h * inv_t).contiguous()
     gr, gw, gb = _vocab_backward(
-        backend, _Head(rows, weight, bias), inv_t, chunks, lse[idx].contiguous(),
-        (alpha * inv_t).contiguous(), beta=None if beta is None else beta.contiguous(),
+        backend, _Head(rows, weight, bias), inv_t, _chunks(chunk_tokens, chunk_vocab),
+        lse[idx].contiguous(), (alpha * inv_t).contiguous(), beta=beta,
         targets=targets[idx].contiguous(), delta=(g_lp * inv_t).contiguous(),
-        need_weight=ctx.needs_input_grad[1], need_bias=ctx.needs_input_grad[2])
-    gh = _scatter_rows(gr, idx, hidden) if ctx.needs_input_grad[0] else None
-    return gh, gw, gb, None, None, None, None, None, None, None, None
+        need_weight=need_weight, need_bias=need_bias)
+    return _grad_outputs(gr, gw, gb, idx, hidden)
+
+
+def _grad_outputs(gr: Tensor, gw: Tensor | None, gb: Tensor | None, idx: Tensor,
+                  hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward ops' outputs: the scattered hidden gradient, and ``[0]`` placeholders for
+    the weight / bias gradients not asked for (a custom op returns tensors, never None)."""
+    empty = hidden.new_empty(0)
+    return (_scatter_rows(gr, idx, hidden), empty if gw is None else gw,
+            empty.clone() if gb is None else gb)
+
+
+def _fake_grads(hidden, weight, bias, need_weight, need_bias):
+    return (torch.empty_like(hidden, memory_format=torch.contiguous_format),
+            weight.new_empty(weight.shape if need_weight else (0,)),
+            (bias if bias is not None else weight).new_empty(
+                (weight.shape[0],) if need_bias and bias is not None else (0,)))
+
+
+_token_logprobs_backward_op = torch.library.custom_op(
+    "ponder::token_logprobs_backward", _token_logprobs_backward_impl, mutates_args=())
+
+
+@_token_logprobs_backward_op.register_fake
+def _(g_lp, g_ent, hidden, weight, bias, targets, mask, ent, lse, temperature, ignore_index,
+      with_entropy, ct, cv, be, need_weight, need_bias):
+    return _fake_grads(hidden, weight, bias, need_weight, need_bias)
+
+
+def _grads_or_none(ctx, grads: tuple[Tensor, Tensor, Tensor], bias: Tensor | None):
+    gh, gw, gb = grads
+    return (gh if ctx.needs_input_grad[0] else None, gw if ctx.needs_input_grad[1] else None,
+            gb if ctx.needs_input_grad[2] and bias is not None else None)
+
+
+def _token_logprobs_backward(ctx, g_lp, g_ent, _g_lse):
+    hidden, weight, bias, targets, mask, ent, lse = ctx.saved_tensors
+    temperature, ignore_index, with_entropy, (ct, cv), backend = ctx.args
+    g_lp = torch.zeros_like(lse) if g_lp is None else g_lp
+    g_ent = torch.zeros_like(lse) if g_ent is None else g_ent
+    grads = torch.ops.ponder.token_logprobs_backward(
+        g_lp, g_ent, hidden, weight, bias, targets, mask, ent, lse, temperature, ignore_index,
+        with_entropy, ct, cv, backend, ctx.needs_input_grad[1],
+        ctx.needs_input_grad[2] and bias is not None)
+    return (*_grads_or_none(ctx, grads, bias), *(None,) * 8)
 
 
 _token_logprobs_op.register_autograd(_token_logprobs_backward, setup_context=_token_logprobs_setup)
@@ -695,23 +742,45 @@ def _kl_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse, mean_d)
 
 
-def _kl_backward(ctx, g_kl, _g_lse, _g_mean_d):
+def _kl_backward_impl(
+    g_kl: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None, ref_hidden: Tensor,
+    ref_weight: Tensor, ref_bias: Tensor | None, mask: Tensor | None, lse: Tensor,
+    mean_d: Tensor, temperature: float, chunk_tokens: int, chunk_vocab: int, backend: str,
+    need_weight: bool, need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``dKL / dz_v = p_v (d_v - E_p[d])`` with ``d = z - y``: ``alpha = -g E_p[d]``,
     ``beta = g``, ``gamma = -g`` (times 1 / T). The reference side gets no gradient."""
-    hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, lse, mean_d = ctx.saved_tensors
-    temperature, chunks, backend = ctx.args
     inv_t = 1.0 / temperature
     keep = _keep(hidden.shape[0], hidden.device, mask)
     idx, rows = _kept_rows(hidden, keep)
     ref_rows = ref_hidden.index_select(0, idx).to(rows.dtype)
     g = g_kl.to(rows.dtype)[idx] * inv_t
     gr, gw, gb = _vocab_backward(
-        backend, _Head(rows, weight, bias), inv_t, chunks, lse[idx].contiguous(),
-        (-g * mean_d[idx]).contiguous(), beta=g.contiguous(), gamma=(-g).contiguous(),
-        ref=_Head(ref_rows, ref_weight, ref_bias), need_weight=ctx.needs_input_grad[1],
-        need_bias=ctx.needs_input_grad[2])
-    gh = _scatter_rows(gr, idx, hidden) if ctx.needs_input_grad[0] else None
-    return gh, gw, gb, None, None, None, None, None, None, None, None
+        backend, _Head(rows, weight, bias), inv_t, _chunks(chunk_tokens, chunk_vocab),
+        lse[idx].contiguous(), (-g * mean_d[idx]).contiguous(), beta=g.contiguous(),
+        gamma=(-g).contiguous(), ref=_Head(ref_rows, ref_weight, ref_bias),
+        need_weight=need_weight, need_bias=need_bias)
+    return _grad_outputs(gr, gw, gb, idx, hidden)
+
+
+_kl_backward_op = torch.library.custom_op("ponder::kl_to_reference_backward", _kl_backward_impl,
+                                          mutates_args=())
+
+
+@_kl_backward_op.register_fake
+def _(g_kl, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, lse, mean_d,
+      temperature, ct, cv, be, need_weight, need_bias):
+    return _fake_grads(hidden, weight, bias, need_weight, need_bias)
+
+
+def _kl_backward(ctx, g_kl, _g_lse, _g_mean_d):
+    hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, lse, mean_d = ctx.saved_tensors
+    temperature, (ct, cv), backend = ctx.args
+    grads = torch.ops.ponder.kl_to_reference_backward(
+        g_kl, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, mask, lse, mean_d,
+        temperature, ct, cv, backend, ctx.needs_input_grad[1],
+        ctx.needs_input_grad[2] and bias is not None)
+    return (*_grads_or_none(ctx, grads, bias), *(None,) * 8)
 
 
 _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup)
@@ -765,7 +834,7 @@ def _student_id_logits(rows: Tensor, weight: Tensor, bias: Tensor | None, ids: T
     """``a[i, j] = z[i, ids[i, j]]``: the student's tempered logits at the teacher's ids,
     ``[n, k]``, from the k gathered weight rows per token (O(n k H), no vocabulary pass)."""
     acc = rows.dtype
-    w = weight.index_select(0, ids.reshape(-1)).to(acc).view(*ids.shape, -1)  # [n, k, H]
+    w = weight.index_select(0, ids.reshape(-1)).to(acc).view(*ids.shape, weight.shape[1])  # [n, k, H]
     a = torch.bmm(w, rows.unsqueeze(2)).squeeze(2)
     if bias is not None:
         a = a + bias.index_select(0, ids.reshape(-1)).to(acc).view(ids.shape)
@@ -842,12 +911,16 @@ def _distill_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _distill_backward(ctx, g_loss, _g_lse):
+def _distill_backward_impl(
+    g_loss: Tensor, hidden: Tensor, weight: Tensor, bias: Tensor | None, teacher_ids: Tensor,
+    teacher_logprobs: Tensor, mask: Tensor | None, lse: Tensor, temperature: float,
+    temperature_c: float, other_bucket: bool, chunk_tokens: int, chunk_vocab: int, backend: str,
+    need_weight: bool, need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """The k teacher ids get ``g dloss/da`` (sparse: gathered weight rows, index_add into the
     weight gradient); with the other bucket the whole vocabulary also gets ``g dloss/dL p_v``
     through one backward pass over the vocabulary."""
-    hidden, weight, bias, teacher_ids, teacher_logprobs, mask, lse = ctx.saved_tensors
-    temperature, temperature_c, other_bucket, chunks, backend = ctx.args
+    chunks = _chunks(chunk_tokens, chunk_vocab)
     inv_t = 1.0 / temperature
     keep = _keep(hidden.shape[0], hidden.device, mask)
     idx, rows = _kept_rows(hidden, keep)
@@ -858,8 +931,8 @@ def _distill_backward(ctx, g_loss, _g_lse):
     log_p = _teacher_log_buckets(teacher_logprobs[idx].to(acc), temperature_c, other_bucket)
     _, g_a, g_l = _distill_terms(a, log_p, lse[idx] if other_bucket else None, other_bucket)
     coef = g_a * (g * inv_t).unsqueeze(1)  # [n, k], the gradient on the raw logits at the ids
-    need_w, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[2] and bias is not None
-    w_ids = weight.index_select(0, ids.reshape(-1)).to(acc).view(*ids.shape, -1)
+    need_w, need_b = need_weight, need_bias and bias is not None
+    w_ids = weight.index_select(0, ids.reshape(-1)).to(acc).view(*ids.shape, weight.shape[1])
     sparse_rows = torch.bmm(coef.unsqueeze(1), w_ids).squeeze(1)  # [n, H]
 
     def add_ids(v0: int, v1: int, gw: Tensor | None, gb: Tensor | None) -> None:
@@ -885,8 +958,27 @@ def _distill_backward(ctx, g_loss, _g_lse):
         add_ids(0, vocab, gw_acc, gb_acc)
         gw = None if gw_acc is None else gw_acc.to(weight.dtype)
         gb = None if gb_acc is None else gb_acc.to(bias.dtype)
-    gh = _scatter_rows(gr, idx, hidden) if ctx.needs_input_grad[0] else None
-    return gh, gw, gb, None, None, None, None, None, None, None, None, None
+    return _grad_outputs(gr, gw, gb, idx, hidden)
+
+
+_distill_backward_op = torch.library.custom_op("ponder::topk_distill_loss_backward",
+                                               _distill_backward_impl, mutates_args=())
+
+
+@_distill_backward_op.register_fake
+def _(g_loss, hidden, weight, bias, teacher_ids, teacher_logprobs, mask, lse, temperature,
+      temperature_c, other_bucket, ct, cv, be, need_weight, need_bias):
+    return _fake_grads(hidden, weight, bias, need_weight, need_bias)
+
+
+def _distill_backward(ctx, g_loss, _g_lse):
+    hidden, weight, bias, teacher_ids, teacher_logprobs, mask, lse = ctx.saved_tensors
+    temperature, temperature_c, other_bucket, (ct, cv), backend = ctx.args
+    grads = torch.ops.ponder.topk_distill_loss_backward(
+        g_loss, hidden, weight, bias, teacher_ids, teacher_logprobs, mask, lse, temperature,
+        temperature_c, other_bucket, ct, cv, backend, ctx.needs_input_grad[1],
+        ctx.needs_input_grad[2] and bias is not None)
+    return (*_grads_or_none(ctx, grads, bias), *(None,) * 9)
 
 
 _distill_op.register_autograd(_distill_backward, setup_context=_distill_setup)
