@@ -468,7 +468,11 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
         v1 = min(v0 + cv, vocab)
         w, b = head.vocab_slice(v0, v1)
         wr, br = ref.vocab_slice(v0, v1) if ref is not None else (None, None)
-        gw = torch.zeros((v1 - v0, width), dtype=acc, device=rows.device) if need_weight else None
+        gw = None
+        if grad_w is not None:
+            # Accumulate straight into the output where it has the compute dtype (no copy).
+            gw = grad_w[v0:v1].zero_() if grad_w.dtype == acc else torch.zeros(
+                (v1 - v0, width), dtype=acc, device=rows.device)
         gb = torch.zeros(v1 - v0, dtype=acc, device=rows.device) if grad_b is not None else None
         for t0 in range(0, n, ct):
             t1 = min(t0 + ct, n)
@@ -483,7 +487,7 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
                 gb += z.sum(0)
         if extra_weight_grad is not None:
             extra_weight_grad(v0, v1, gw, gb)
-        if grad_w is not None:
+        if grad_w is not None and gw.data_ptr() != grad_w[v0:v1].data_ptr():
             grad_w[v0:v1] = gw
         if grad_b is not None:
             grad_b[v0:v1] = gb
