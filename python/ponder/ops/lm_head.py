@@ -55,6 +55,7 @@ __all__ = [
     "TopK",
     "kl_to_reference",
     "kl_to_reference_reference",
+    "log1mexp",
     "token_logprobs",
     "token_logprobs_reference",
     "topk_distill_loss",
@@ -838,7 +839,8 @@ def _student_id_logits(rows: Tensor, weight: Tensor, bias: Tensor | None, ids: T
     """``a[i, j] = z[i, ids[i, j]]``: the student's tempered logits at the teacher's ids,
     ``[n, k]``, from the k gathered weight rows per token (O(n k H), no vocabulary pass)."""
     acc = rows.dtype
-    w = weight.index_select(0, ids.reshape(-1)).to(acc).view(*ids.shape, weight.shape[1])  # [n, k, H]
+    # [n, k, H]: the k weight rows of each token.
+    w = weight.index_select(0, ids.reshape(-1)).to(acc).view(*ids.shape, weight.shape[1])
     a = torch.bmm(w, rows.unsqueeze(2)).squeeze(2)
     if bias is not None:
         a = a + bias.index_select(0, ids.reshape(-1)).to(acc).view(ids.shape)
