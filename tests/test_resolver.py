@@ -16,10 +16,13 @@ import ponder
 import pytest
 import torch
 from ponder import _backend, kv
-from ponder.ops import langevin, prm, speculative, think
+from ponder.ops import langevin, lm_head, prm, speculative, think
 from transformers import LlamaConfig, LlamaForCausalLM
 
-FAMILIES = {"langevin": langevin, "prm": prm, "speculative": speculative, "think": think}
+FAMILIES = {
+    "langevin": langevin, "lm_head": lm_head, "prm": prm, "speculative": speculative,
+    "think": think,
+}
 ROOT = Path(__file__).resolve().parents[1]
 GPU = torch.device("cuda")
 

@@ -12,7 +12,8 @@
   X(ula_step) X(proximal_step) X(uld_step) X(mala_accept)                         \
   X(prm_steps)                                                                     \
   X(think_pruned_decode_attention) X(think_channel_scores)                         \
-  X(accept_tokens) X(accept_steps)
+  X(accept_tokens) X(accept_steps)                                               \
+  X(lm_head_chunk_forward) X(lm_head_chunk_backward)
 
 namespace ponder {
 namespace cpu {
