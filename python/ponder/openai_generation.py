@@ -417,7 +417,8 @@ def _retry_after(err) -> float | None:
 
 @contextlib.contextmanager
 def transformers_server(model: str, *, port: int | None = None, device: str = "cpu",
-                        dtype: str = "float32", startup_timeout: float = 180.0,
+                        dtype: str = "float32", threads: int | None = None,
+                        startup_timeout: float = 180.0,
                         log_path: str | os.PathLike | None = None,
                         extra_args: Sequence[str] = ()) -> Iterator[str]:
     """Run ``transformers serve`` on ``model`` (a local folder) on 127.0.0.1 for a ``with``
@@ -425,7 +426,9 @@ def transformers_server(model: str, *, port: int | None = None, device: str = "c
     stops the server (SIGTERM, then SIGKILL) when the block ends.
 
     For tests, benchmarks and trying a collector on one machine; ``transformers[serving]`` must
-    be installed. ``port=None`` takes a free one; ``log_path`` keeps the server's output (a
+    be installed. ``port=None`` takes a free one; ``threads`` caps the server's CPU threads
+    (``OMP_NUM_THREADS``: 1 suits a toy model, whose cost is per-token overhead, and keeps a
+    busy machine from oversubscribing its cores); ``log_path`` keeps the server's output (a
     temporary file otherwise, quoted in the error when it does not start).
     """
     import subprocess
@@ -446,8 +449,11 @@ def transformers_server(model: str, *, port: int | None = None, device: str = "c
             log = stack.enter_context(tempfile.TemporaryFile("w+"))
         else:
             log = stack.enter_context(open(log_path, "w+"))
+        env = dict(os.environ)
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(int(threads))
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, env=env)
         try:
             deadline = time.monotonic() + startup_timeout
             while True:
