@@ -55,6 +55,10 @@ def test_errors(gen):
         gen.generate(["Q: 1+1=?\n\n"], temperature=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
         TransformersGenerator(gen.model, gen.tokenizer, batch_size=0)
+    with pytest.raises(ValueError, match="does not return log-probs"):
+        gen.generate(["Q: 1+1=?\n\n"], logprobs=True)
+    with pytest.raises(TypeError, match="stop must be a sequence"):
+        gen.generate(["Q: 1+1=?\n\n"], stop="\n")
 
 
 

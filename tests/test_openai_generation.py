@@ -325,3 +325,50 @@ def test_a_resumed_collection_sends_no_request_twice(server, tmp_path):
         again = collect_rollouts(records, g, ToyVerifier(), out, **kw)
         assert again.skipped == 2 and again.written == 1
         assert len(s.bodies) - sent == again.prefixes_sampled * 3 == (len(probs[2].steps)) * 3
+
+
+def test_completion_is_a_str_with_its_tokens():
+    from ponder.generation import truncate_at_stop
+
+    c = Completion("ab\n\ncd", ["a", "b\n", "\ncd"], [-1.0, -2.0, -3.0])
+    assert c == "ab\n\ncd" and isinstance(c, str) and c.tokens == ("a", "b\n", "\ncd")
+    cut = truncate_at_stop(c, ["\n\n"])  # the cut falls inside "b\n": that token is kept
+    assert cut == "ab" and cut.tokens == ("a", "b\n") and cut.token_logprobs == (-1.0, -2.0)
+    assert truncate_at_stop(c, ["zz"]) is c
+    import pickle
+
+    back = pickle.loads(pickle.dumps(c))
+    assert back == c and back.token_logprobs == c.token_logprobs
+    with pytest.raises(ValueError, match="3 tokens but 2 log-probs"):
+        Completion("abc", ["a", "b", "c"], [0.0, 0.0])
+
+
+def test_the_command_samples_from_a_server(server, tmp_path, capsys):
+    from ponder.cli import main
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"question": "Q: 20+3=?", "solution": "20+3=23\n\nAnswer: 23"})
+                   + "\n")
+    out = tmp_path / "er.jsonl"
+    base = ["prm", "collect", "--input", str(inp), "--output", str(out), "--n", "3", "--quiet"]
+    s = server()
+    assert main([*base, "--server", s.url, "--model", "fake-model", "--concurrency", "2",
+                 "--server-extra", '{"top_k": 5}']) == 0
+    assert "1 solutions written" in capsys.readouterr().out
+    assert len(s.bodies) == 3 and {b["top_k"] for b in s.bodies} == {5}
+    assert {b["model"] for b in s.bodies} == {"fake-model"}
+    assert [len(o) for o in json.loads(out.read_text())["outcomes"]] == [3, 1]
+
+    def error_of(argv) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        return err[-1]
+
+    base[base.index(str(out))] = str(tmp_path / "new.jsonl")
+    failing = server([404])
+    line = error_of([*base, "--server", failing.url, "--model", "m"])
+    assert line.startswith("ponder prm collect: error: ") and "HTTP 404" in line
+    assert f"{failing.url}/v1/completions" in line
+    assert "--model needs --server" in error_of([*base, "--model", "m"])
+    assert "--server: " in error_of([*base, "--server", "ftp://x"])
+    assert "--server-extra: " in error_of([*base, "--server", s.url, "--server-extra", "[1]"])
