@@ -119,7 +119,7 @@ class TextGenerator(Protocol):
                             f"for one stop string), got {stop!r}")
         if logprobs and not getattr(self, "returns_logprobs", False):
             raise ValueError(f"{where}: {type(self).__name__} does not return log-probs "
-                             "(logprobs=True needs a backend that does, e.g. OpenAIGenerator)")
+                             "(TransformersGenerator and OpenAIGenerator do)")
         if seed is not None and not (isinstance(seed, numbers.Integral)
                                      and not isinstance(seed, bool)):
             seeds = list(seed) if not isinstance(seed, (str, bytes)) else None
@@ -144,8 +144,11 @@ def _sample_each(backend, prompts: list[str], n: int, seed: int | list[int] | No
                  logprobs: bool) -> list[list[str]]:
     """The default of a backend without ``_sample_groups``: its ``_sample`` on all prompts at
     once (each repeated ``n`` times), or on each prompt with its own seed. ``stop`` is applied
-    by :meth:`TextGenerator.generate` afterwards; ``logprobs`` was refused before."""
+    by :meth:`TextGenerator.generate` afterwards; ``logprobs=True`` reaches ``_sample`` only when
+    the backend says it returns them."""
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    if logprobs:  # only then: a backend's _sample need not take the argument otherwise
+        options["logprobs"] = True
     if not isinstance(seed, list):
         texts = backend._sample([p for p in prompts for _ in range(n)], seed=seed, **options)
     else:
@@ -214,15 +217,22 @@ class TransformersGenerator(TextGenerator):
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
 
+    returns_logprobs = True
+
     @torch.inference_mode()
     def _sample(self, flat: list[str], *, max_new_tokens: int, temperature: float, top_p: float,
-                seed: int | None) -> list[str]:
-        """One completion of each prompt in ``flat``, ``batch_size`` prompts a ``generate``."""
+                seed: int | None, logprobs: bool = False) -> list[str]:
+        """One completion of each prompt in ``flat``, ``batch_size`` prompts a ``generate``;
+        with ``logprobs``, :class:`Completion` objects (the raw logits' log-softmax at each
+        sampled token, the end-of-sequence token and padding left out)."""
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         device = next(self.model.parameters()).device
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} \
             if temperature > 0 else {"do_sample": False}
+        if logprobs:
+            sampling.update(output_logits=True, return_dict_in_generate=True)
+        special = set(tok.all_special_ids)
         texts: list[str] = []
         was_training = self.model.training
         self.model.eval()
@@ -232,11 +242,26 @@ class TransformersGenerator(TextGenerator):
                     seed_batch(b)
                     batch = tok(flat[start:start + self.batch_size], return_tensors="pt",
                                 padding=True, padding_side="left").to(device)
-                    ids = self.model.generate(**batch, max_new_tokens=max_new_tokens,
+                    out = self.model.generate(**batch, max_new_tokens=max_new_tokens,
                                               eos_token_id=tok.eos_token_id, pad_token_id=pad,
                                               **sampling)
+                    ids = out.sequences if logprobs else out
                     new = ids[:, batch["input_ids"].shape[1]:]
-                    texts.extend(tok.batch_decode(new, skip_special_tokens=True))
+                    decoded = tok.batch_decode(new, skip_special_tokens=True)
+                    if not logprobs:
+                        texts.extend(decoded)
+                        continue
+                    # [rows, steps]: log p of each generated token under the raw logits
+                    lp = torch.stack([torch.log_softmax(step.float(), -1) for step in out.logits],
+                                     1).gather(2, new[:, :, None])[:, :, 0]
+                    for row, text in enumerate(decoded):
+                        keep = []
+                        for t, token in enumerate(new[row].tolist()):
+                            if token == tok.eos_token_id:
+                                break
+                            if token not in special:
+                                keep.append((tok.decode([token]), float(lp[row, t])))
+                        texts.append(Completion(text, [k for k, _ in keep], [v for _, v in keep]))
         finally:
             self.model.train(was_training)
         return texts
