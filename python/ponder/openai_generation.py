@@ -45,7 +45,6 @@ import contextlib
 import hashlib
 import itertools
 import math
-import numbers
 import os
 import random
 import socket
@@ -58,6 +57,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .generation import Completion, TextGenerator
+from .validation import check_int, check_real
 
 __all__ = ["GenerationServerError", "OpenAIGenerator", "normalise_url", "transformers_server"]
 
@@ -93,21 +93,6 @@ def _request_seed(seed: int, index: int) -> int:
     [0, 2**31) (servers differ in how wide a seed they take; 31 bits fits them all)."""
     h = hashlib.blake2b(f"{seed};{index}".encode(), digest_size=4)
     return int.from_bytes(h.digest(), "big") >> 1
-
-
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"OpenAIGenerator: {name} must be an integer >= {minimum}, got "
-                         f"{value!r}")
-    return int(value)
-
-
-def _positive_real(name: str, value, *, zero: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not zero):
-        raise ValueError(f"OpenAIGenerator: {name} must be a finite number "
-                         f"{'>= 0' if zero else '> 0'}, got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -191,14 +176,16 @@ class OpenAIGenerator(TextGenerator):
         if not urls:
             raise ValueError("OpenAIGenerator: base_url is an empty list")
         self.base_urls = [normalise_url(u) for u in urls]
-        self.concurrency = _positive_int("concurrency", concurrency)
-        self.prompts_per_request = _positive_int("prompts_per_request", prompts_per_request)
+        where = "OpenAIGenerator"
+        self.concurrency = check_int(where, "concurrency", concurrency, minimum=1)
+        self.prompts_per_request = check_int(where, "prompts_per_request", prompts_per_request,
+                                             minimum=1)
         self.n_per_request = bool(n_per_request)
         self.send_stop = bool(send_stop)
-        self.timeout = _positive_real("timeout", timeout)
-        self.max_retries = _positive_int("max_retries", max_retries, minimum=0)
-        self.backoff = _positive_real("backoff", backoff, zero=True)
-        self.max_backoff = _positive_real("max_backoff", max_backoff, zero=True)
+        self.timeout = check_real(where, "timeout", timeout, positive=True)
+        self.max_retries = check_int(where, "max_retries", max_retries, minimum=0)
+        self.backoff = check_real(where, "backoff", backoff, nonnegative=True)
+        self.max_backoff = check_real(where, "max_backoff", max_backoff, nonnegative=True)
         if extra_body is not None and not isinstance(extra_body, Mapping):
             raise TypeError("OpenAIGenerator: extra_body must be a mapping of request fields, "
                             f"got {type(extra_body).__name__}")
