@@ -188,6 +188,14 @@ def test_4xx_fails_at_once_naming_the_url_and_status(server):
     assert len(s.bodies) == 1
 
 
+def test_a_failed_request_stops_the_call(server):
+    s = server([422] + [("sleep", 0.2)] * 40)
+    with _gen(s.url, concurrency=2) as g:
+        with pytest.raises(GenerationServerError, match="HTTP 422"):
+            g.generate(["a"], n=40, seed=0)
+    assert len(s.bodies) < 40  # the requests not yet started were never sent
+
+
 def test_gives_up_after_the_retries(server):
     s = server([503] * 10)
     with _gen(s.url, max_retries=2) as g:

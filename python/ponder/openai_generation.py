@@ -51,7 +51,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -93,6 +93,10 @@ def _request_seed(seed: int, index: int) -> int:
     [0, 2**31) (servers differ in how wide a seed they take; 31 bits fits them all)."""
     h = hashlib.blake2b(f"{seed};{index}".encode(), digest_size=4)
     return int.from_bytes(h.digest(), "big") >> 1
+
+
+class _Cancelled(Exception):
+    """A request given up because another request of the same call failed."""
 
 
 @dataclass
@@ -232,11 +236,16 @@ class OpenAIGenerator(TextGenerator):
             k = next(self._turn) % len(self._clients)
         return self.base_urls[k], self._clients[k]
 
-    def _call(self, what: str, send):
+    def _call(self, what: str, send, cancel: threading.Event | None = None):
         """``(url, send(client))`` with retries on timeouts, dropped connections, 429 and 5xx;
-        any other error status raises at once. ``what`` names the endpoint in errors."""
+        any other error status raises at once. ``what`` names the endpoint in errors. Once
+        ``cancel`` is set (another request of the call failed), no attempt starts and a backoff
+        ends early."""
         openai = self._openai
+        cancel = cancel or threading.Event()
         for attempt in range(self.max_retries + 1):
+            if cancel.is_set():
+                raise _Cancelled
             url, client = self._next()
             with self._turn_lock:
                 self.requests_sent += 1
@@ -261,7 +270,8 @@ class OpenAIGenerator(TextGenerator):
                 delay *= 0.5 + 0.5 * random.random()  # jitter: retries of many threads spread
                 if wait_for is not None:
                     delay = max(delay, min(wait_for, self.max_backoff))
-                time.sleep(delay)
+                if cancel.wait(delay):
+                    raise _Cancelled
         reason, status, url = last
         raise GenerationServerError(
             f"OpenAIGenerator: {url}{what} failed after {self.max_retries + 1} attempt(s) "
@@ -277,7 +287,8 @@ class OpenAIGenerator(TextGenerator):
                              f"or set {MODEL_ENV}")
         return names[0]
 
-    def _complete(self, req: _Request, options: dict[str, Any], logprobs: bool) -> list:
+    def _complete(self, req: _Request, options: dict[str, Any], logprobs: bool,
+                  cancel: threading.Event | None = None) -> list:
         """Send one request; its choices in OpenAI's order (prompt-major), as str or Completion."""
         body: dict[str, Any] = {"model": self.model,
                                 "prompt": req.prompts[0] if len(req.prompts) == 1 else req.prompts,
@@ -288,7 +299,8 @@ class OpenAIGenerator(TextGenerator):
             body["logprobs"] = 1
         extra = self.extra_body or None
         url, resp = self._call("/completions",
-                          lambda client: client.completions.create(**body, extra_body=extra))
+                               lambda client: client.completions.create(**body, extra_body=extra),
+                               cancel)
         choices = sorted(resp.choices, key=lambda c: c.index)
         want = len(req.prompts) * req.n
         if len(choices) != want:
@@ -341,7 +353,8 @@ class OpenAIGenerator(TextGenerator):
                        max_new_tokens: int, temperature: float, top_p: float,
                        stop: tuple[str, ...], logprobs: bool) -> list[list[str]]:
         """``out[i][j]``: all the call's requests, ``concurrency`` at a time (see the module
-        doc); the first request that fails for good cancels those not yet sent."""
+        doc); the first request that fails for good (or an interrupt) stops the others: those
+        not started never are, those backing off give up, those in flight are not waited for."""
         greedy = temperature == 0.0
         options: dict[str, Any] = {"max_tokens": max_new_tokens, "temperature": temperature,
                                    "top_p": top_p}
@@ -350,24 +363,26 @@ class OpenAIGenerator(TextGenerator):
             options["stop"] = stops
         requests = self._plan(prompts, n, seed, greedy)
         out: list[list] = [[None] * n for _ in prompts]
+        cancel = threading.Event()
 
         def run(req: _Request) -> None:
-            for (i, j), text in zip(req.slots, self._complete(req, options, logprobs)):
+            for (i, j), text in zip(req.slots, self._complete(req, options, logprobs, cancel)):
                 out[i][j] = text
 
         if self.concurrency == 1 or len(requests) == 1:
             for req in requests:
                 run(req)
         else:
-            with ThreadPoolExecutor(min(self.concurrency, len(requests)),
-                                    thread_name_prefix="ponder-openai") as pool:
-                futures = [pool.submit(run, req) for req in requests]
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in futures if f.done() and f.exception() is not None]
-                if failed:
-                    for f in futures:
-                        f.cancel()
-                    raise failed[0].exception()
+            pool = ThreadPoolExecutor(min(self.concurrency, len(requests)),
+                                      thread_name_prefix="ponder-openai")
+            try:
+                for future in as_completed([pool.submit(run, req) for req in requests]):
+                    future.result()  # the first failure raises here
+            except BaseException:
+                cancel.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         if greedy:
             for row in out:
                 row[1:] = [row[0]] * (n - 1)
