@@ -353,8 +353,9 @@ class OpenAIGenerator(TextGenerator):
                        max_new_tokens: int, temperature: float, top_p: float,
                        stop: tuple[str, ...], logprobs: bool) -> list[list[str]]:
         """``out[i][j]``: all the call's requests, ``concurrency`` at a time (see the module
-        doc); the first request that fails for good (or an interrupt) stops the others: those
-        not started never are, those backing off give up, those in flight are not waited for."""
+        doc); the first request that fails for good stops the others: those not started never
+        are, those backing off give up, those in flight are waited for (not after an
+        interrupt)."""
         greedy = temperature == 0.0
         options: dict[str, Any] = {"max_tokens": max_new_tokens, "temperature": temperature,
                                    "top_p": top_p}
@@ -378,9 +379,11 @@ class OpenAIGenerator(TextGenerator):
             try:
                 for future in as_completed([pool.submit(run, req) for req in requests]):
                     future.result()  # the first failure raises here
-            except BaseException:
+            except BaseException as err:
                 cancel.set()
-                pool.shutdown(wait=False, cancel_futures=True)
+                # A failure waits for the requests in flight (their connections then close
+                # cleanly); an interrupt (Ctrl-C) does not.
+                pool.shutdown(wait=isinstance(err, Exception), cancel_futures=True)
                 raise
             pool.shutdown()
         if greedy:

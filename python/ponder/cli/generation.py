@@ -57,7 +57,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", dest="server_model", metavar="NAME", default=None,
                    help="the model name the server knows (default: PONDER_SERVER_MODEL, else "
                    "the server's only model)")
-    g.add_argument("--concurrency", type=checks.positive_int, default=8,
+    g.add_argument("--concurrency", type=checks.positive_int, default=8, metavar="N",
                    help="requests in flight at once, over all servers (default 8)")
     g.add_argument("--server-extra", type=json_object, metavar="JSON", default=None,
                    help="fields added to every request, for a server's own options; "
