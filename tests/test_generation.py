@@ -3,7 +3,7 @@ and the caller's random generators left alone."""
 
 import pytest
 import torch
-from ponder.generation import TextGenerator, TransformersGenerator
+from ponder.generation import Completion, TextGenerator, TransformersGenerator
 
 pytest.importorskip("transformers")
 
@@ -56,6 +56,16 @@ def test_errors(gen):
     with pytest.raises(ValueError, match="batch_size"):
         TransformersGenerator(gen.model, gen.tokenizer, batch_size=0)
 
+    class TextOnly(TextGenerator):  # a backend with _sample only: no log-probs
+        def _sample(self, flat, **options):
+            return ["x"] * len(flat)
+
+    assert TextOnly().generate(["a", "b"], n=2) == [["x", "x"], ["x", "x"]]
+    with pytest.raises(ValueError, match="TextOnly does not return log-probs"):
+        TextOnly().generate(["Q: 1+1=?\n\n"], logprobs=True)
+    with pytest.raises(TypeError, match="stop must be a sequence"):
+        gen.generate(["Q: 1+1=?\n\n"], stop="\n")
+
 
 
 def test_seeded_sampling_leaves_the_callers_generator_alone(gen):
@@ -86,3 +96,27 @@ def test_seeded_sampling_on_cuda(gen):
             assert g.generate(prompts, **kw) == first
     finally:
         gen.model.to("cpu")
+
+
+def test_logprobs_are_the_models_own(gen):
+    """With logprobs=True each completion carries its tokens and log p(token | prefix) under the
+    raw logits: equal to a teacher-forced forward pass over prompt + completion."""
+    prompts = ["Q: 12+34-5=?\n\n", "Q: 7+1=?\n\n"]
+    plain = gen.generate(prompts, n=2, max_new_tokens=20, temperature=1.0, seed=[3, 4])
+    out = gen.generate(prompts, n=2, max_new_tokens=20, temperature=1.0, seed=[3, 4],
+                       logprobs=True)
+    assert out == plain  # the same samples, with their log-probs
+    tok = gen.tokenizer
+    for p, row in zip(prompts, out):
+        for c in row:
+            assert isinstance(c, Completion) and "".join(c.tokens) == c
+            ids = tok(p + c, return_tensors="pt")["input_ids"]
+            start = tok(p, return_tensors="pt")["input_ids"].shape[1]
+            with torch.no_grad():
+                lp = torch.log_softmax(gen.model(ids).logits[0].float(), -1)
+            want = lp[start - 1:-1].gather(1, ids[0, start:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(c.token_logprobs), want, atol=1e-4,
+                                       rtol=1e-4)
+    cut = gen.generate(prompts[:1], max_new_tokens=20, temperature=0, stop=["="],
+                       logprobs=True)[0][0]
+    assert "".join(cut.tokens) == cut and "=" not in cut

@@ -2,6 +2,7 @@
 
     ponder prm score --input cands.jsonl --output scored.jsonl          # the toy PRM by default
     ponder prm collect --input solutions.jsonl --output er.jsonl --n 16 --eta 2
+    ponder prm collect ... --server http://127.0.0.1:8000 --model NAME   # sample from a server
     ponder prm train --data er.jsonl --out my-prm --init toy-target --steps 500
     ponder prm best-of-n --input groups.jsonl --aggregate min
 
@@ -21,6 +22,7 @@ import json
 import math
 
 from . import checks
+from .generation import add_server_options, text_generator
 
 CONVENTIONS = ("toy", "math-shepherd")
 TOY_LMS = ("toy-draft", "toy-target", "toy-prm")
@@ -143,21 +145,19 @@ def _num(x: float):
 
 
 def _cmd_collect(args) -> int:
-    from ..generation import TransformersGenerator
     from ..rewards.collect import collect_rollouts
 
     _check_model(args, "--policy", TOY_LMS)
     recs = _solutions(args)
     verifier = _verifier(args.verifier)
     _check_references(recs, args.verifier, args.input, ("reference", "answer"))
-    model, tok = _load_lm(args.policy, "--policy", args)
-    gen = TransformersGenerator(model, tok, batch_size=args.batch_size)
-    stats = collect_rollouts(
-        recs, gen, verifier, args.output, n=args.n,
-        eta=args.eta, convention=_convention(args.convention), tokenizer=tok,
-        separator=args.separator, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, seed=args.seed, progress=not args.quiet,
-    )
+    with text_generator(args, lambda: _load_lm(args.policy, "--policy", args)) as (gen, tok):
+        stats = collect_rollouts(
+            recs, gen, verifier, args.output, n=args.n,
+            eta=args.eta, convention=_convention(args.convention), tokenizer=tok,
+            separator=args.separator, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, seed=args.seed, progress=not args.quiet,
+        )
     print(f"{stats.written} solutions written ({stats.skipped} already done), "
           f"{stats.prefixes_sampled} prefixes x {args.n} completions -> {args.output}")
     return 0
@@ -313,6 +313,7 @@ def add_parser(subparsers) -> None:
                    help="sampling temperature (>= 1e-6)")
     c.add_argument("--seed", type=checks.seed, default=0)
     common(c, model=False)
+    add_server_options(c)
     c.set_defaults(func=_cmd_collect)
 
     t = sub.add_parser("train", help="train a PRM on ER-PRM JSONL (soft-label cross-entropy)")
