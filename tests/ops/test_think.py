@@ -381,7 +381,7 @@ def test_cpp_launcher_rechecks_indices():
     def launch(index, starts=None, lengths=None):
         buffers = [out, lse, q, kp, index, kr, v, starts, lengths]
         ponder._C.think_pruned_decode_attention(
-            *[n for t in buffers for n in buffer_args(t)], 2, 4, 2, 1, 6, 2, 8, 5, 8,
+            *buffer_args(buffers), 2, 4, 2, 1, 6, 2, 8, 5, 8,
             *kp.stride()[:3], *kr.stride()[:3], *v.stride()[:3], 0, 0.3, 1)
 
     launch(idx)  # the good call runs

@@ -37,15 +37,21 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def buffer_args(t: torch.Tensor | None) -> tuple[int, int]:
-    """``(address, element count)`` of the buffer behind ``t``, as a launcher takes each buffer
-    parameter; ``(0, 0)`` for None. A strided view (a slice of a preallocated cache) passes the
-    elements from its first one to the end of its storage, which its strides may reach."""
-    if t is None:
-        return 0, 0
-    if t.is_contiguous():
-        return t.data_ptr(), t.numel()
-    return t.data_ptr(), t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+def buffer_args(tensors: Sequence[torch.Tensor | None]) -> list[int]:
+    """The launcher arguments for ``tensors``: two integers per buffer, its address and its
+    element count (``0, 0`` for None). A strided view (a slice of a preallocated cache, read in
+    place) counts the elements from its first to the end of its storage, which its strides may
+    reach. A plain loop: this runs on every native call, for every buffer."""
+    args: list[int] = []
+    for t in tensors:
+        if t is None:
+            args += (0, 0)
+        elif t.is_contiguous():
+            args += (t.data_ptr(), t.numel())
+        else:
+            extent = t.untyped_storage().nbytes() // t.element_size() - t.storage_offset()
+            args += (t.data_ptr(), extent)
+    return args
 
 
 def launch_native(
@@ -62,7 +68,7 @@ def launch_native(
     seed. The CPU launcher also gets torch's thread count; the CUDA launcher gets the device index
     and torch's current stream.
     """
-    buffers = [v for t in tensors for v in buffer_args(t)]
+    buffers = buffer_args(tensors)
     if backend == "cpu":
         kernel(*buffers, *scalars, torch.get_num_threads())
         return
