@@ -28,6 +28,15 @@ void check_buffer(const char* op, const char* name, uintptr_t ptr, int64_t numel
                                  << want);
 }
 
+// rows * cols (or rows * k), refused where the product overflows int64: a wrapped product could
+// otherwise match a small element count and send the kernels past a buffer's end.
+int64_t elements(const char* op, int64_t rows, int64_t cols) {
+  int64_t out = 0;
+  PONDER_CHECK(!__builtin_mul_overflow(rows, cols, &out),
+               op << ": rows x cols = " << rows << " x " << cols << " overflows int64");
+  return out;
+}
+
 template <class F>
 void dispatch_acc(int dtype, const char* op, F&& f) {
   if (dtype == kFloat32) return f(float{});
@@ -50,13 +59,13 @@ void lm_head_chunk_forward(uintptr_t z, int64_t z_numel, uintptr_t y, int64_t y_
   PONDER_CHECK(rows >= 0 && cols >= 1 && k >= 0 && v0 >= 0,
                op << ": need rows >= 0, cols >= 1, k >= 0, v0 >= 0, got " << rows << ", "
                   << cols << ", " << k << ", " << v0);
-  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
-  check_buffer(op, "z", z, z_numel, rows * cols, true);
+  threads = check_threads(op, threads);
+  check_buffer(op, "z", z, z_numel, elements(op, rows, cols), true);
   check_buffer(op, "m", m, m_numel, rows, true);
   check_buffer(op, "s", s, s_numel, rows, true);
   check_buffer(op, "s1", s1, s1_numel, rows, false);
   const bool has_y = y != 0;
-  check_buffer(op, "y", y, y_numel, rows * cols, false);
+  check_buffer(op, "y", y, y_numel, elements(op, rows, cols), false);
   check_buffer(op, "my", my, my_numel, rows, has_y);
   check_buffer(op, "sy", sy, sy_numel, rows, has_y);
   PONDER_CHECK(has_y || (my == 0 && sy == 0), op << ": my / sy given without a reference block");
@@ -65,8 +74,8 @@ void lm_head_chunk_forward(uintptr_t z, int64_t z_numel, uintptr_t y, int64_t y_
   check_buffer(op, "tgt", tgt, tgt_numel, rows, false);
   PONDER_CHECK((k > 0) == (best_vals != 0 && best_ids != 0),
                op << ": best_vals and best_ids are needed exactly when k > 0 (k = " << k << ")");
-  check_buffer(op, "best_vals", best_vals, best_vals_numel, rows * k, false);
-  check_buffer(op, "best_ids", best_ids, best_ids_numel, rows * k, false);
+  check_buffer(op, "best_vals", best_vals, best_vals_numel, elements(op, rows, k), false);
+  check_buffer(op, "best_ids", best_ids, best_ids_numel, elements(op, rows, k), false);
   if (rows == 0) return;
 
   dispatch_acc(dtype, op, [&](auto tag) {
@@ -109,9 +118,9 @@ void lm_head_chunk_backward(uintptr_t z, int64_t z_numel, uintptr_t y, int64_t y
   PONDER_CHECK(rows >= 0 && cols >= 1 && v0 >= 0,
                op << ": need rows >= 0, cols >= 1, v0 >= 0, got " << rows << ", " << cols
                   << ", " << v0);
-  PONDER_CHECK(threads >= 1, op << ": threads must be >= 1, got " << threads);
-  check_buffer(op, "z", z, z_numel, rows * cols, true);
-  check_buffer(op, "y", y, y_numel, rows * cols, false);
+  threads = check_threads(op, threads);
+  check_buffer(op, "z", z, z_numel, elements(op, rows, cols), true);
+  check_buffer(op, "y", y, y_numel, elements(op, rows, cols), false);
   check_buffer(op, "lse", lse, lse_numel, rows, true);
   check_buffer(op, "alpha", alpha, alpha_numel, rows, true);
   check_buffer(op, "beta", beta, beta_numel, rows, false);

@@ -385,7 +385,63 @@ def test_the_model_covers_every_raw_function():
     native = pytest.importorskip("ponder._C")
     exported = {name for name in dir(native)
                 if not name.startswith("_") and callable(getattr(native, name))}
-    assert exported - {"active_isa"} == set(SPECS)
+    assert exported - {"active_isa"} == set(SPECS) | set(LM_HEAD_CASES)
+
+
+# The LM-head chunk launchers check each buffer's count exactly against rows x cols (rows x k),
+# with the products overflow-checked: a few hostile calls each, in a subprocess as above.
+LM_HEAD_CASES = {
+    # (address, count) pairs in order, then the sizes; 8 buffers of 8 doubles at a real address.
+    "lm_head_chunk_forward": [
+        ("rows x cols wraps to 0", "{z}, 0, 0, 0, 0, 0, {m}, 0, {s}, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+         "0, 0, 0, 0, 2**32, 2**32, 0, 0, 1, 1", "overflows int64"),
+        ("z one short", "{z}, 7, 0, 0, 0, 0, {m}, 2, {s}, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+         "2, 4, 0, 0, 1, 1", "z has 7 elements, expected 8"),
+        ("null z", "0, 0, 0, 0, 0, 0, {m}, 2, {s}, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+         "2, 4, 0, 0, 1, 1", "z is a null pointer"),
+        ("rows x k wraps", "{z}, 8, 0, 0, 0, 0, {m}, 2, {s}, 2, 0, 0, 0, 0, 0, 0, 0, 0, {b}, 0, "
+         "{b}, 0, 2, 4, 2**63 - 1, 0, 1, 1", "overflows int64"),
+        ("threads 0", "{z}, 8, 0, 0, 0, 0, {m}, 2, {s}, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+         "2, 4, 0, 0, 1, 0", "threads"),
+    ],
+    "lm_head_chunk_backward": [
+        ("rows x cols wraps to 0", "{z}, 0, 0, 0, {m}, 0, {s}, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+         "2**32, 2**32, 0, 1, 1", "overflows int64"),
+        ("lse one short", "{z}, 8, 0, 0, {m}, 1, {s}, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2, 4, 0, 1, 1",
+         "lse has 1 elements, expected 2"),
+    ],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LM_HEAD_CASES))
+def test_lm_head_raw_launchers_refuse_false_sizes(launcher):
+    path = _extension_path("_C")
+    if path is None:
+        pytest.skip("ponder._C is not built")
+    calls = "\n".join(
+        f"""
+try:
+    fn({args.format(z="z", m="m", s="s", b="b")})
+    print({name!r}, "ok", "", sep="|")
+except ValueError as err:
+    print({name!r}, "ValueError", str(err).replace(chr(10), " "), sep="|")
+""" for name, args, _ in LM_HEAD_CASES[launcher])
+    script = f"""
+import ctypes, importlib.machinery, importlib.util
+spec = importlib.util.spec_from_file_location("_C", {path!r})
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+fn = getattr(mod, {launcher!r})
+bufs = [(ctypes.c_double * 8)() for _ in range(4)]
+z, m, s, b = (ctypes.addressof(x) for x in bufs)
+{calls}
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = dict(line.split("|", 1) for line in run.stdout.splitlines())
+    for name, _args, fragment in LM_HEAD_CASES[launcher]:
+        assert name in got, run.stdout
+        assert got[name].startswith("ValueError|") and fragment in got[name], (name, got[name])
 
 
 # --------------------------------------------------------------------------------------------
