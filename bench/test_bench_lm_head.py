@@ -13,7 +13,7 @@ on the CPU. Each op runs forward + backward (topk_logprobs: forward only, it has
 
 Each (op, implementation) runs in a fresh Python process, so that memory freed by one run and
 kept by the allocator cannot hide another's peak. In that process: inputs are built, one warm-up
-call at a tiny size pays the one-off costs (OpenMP threads, dispatch caches), then one timed
+call at a small size pays the one-off costs (OpenMP threads, dispatch caches), then one timed
 forward + backward at the full size. Peak extra memory: Linux's peak resident set (VmHWM, reset by
 writing 5 to /proc/self/clear_refs just before the call) minus the resident set before it, minus
 the bytes of the gradients the call returns (grad hidden + grad weight: 0.95 GB here, the same
@@ -119,7 +119,9 @@ def _run(op: str, impl: str, hidden, weight, ref_weight, targets, ids, lps):
 
 def worker(op: str, impl: str, n: int) -> dict:
     """One measurement in this (fresh) process; returns what the table needs."""
-    _run(op, impl, *_inputs(8, 64, 16))  # one-off costs at a tiny size
+    # One-off costs at a small size: dispatch caches, and the OpenMP thread pools (large enough
+    # that the C++ kernels go parallel: their pool is not torch's).
+    _run(op, impl, *_inputs(64, 4096, 64))
     inputs = _inputs(n, VOCAB, HIDDEN)
     with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
         f.write("5")
