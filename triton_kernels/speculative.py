@@ -18,8 +18,9 @@ import triton.language as tl
 from .. import _backend
 
 BLOCK_V = 1024
-_NEG_BIG = -3.0e38  # a finite "minus infinity" for running maxima (avoids inf - inf)
-_FLOAT32_MAX = 3.4028234663852886e38
+# Globals a @triton.jit function reads must be constexpr (Triton refuses plain floats there).
+_NEG_BIG = tl.constexpr(-3.0e38)  # a finite "minus infinity" for running maxima (avoids inf - inf)
+_FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
