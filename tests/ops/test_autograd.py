@@ -4,8 +4,9 @@ The Langevin steps are affine in their tensor inputs: their backward is checked 
 ``gradcheck`` on each backend. The ThinK ops differentiate their reference: each backend's
 gradients must equal autograd through the reference. ``accept_steps`` (a sampling decision) refuses
 inputs that require grad, on every backend, before any kernel runs; ``accept_tokens`` returns
-integers. ``nn.Parameter`` inputs work end to end. (PRM scoring has its own gradient tests in
-test_prm.py.)
+integers. ``nn.Parameter`` inputs work end to end (Langevin, ThinK, the PRM head). opcheck runs
+with inputs that require grad, so its autograd checks run too. (PRM scoring has its own gradient
+tests in test_prm.py.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ponder.ops import langevin as L
+from ponder.ops import prm
 from ponder.ops import speculative as S
 from ponder.ops import think as T
 
@@ -208,3 +210,21 @@ def test_think_parameter_inputs_train(cpu_backend):
 def test_accept_steps_refuses_a_parameter(cpu_backend):
     with pytest.raises(TypeError, match="rewards requires grad"):
         S.accept_steps(torch.nn.Parameter(torch.rand(4)), 0.5, generator=0, backend=cpu_backend)
+
+
+def test_prm_parameter_head_trains(cpu_backend):
+    # The PRM training path: an nn.Parameter head (and bias) through score_steps on every
+    # backend, with the reference's gradients.
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 7, 6, generator=g)
+    idx = torch.tensor([[1, 4, -1], [2, 3, 6]])
+    head0, bias0 = torch.randn(2, 6, generator=g), torch.randn(2, generator=g)
+    grads = []
+    for fn in (lambda h, b: prm.score_steps(hidden, idx, h, b, backend=cpu_backend),
+               lambda h, b: prm.score_steps_reference(hidden, idx, h, b)):
+        head, bias = torch.nn.Parameter(head0.clone()), torch.nn.Parameter(bias0.clone())
+        out = fn(head, bias)
+        (out.scores.nan_to_num().sum() + out.mean.sum()).backward()
+        grads.append((head.grad, bias.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
