@@ -115,8 +115,8 @@ def keep_thresholds(
 
 
 # --------------------------------------------------------------------------------------------
-# The contract on non-finite logits (docs/design.md, "Non-finite inputs"), the same on every
-# backend: -inf is a masked token; a row is refused when it holds a NaN or when its largest logit,
+# The contract on non-finite logits (docs/speculative.md; docs/design.md, "4. Validation"), the
+# same on every backend: -inf is a masked token; a row is refused when it holds a NaN or when its largest logit,
 # in float32 (the precision the kernels compute in) and times 1/T (T = 1 when greedy), is not
 # finite -- which covers +inf, a row of only -inf and a logit that overflows at the temperature.
 # Top-k / top-p never empty a good row: every keep-threshold is <= the row's largest logit.
