@@ -2,7 +2,9 @@
 // per row, the speculative-sampling test position by position, stopping at the first rejection.
 // A vocabulary row is read from memory once for its log-sum-exp (two passes, the second from
 // cache) and, at the final position only, once more for the exponential race; no probability
-// row is ever stored.
+// row is ever stored. The logits contract (no NaN, a finite largest logit / T) is checked in the
+// same max pass; rows the test does not reach are checked afterwards, and a bad row is reported
+// through a negative count (see ops.inc).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -40,19 +42,55 @@ struct Row {
   // logit exp_nonpos_f32(-inf) = 0.
   bool filtered() const { return thr > kNegInf; }
 
-  // The log-sum-exp of the kept scaled logits (max pass, then a sum pass from cache).
-  float lse() const {
-    float m = kNegInf;
+  // The logits contract (ponder.ops.speculative): no NaN, and the largest logit (as float32)
+  // times 1/T is finite -- which refuses +inf, a row of only -inf and a logit that overflows at
+  // the temperature, while -inf entries stay legal (masked tokens).
+  bool contract_ok(float top, int nans) const { return nans == 0 && std::isfinite(top * inv_t); }
+
+  // The contract check alone, for the rows the test itself never reads.
+  bool ok() const {
+    const T* lg = logits;
+    float top = kNegInf;
+    int nans = 0;
+#pragma omp simd reduction(max : top) reduction(+ : nans)
+    for (int64_t v = 0; v < vocab; ++v) {
+      const float l = load(lg[v]);
+      top = std::max(top, l);
+      nans += l != l;
+    }
+    return contract_ok(top, nans);
+  }
+
+  // The log-sum-exp of the kept scaled logits (max pass, then a sum pass from cache). The max
+  // pass also checks the contract on the raw logits at no extra read: `ok` says whether it holds
+  // (when it does not, `value` is meaningless and the caller stops).
+  struct Lse {
+    float value;
+    bool ok;
+  };
+  Lse lse() const {
+    // The loops read locals, not members: GCC does not vectorise them through `this` where lse
+    // is not inlined. The arithmetic is s(v) and keep(v)'s, which prob() and race() repeat.
+    const T* lg = logits;
+    const float it = inv_t, th = thr;
+    float m = kNegInf, top = kNegInf;
+    int nans = 0;
     for (int64_t b = 0; b < vocab; b += kBlock) {
       const int64_t n = std::min(kBlock, vocab - b);
-      float bm = kNegInf;
-#pragma omp simd reduction(max : bm)
+      float bm = kNegInf, bt = kNegInf;
+      int bn = 0;
+#pragma omp simd reduction(max : bm, bt) reduction(+ : bn)
       for (int64_t i = 0; i < n; ++i) {
-        const float l = load(logits[b + i]);
-        bm = std::max(bm, l >= thr ? l * inv_t : kNegInf);
+        const float l = load(lg[b + i]);
+        bm = std::max(bm, l >= th ? l * it : kNegInf);
+        bt = std::max(bt, l);
+        bn += l != l;
       }
       m = std::max(m, bm);
+      top = std::max(top, bt);
+      nans += bn;
     }
+    if (!contract_ok(top, nans)) return {m, false};
     double total = 0.0;
     for (int64_t b = 0; b < vocab; b += kBlock) {
       const int64_t n = std::min(kBlock, vocab - b);
@@ -60,15 +98,19 @@ struct Row {
       if (filtered()) {
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < n; ++i) {
-          sum += speculative::exp_nonpos_f32(s(b + i) - m) * keep(b + i);
+          const float l = load(lg[b + i]);
+          const float keep = static_cast<float>(l >= th) * static_cast<float>(l > kNegInf);
+          sum += speculative::exp_nonpos_f32(l * it - m) * keep;
         }
       } else {  // the common case, kept branch-free so that it vectorises
 #pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < n; ++i) sum += speculative::exp_nonpos_f32(s(b + i) - m);
+        for (int64_t i = 0; i < n; ++i) {
+          sum += speculative::exp_nonpos_f32(load(lg[b + i]) * it - m);
+        }
       }
       total += sum;
     }
-    return m + static_cast<float>(std::log(total));
+    return {m + static_cast<float>(std::log(total)), true};
   }
 
   float prob(int64_t v, float lse) const {
@@ -77,16 +119,20 @@ struct Row {
   }
 
   // First index of the largest logit (greedy decoding; temperature and filters do not move it).
-  int64_t argmax() const {
+  // *ok: whether the row keeps the contract (checked in the same pass).
+  int64_t argmax(bool* ok) const {
     int64_t best = 0;
     float bv = load(logits[0]);
+    int nans = bv != bv;
     for (int64_t v = 1; v < vocab; ++v) {
       const float l = load(logits[v]);
+      nans += l != l;
       if (l > bv || (bv != bv && l == l)) {  // a NaN never wins over a number
         bv = l;
         best = v;
       }
     }
+    *ok = contract_ok(bv, nans);
     return best;
   }
 };
@@ -243,11 +289,21 @@ void accept_tokens(uintptr_t tokens_out, int64_t tokens_out_numel, uintptr_t cou
       };
       int64_t accepted = 0;
       int64_t final_token = -1;
+      // The logits contract: the first target row / draft row of b that breaks it (-1: none),
+      // and the first row of each not yet checked. The test checks every row it reads; a
+      // bad row stops it, and the rows it did not reach are checked at the end.
+      int64_t bad_t = -1, bad_d = -1, next_t = 0, next_d = 0;
+      bool ok = true;
       for (int64_t j = 0; j < k; ++j) {
         const int64_t xj = x[b * k + j];
         const Row<T> tr = target_row(j);
+        next_t = j + 1;
         if (greedy) {
-          const int64_t best = tr.argmax();
+          const int64_t best = tr.argmax(&ok);
+          if (!ok) {
+            bad_t = j;
+            break;
+          }
           if (best != xj) {
             final_token = best;
             break;
@@ -256,13 +312,23 @@ void accept_tokens(uintptr_t tokens_out, int64_t tokens_out_numel, uintptr_t cou
           ++accepted;
           continue;
         }
-        const float lse_t = tr.lse();
+        const auto [lse_t, ok_t] = tr.lse();
+        if (!ok_t) {
+          bad_t = j;
+          break;
+        }
         const float p = tr.prob(xj, lse_t);
         float q = 1.0f, lse_d = 0.0f;
         Row<T> dr{};
         if (ld != nullptr) {
           dr = draft_row(j);
-          lse_d = dr.lse();
+          next_d = j + 1;
+          const auto [lse, ok_d] = dr.lse();
+          lse_d = lse;
+          if (!ok_d) {
+            bad_d = j;
+            break;
+          }
           q = dr.prob(xj, lse_d);
         }
         const double u = au != nullptr
@@ -285,17 +351,37 @@ void accept_tokens(uintptr_t tokens_out, int64_t tokens_out_numel, uintptr_t cou
       }
       if (accepted == k) {  // every draft token accepted: a bonus token from p at position K
         const Row<T> tr = target_row(k);
+        next_t = k + 1;
         if (greedy) {
-          final_token = tr.argmax();
+          final_token = tr.argmax(&ok);
         } else {
-          final_token = race<T>(tr, tr.lse(), nullptr, 0.0f, -1,
-                                ru != nullptr ? ru + b * vocab : nullptr,
-                                speculative::race_stream(srow), seed);
+          const auto [lse_t, ok_t] = tr.lse();
+          ok = ok_t;
+          if (ok) {
+            final_token = race<T>(tr, lse_t, nullptr, 0.0f, -1,
+                                  ru != nullptr ? ru + b * vocab : nullptr,
+                                  speculative::race_stream(srow), seed);
+          }
         }
+        if (!ok) bad_t = k;
       }
       o[accepted] = final_token;
       for (int64_t j = accepted + 1; j <= k; ++j) o[j] = -1;
       counts[b] = accepted;
+      // The contract covers every row, read or not, so that whether a call is refused depends
+      // on its inputs alone, never on the random draws. A target row is reported before a draft
+      // row, each the first of its row b.
+      for (int64_t j = next_t; bad_t < 0 && j <= k; ++j) {
+        if (!target_row(j).ok()) bad_t = j;
+      }
+      for (int64_t j = next_d; ld != nullptr && bad_t < 0 && bad_d < 0 && j < k; ++j) {
+        if (!draft_row(j).ok()) bad_d = j;
+      }
+      if (bad_t >= 0) {
+        counts[b] = -1 - bad_t;
+      } else if (bad_d >= 0) {
+        counts[b] = -1 - (k + 1) - bad_d;
+      }
     }
   });
 }

@@ -4,8 +4,9 @@ The Langevin steps are affine in their tensor inputs: their backward is checked 
 ``gradcheck`` on each backend. The ThinK ops differentiate their reference: each backend's
 gradients must equal autograd through the reference. ``accept_steps`` (a sampling decision) refuses
 inputs that require grad, on every backend, before any kernel runs; ``accept_tokens`` returns
-integers. ``nn.Parameter`` inputs work end to end. (PRM scoring has its own gradient tests in
-test_prm.py.)
+integers. ``nn.Parameter`` inputs work end to end (Langevin, ThinK, the PRM head). opcheck runs
+with inputs that require grad, so its autograd checks run too. (PRM scoring has its own gradient
+tests in test_prm.py.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ponder.ops import langevin as L
+from ponder.ops import prm
 from ponder.ops import speculative as S
 from ponder.ops import think as T
 
@@ -133,3 +135,96 @@ def test_accept_tokens_reads_logits_that_require_grad_as_values(cpu_backend):
     out, n = S.accept_tokens(tokens, target, None, 0.0, backend=cpu_backend)
     ref, ref_n = S.accept_tokens_reference(tokens, target.detach(), None, 0.0)
     assert torch.equal(out, ref) and torch.equal(n, ref_n) and not out.requires_grad
+
+
+def _leaf(*shape, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+
+def _langevin_op_args(name, backend):
+    """torch.ops.ponder.<name>'s positional arguments, every float tensor requiring grad."""
+    t = [_leaf(4, 5, seed=s) for s in range(6)]
+    if name == "ula_step":
+        return (t[0], t[1], 0.1, 0.5, t[2], 3, backend)
+    if name == "mala_propose":
+        return (t[0], t[1], 0.1, t[2], 3, backend)
+    if name == "proximal_step":
+        return (t[0], t[1], t[2], 0.1, 2.0, t[3], 3, backend)
+    if name == "uld_step":
+        return (t[0], t[1], t[2], 0.1, 0.7, _leaf(2, 4, 5, seed=9), 3, backend)
+    lp, lpp = _leaf(4, seed=7), _leaf(4, seed=8)
+    u = torch.linspace(0.1, 0.9, 4, dtype=torch.float64)
+    return (t[0], lp, t[1], t[2], lpp, t[3], 0.3, u, 3, backend)
+
+
+@pytest.mark.parametrize("name", ["ula_step", "mala_propose", "proximal_step", "uld_step",
+                                  "mala_accept"])
+def test_opcheck_langevin_with_inputs_that_require_grad(name, cpu_backend):
+    # With inputs that require grad, opcheck also runs its autograd-registration and
+    # AOT-dispatch (forward + backward) tests, which plain inputs skip.
+    torch.library.opcheck(getattr(torch.ops.ponder, name).default,
+                          _langevin_op_args(name, cpu_backend))
+
+
+def test_opcheck_think_with_inputs_that_require_grad(cpu_backend):
+    q, kp, idx, kr, v = (t.requires_grad_() if t.is_floating_point() else t
+                         for t in _attention_inputs())
+    lengths = torch.tensor([8, 6])
+    torch.library.opcheck(torch.ops.ponder.pruned_decode_attention.default,
+                          (q, kp, idx, kr, v, lengths, None, 8 ** -0.5, cpu_backend))
+    torch.library.opcheck(torch.ops.ponder.channel_scores.default, (q, kr, cpu_backend))
+    torch.library.opcheck(torch.ops.ponder.compact_keys.default, (kr, idx))
+
+
+@pytest.mark.parametrize("op", sorted(LANGEVIN_CASES))
+def test_langevin_gradients_are_equal_across_backends(op, cpu_backend):
+    # The backward is the op's, not a backend's: the same numbers on every backend.
+    make, call = LANGEVIN_CASES[op]
+    got = _grads(lambda *a: call(cpu_backend, *a), make(cpu_backend))
+    want = _grads(lambda *a: call("torch", *a), make("torch"))
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        assert a is not None and torch.equal(a, b)
+
+
+def test_think_parameter_inputs_train(cpu_backend):
+    # nn.Parameter queries and keys (a fine-tuned projection's output is one) through ThinK's
+    # attention: backward works on every backend and matches the reference.
+    q, kp, idx, kr, v = _attention_inputs()
+    lengths = torch.tensor([8, 6])
+    pq, pkr = torch.nn.Parameter(q.clone()), torch.nn.Parameter(kr.clone())
+    out, _lse = T.pruned_decode_attention(pq, kp, idx, pkr, v, lengths, return_lse=True,
+                                          backend=cpu_backend)
+    out.square().sum().backward()
+    rq, rkr = q.clone().requires_grad_(), kr.clone().requires_grad_()
+    ref, _ = T.pruned_decode_attention_reference(rq, kp, idx, rkr, v, lengths, 8 ** -0.5)
+    ref.square().sum().backward()
+    torch.testing.assert_close(pq.grad, rq.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pkr.grad, rkr.grad, atol=1e-5, rtol=1e-5)
+    ps = torch.nn.Parameter(q.clone())
+    T.channel_scores(ps, kr, backend=cpu_backend).sum().backward()
+    assert ps.grad is not None and ps.grad.shape == q.shape
+
+
+def test_accept_steps_refuses_a_parameter(cpu_backend):
+    with pytest.raises(TypeError, match="rewards requires grad"):
+        S.accept_steps(torch.nn.Parameter(torch.rand(4)), 0.5, generator=0, backend=cpu_backend)
+
+
+def test_prm_parameter_head_trains(cpu_backend):
+    # The PRM training path: an nn.Parameter head (and bias) through score_steps on every
+    # backend, with the reference's gradients.
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 7, 6, generator=g)
+    idx = torch.tensor([[1, 4, -1], [2, 3, 6]])
+    head0, bias0 = torch.randn(2, 6, generator=g), torch.randn(2, generator=g)
+    grads = []
+    for fn in (lambda h, b: prm.score_steps(hidden, idx, h, b, backend=cpu_backend),
+               lambda h, b: prm.score_steps_reference(hidden, idx, h, b)):
+        head, bias = torch.nn.Parameter(head0.clone()), torch.nn.Parameter(bias0.clone())
+        out = fn(head, bias)
+        (out.scores.nan_to_num().sum() + out.mean.sum()).backward()
+        grads.append((head.grad, bias.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

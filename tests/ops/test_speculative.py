@@ -590,3 +590,89 @@ def test_accept_tokens_masked_tokens_are_never_emitted(dtype, temperature, cpu_b
     assert torch.equal(out, ref) and torch.equal(n, ref_n)
     for b in range(4):
         assert not mask[b, 0, out[b, : int(n[b]) + 1]].any()
+
+
+def _rejected_at_position_zero(b=3, k=4, v=13):
+    """Inputs whose test rejects every row at position 0 (the draft token 0 is masked in the
+    target, so p = 0 and it is not the argmax): the kernels never read rows 1.. in the test."""
+    tokens, target, dl, uni = make_inputs(b, k, v, dtype=torch.float64, seed=4)
+    tokens = torch.zeros_like(tokens)
+    target[:, 0, 0] = float("-inf")
+    return tokens, target, dl, uni
+
+
+def _refusal(backend, tokens, target, dl, temperature, uni):
+    with pytest.raises(ValueError) as err:
+        S.accept_tokens(tokens, target, dl, temperature, uniforms=uni,
+                        generator=None if uni else 3, backend=backend)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("temperature,exact", [(0.0, False), (0.8, True), (0.8, False)],
+                         ids=["greedy", "uniforms", "generator"])
+def test_accept_tokens_refuses_bad_rows_the_test_never_reads(temperature, exact, cpu_backend):
+    # The contract covers every row, so that a refusal depends on the inputs alone: bad rows
+    # after each row's first rejection (and draft rows, which greedy never reads) are refused,
+    # the first target row before any draft row, then by (batch, position); the message is the
+    # torch backend's, word for word.
+    tokens, target, dl, uni = _rejected_at_position_zero()
+    uni = uni if exact else None
+    ok = S.accept_tokens(tokens, target, dl, temperature, uniforms=uni,
+                         generator=None if exact else 3, backend=cpu_backend)
+    assert bool((ok[1] == 0).all())  # every row rejects at position 0
+    cases = [
+        # (poisoned target rows, poisoned draft rows, expected tensor, batch, position)
+        ([(1, 3), (2, 1)], [(0, 2)], "target_logits", 1, 3),
+        ([(2, 4), (2, 1)], [], "target_logits", 2, 1),
+        ([], [(2, 0), (0, 3), (0, 2)], "draft_logits", 0, 2),
+    ]
+    for t_rows, d_rows, name, b, j in cases:
+        t, d = target.clone(), dl.clone()
+        for bb, jj in t_rows:
+            t[bb, jj, 5] = float("nan")
+        for bb, jj in d_rows:
+            d[bb, jj, 7] = float("inf")
+        msg = _refusal(cpu_backend, tokens, t, d, temperature, uni)
+        assert f"{name} row (batch {b}, position {j})" in msg, msg
+        assert msg == _refusal("torch", tokens, t, d, temperature, uni)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_accept_tokens_refuses_float64_logits_beyond_float32(temperature, cpu_backend):
+    # The kernels compute in float32: a float64 logit that rounds to +-inf there is refused even
+    # when greedy, and named with its value.
+    tokens, target, dl, _uni = make_inputs(2, 3, 11, dtype=torch.float64)
+    target[1, 2, 4] = 1e300
+    with pytest.raises(ValueError, match=r"target_logits row \(batch 1, position 2\) has a "
+                                         r"largest logit 1e\+300 that overflows float32"):
+        S.accept_tokens(tokens, target, dl, temperature, generator=0, backend=cpu_backend)
+    target[1, 2, 4] = 3e38  # fits float32: legal
+    S.accept_tokens(tokens, target, dl, temperature, generator=0, backend=cpu_backend)
+
+
+def test_accept_tokens_reference_keeps_the_contract():
+    tokens, target, dl, (au, ru) = make_inputs(2, 3, 11)
+    target[0, 1] = float("-inf")
+    with pytest.raises(ValueError, match=r"accept_tokens_reference: target_logits row "
+                                         r"\(batch 0, position 1\) has no finite logit"):
+        S.accept_tokens_reference(tokens, target, dl, 1.0, accept_uniforms=au, race_uniforms=ru)
+
+
+@pytest.mark.parametrize("omega", S.OMEGAS)
+def test_accept_steps_infinite_rewards_take_omega_limits(omega, cpu_backend):
+    rewards = torch.tensor([float("inf"), float("-inf"), 0.5], dtype=torch.float64)
+    u = torch.tensor([0.999, 1e-9, 0.5], dtype=torch.float64)
+    acc, w = S.accept_steps(rewards, 0.6, omega, uniforms=u, backend=cpu_backend)
+    want = {"binary": [1.0, 0.0], "constant": [0.6, 0.6], "clipping": [1.0, 0.0],
+            "sigmoid": [1.0, 0.0]}[omega]
+    assert w[:2].tolist() == want
+    ref_acc, ref_w = S.accept_steps_reference(rewards, 0.6, omega, uniforms=u)
+    assert torch.equal(acc, ref_acc) and torch.allclose(w, ref_w, rtol=1e-12, atol=0)
+
+
+def test_accept_steps_refuses_nan_rewards(cpu_backend):
+    rewards = torch.tensor([0.2, float("nan"), float("nan")])
+    with pytest.raises(ValueError, match=r"accept_steps: rewards\[1\] is NaN"):
+        S.accept_steps(rewards, 0.5, generator=0, backend=cpu_backend)
+    with pytest.raises(ValueError, match=r"rewards\[1\] is NaN"):
+        S.accept_steps_reference(rewards, 0.5, uniforms=torch.full((3,), 0.5))

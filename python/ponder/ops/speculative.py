@@ -25,6 +25,7 @@ a ``torch.library`` custom op ``ponder::<name>`` with a fake, so it works under 
 from __future__ import annotations
 
 import math
+from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -114,6 +115,75 @@ def keep_thresholds(
 
 
 # --------------------------------------------------------------------------------------------
+# The contract on non-finite logits (docs/speculative.md; docs/design.md, "4. Validation"), the
+# same on every backend: -inf is a masked token; a row is refused when it holds a NaN or when its largest logit,
+# in float32 (the precision the kernels compute in) and times 1/T (T = 1 when greedy), is not
+# finite -- which covers +inf, a row of only -inf and a logit that overflows at the temperature.
+# Top-k / top-p never empty a good row: every keep-threshold is <= the row's largest logit.
+# The torch backend checks every row up front (below); the cpu and triton kernels check each row
+# in the max pass they already make and the rows they skip afterwards, and report the first bad
+# row of each batch row through a negative count, which _raise_for_counts turns into the same
+# ValueError.
+# --------------------------------------------------------------------------------------------
+
+
+def _inv_temperature(temperature: float) -> Tensor:
+    # 1/T rounded to float32, as every kernel multiplies by it (greedy: 1).
+    return torch.tensor(1.0 if temperature == 0.0 else 1.0 / temperature, dtype=torch.float32)
+
+
+def _raise_bad_row(
+    op: str, name: str, logits: Tensor, b: int, j: int, temperature: float
+) -> NoReturn:
+    """Raise the contract's ValueError for row ``logits[b, j]``, saying what is wrong with it."""
+    row = logits[b, j]
+    if bool(row.isnan().any()):
+        what = "holds NaN"
+    elif bool((row == math.inf).any()):
+        what = "holds +inf"
+    elif bool((row == -math.inf).all()):
+        what = "has no finite logit (all -inf)"
+    else:
+        what = f"has a largest logit {float(row.max()):g} that overflows float32"
+        if temperature > 0.0:
+            what += f" when divided by temperature {temperature:g}"
+    raise ValueError(
+        f"{op}: {name} row (batch {b}, position {j}) {what}; logits may hold -inf for masked "
+        "tokens, but no NaN or +inf, and every row needs a finite largest logit"
+    )
+
+
+def _check_logit_rows(op: str, name: str, logits: Tensor, temperature: float) -> None:
+    """The contract's definition on a whole ``[B, P, V]`` logits tensor: raise for the first bad
+    row in (batch, position) order. One max-reduction: it is NaN for a row with a NaN, and the
+    rounding to float32 is monotone, so it is the float32 row's largest logit."""
+    if logits.numel() == 0:
+        return
+    top = logits.amax(dim=-1).float() * _inv_temperature(temperature).to(logits.device)
+    bad = ~torch.isfinite(top)
+    if bool(bad.any()):
+        b, j = (int(i) for i in bad.nonzero()[0])
+        _raise_bad_row(op, name, logits, b, j, temperature)
+
+
+def _raise_for_counts(
+    op: str, counts: Tensor, k: int, target_logits: Tensor, draft_logits: Tensor | None,
+    temperature: float,
+) -> None:
+    """Turn a kernel's report into the contract's ValueError: ``counts[b] = -1 - r`` says that
+    row b's first bad row is target row r (r <= K), else draft row r - K - 1."""
+    if counts.numel() == 0 or not bool((counts < 0).any()):
+        return
+    r = (-1 - counts).tolist()
+    target_bad = [b for b, rb in enumerate(r) if 0 <= rb <= k]
+    if target_bad:
+        b = target_bad[0]
+        _raise_bad_row(op, "target_logits", target_logits, b, r[b], temperature)
+    b = next(b for b, rb in enumerate(r) if rb > k)
+    _raise_bad_row(op, "draft_logits", draft_logits, b, r[b] - k - 1, temperature)
+
+
+# --------------------------------------------------------------------------------------------
 # References: plain torch, float32 math. The definition of each op.
 # --------------------------------------------------------------------------------------------
 
@@ -198,6 +268,9 @@ def accept_tokens_reference(
     row b, position j uses ``accept_uniforms[b, j]``; the single race of row b (the replacement
     or the bonus token) uses ``race_uniforms[b]``.
     """
+    _check_logit_rows("accept_tokens_reference", "target_logits", target_logits, temperature)
+    if draft_logits is not None:
+        _check_logit_rows("accept_tokens_reference", "draft_logits", draft_logits, temperature)
     thr_t = thr_d = None
     if temperature > 0.0:
         thr_t = keep_thresholds(target_logits, temperature, top_k, top_p)
@@ -213,6 +286,15 @@ def accept_tokens_reference(
         accept_uniforms,
         race_uniforms,
     )
+
+
+def _check_rewards(op: str, rewards: Tensor) -> None:
+    # omega has a limit at +-inf for every kind (binary/clipping/sigmoid: 1 at +inf, 0 at -inf;
+    # constant: delta), which every backend computes; a NaN reward has no meaning.
+    nan = torch.isnan(rewards)
+    if bool(nan.any()):
+        i = int(nan.nonzero()[0, 0])
+        raise ValueError(f"{op}: rewards[{i}] is NaN; rewards must not be NaN (+-inf are allowed)")
 
 
 def step_weights_reference(
@@ -241,7 +323,9 @@ def accept_steps_reference(
     *,
     uniforms: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """Accept step i iff ``uniforms[i] < omega(rewards[i])``; returns ``(accepted, weights)``."""
+    """Accept step i iff ``uniforms[i] < omega(rewards[i])``; returns ``(accepted, weights)``.
+    A NaN reward is a ValueError; +-inf rewards take omega's limits."""
+    _check_rewards("accept_steps_reference", rewards)
     w = step_weights_reference(rewards, threshold, omega, sharpness)
     return uniforms.double() < w, w
 
@@ -279,6 +363,9 @@ def _accept_tokens_impl(
         )
     greedy = temperature == 0.0
     if backend == "torch":
+        _check_logit_rows("accept_tokens", "target_logits", target_logits, temperature)
+        if draft_logits is not None:
+            _check_logit_rows("accept_tokens", "draft_logits", draft_logits, temperature)
         if accept_u is None and not greedy:
             accept_u = torch.empty((batch, k), dtype=torch.float64, device=device)
             race_u = torch.empty((batch, vocab), dtype=torch.float64, device=device)
@@ -317,6 +404,7 @@ def _accept_tokens_impl(
             backend, KERNELS.kernel("accept_tokens", backend), [tokens, counts, *tensors], batch, k, vocab, code,
             temperature, int(per_row_seeds),
         )
+    _raise_for_counts("accept_tokens", counts, k, target_logits, draft_logits, temperature)
     return tokens, counts
 
 
@@ -409,39 +497,6 @@ def _row_seeds(op: str, generator: object, batch: int, device) -> tuple[Tensor, 
     return torch.full((batch,), seed, dtype=torch.int64, device=device), False
 
 
-_FLOAT32_MAX = torch.finfo(torch.float32).max
-
-
-def _check_logit_rows(op: str, name: str, logits: Tensor, temperature: float) -> None:
-    """The contract on logits, the same for every backend: ``-inf`` is a masked token, but NaN
-    and ``+inf`` are refused, so is a row with no finite logit, and (for ``temperature > 0``) a
-    row whose largest logit / temperature overflows float32, the precision the kernels compute
-    in. One max-reduction finds all four: it is NaN if the row holds a NaN, ``+inf`` if it holds
-    ``+inf``, ``-inf`` if every entry is ``-inf``.
-    """
-    if logits.numel() == 0:
-        return
-    top = logits.amax(dim=-1).double()
-    bad = ~torch.isfinite(top)
-    if temperature > 0.0:
-        bad |= top.abs() / temperature > _FLOAT32_MAX
-    if not bool(bad.any()):
-        return
-    row = tuple(int(i) for i in bad.nonzero()[0])
-    value = float(top[row])
-    if math.isnan(value):
-        what = "holds NaN"
-    elif value == math.inf:
-        what = "holds +inf"
-    elif value == -math.inf:
-        what = "has no finite logit (all -inf)"
-    else:
-        what = (f"has a largest logit {value:g} that overflows float32 when divided by "
-                f"temperature {temperature:g}")
-    raise ValueError(f"{op}: {name} row (batch {row[0]}, position {row[1]}) {what}; logits "
-                     "may hold -inf for masked tokens, but every row needs a finite largest logit")
-
-
 def accept_tokens(
     draft_tokens: Tensor,
     target_logits: Tensor,
@@ -482,8 +537,10 @@ def accept_tokens(
 
     Logits may hold ``-inf`` (a masked token, probability 0). NaN, ``+inf``, a row with no
     finite logit, or a largest logit that overflows float32 once divided by ``temperature`` are
-    ValueErrors naming the row, on every backend (checked with one max-reduction per logits
-    tensor before any kernel runs).
+    ValueErrors naming the tensor and the first bad (batch, position) row (target rows before
+    draft rows), on every backend and whether or not the test reaches that row. The kernels
+    check the rows in the max pass they already make, so the check costs only the reads of
+    the rows after each row's first rejection.
 
     Returns:
         ``(tokens [B, K + 1] int64, accepted [B] int64)``: row b emits
@@ -517,9 +574,6 @@ def accept_tokens(
         top_p = check_probability(op, "top_p", top_p, zero=False)
     if draft_tokens.numel() and not bool(((draft_tokens >= 0) & (draft_tokens < vocab)).all()):
         raise ValueError(f"{op}: draft_tokens must be token ids in [0, {vocab})")
-    _check_logit_rows(op, "target_logits", target_logits, t)
-    if draft_logits is not None:
-        _check_logit_rows(op, "draft_logits", draft_logits, t)
     name = choose_backend(op, KERNELS, target_logits, backend)
     accept_u = race_u = None
     if uniforms is not None:
@@ -573,7 +627,9 @@ def accept_steps(
     ``min(1, max(0, r / delta))``, ``"sigmoid"`` ``1 / (1 + exp(-sharpness (r - delta)))``.
 
     Args:
-        rewards: ``[N]`` float PRM scores of the draft steps (in [0, 1] for a PRM).
+        rewards: ``[N]`` float PRM scores of the draft steps (in [0, 1] for a PRM). NaN is a
+            ValueError; ``+inf`` / ``-inf`` take omega's limits (1 / 0; ``delta`` for
+            ``"constant"``), the same on every backend.
         threshold: ``delta`` (finite; ``omega="clipping"`` needs ``delta > 0``).
         omega: one of :data:`OMEGAS`.
         generator: int seed, ``torch.Generator`` or None.
@@ -593,6 +649,7 @@ def accept_steps(
         raise ValueError(f"{op}: omega='clipping' needs threshold > 0, got {delta}")
     s = check_real(op, "sharpness", sharpness, positive=True)
     refuse_grad(op, "a sampling decision: its weights are not differentiated", rewards=rewards)
+    _check_rewards(op, rewards)
     # The kernels read rewards as float64: any dtype runs on any backend.
     name = _backend.resolve(op, rewards.device, backend, KERNELS)
     if uniforms is not None:
