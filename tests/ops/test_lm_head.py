@@ -11,6 +11,7 @@ import pytest
 import torch
 from ponder import _backend
 from ponder.ops import lm_head as L
+from ponder.ops._common import launch_native
 
 # (N, V, H): single token / word, odd sizes, more tokens and vocabulary rows than one block
 # (the tests use blocks of 5 tokens x 16 rows unless they say otherwise).
@@ -574,19 +575,19 @@ def test_native_rechecks_buffers():
     bwd = L.KERNELS.kernel("chunk_backward", "cpu")
     code = _backend.DTYPE_CODES[torch.float32]
     with pytest.raises(ValueError, match="z has 12 elements, expected 15"):
-        L._launch_cpu(fwd, [z, None, None, m, s, None, None, None, None, None, None], 3, 5, 0, 0,
+        launch_native("cpu", fwd, [z, None, None, m, s, None, None, None, None, None, None], 3, 5, 0, 0,
                       code)
     with pytest.raises(ValueError, match="m has 2 elements, expected 3"):
-        L._launch_cpu(fwd, [z, None, None, m[:2], s, None, None, None, None, None, None], 3, 4,
+        launch_native("cpu", fwd, [z, None, None, m[:2], s, None, None, None, None, None, None], 3, 4,
                       0, 0, code)
     with pytest.raises(ValueError, match="best_vals and best_ids are needed exactly when k > 0"):
-        L._launch_cpu(fwd, [z, None, None, m, s, None, None, None, None, None, None], 3, 4, 2,
+        launch_native("cpu", fwd, [z, None, None, m, s, None, None, None, None, None, None], 3, 4, 2,
                       0, code)
     with pytest.raises(ValueError, match="float32 or float64"):
-        L._launch_cpu(fwd, [z, None, None, m, s, None, None, None, None, None, None], 3, 4, 0,
+        launch_native("cpu", fwd, [z, None, None, m, s, None, None, None, None, None, None], 3, 4, 0,
                       0, _backend.DTYPE_CODES[torch.bfloat16])
     with pytest.raises(ValueError, match="targets and delta go together"):
-        L._launch_cpu(bwd, [z, None, m, s, None, None, torch.zeros(3, dtype=torch.int64), None],
+        launch_native("cpu", bwd, [z, None, m, s, None, None, torch.zeros(3, dtype=torch.int64), None],
                       3, 4, 0, code)
 
 

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from .. import _backend
 from ..validation import check_int, check_real, check_tensor
-from ._common import FLOAT_DTYPES, acc_dtype, call_op, choose_backend
+from ._common import FLOAT_DTYPES, acc_dtype, call_op, choose_backend, launch_native
 
 __all__ = [
     "REDUCTIONS",
@@ -347,7 +347,8 @@ def _chunk_forward(backend: str, op: str, z, y, targets, m, s, s1, my, sy, tgt, 
     if backend == "triton":
         kernel(*tensors, v0)
         return
-    _launch_cpu(kernel, tensors, z.shape[0], z.shape[1], k, v0, _backend.DTYPE_CODES[z.dtype])
+    launch_native("cpu", kernel, tensors, z.shape[0], z.shape[1], k, v0,
+                  _backend.DTYPE_CODES[z.dtype])
 
 
 def _chunk_backward(backend: str, z, y, lse, alpha, beta, gamma, targets, delta, v0: int) -> None:
@@ -359,18 +360,8 @@ def _chunk_backward(backend: str, z, y, lse, alpha, beta, gamma, targets, delta,
     if backend == "triton":
         kernel(*tensors, v0)
         return
-    _launch_cpu(kernel, tensors, z.shape[0], z.shape[1], v0, _backend.DTYPE_CODES[z.dtype])
-
-
-def _launch_cpu(kernel, tensors, *scalars) -> None:
-    """Call a C++ launcher in the (address, element count) convention: every buffer is passed as
-    its data pointer followed by its numel (0, 0 for an absent one), then the scalars, then
-    torch's thread count. (The shim stands in for ``_common.launch_native`` until that passes
-    the pairs for every family.)"""
-    args: list[int] = []
-    for t in tensors:
-        args += [0, 0] if t is None else [t.data_ptr(), t.numel()]
-    kernel(*args, *scalars, torch.get_num_threads())
+    launch_native("cpu", kernel, tensors, z.shape[0], z.shape[1], v0,
+                  _backend.DTYPE_CODES[z.dtype])
 
 
 class _Head(NamedTuple):
