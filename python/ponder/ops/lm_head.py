@@ -85,6 +85,9 @@ KERNELS = _backend.KernelTable(
     {
         **{op: {"cpu": "lm_head_chunk_forward", "triton": "lm_head_chunk_forward"} for op in _OPS},
         "chunk_backward": {"cpu": "lm_head_chunk_backward", "triton": "lm_head_chunk_backward"},
+        # Triton only: the logits product per tile (tl.dot) with the softmax parts fused.
+        "fused_forward": {"triton": "lm_head_fused_forward"},
+        "fused_backward": {"triton": "lm_head_fused_backward"},
     },
 )
 
@@ -392,6 +395,17 @@ class _Head(NamedTuple):
         return w, b
 
 
+def _tile_fused(backend: str, head: _Head, ref: _Head | None) -> bool:
+    """Whether the Triton backend runs the tiled kernels (the logits product by tl.dot inside
+    the kernel): float32 math (tl.dot has no float64 on GPUs) and operands with unit column
+    stride; otherwise it runs the block path (a torch product, then the chunk kernels)."""
+    if backend != "triton" or head.rows.dtype != torch.float32:
+        return False
+    heads = (head,) if ref is None else (head, ref)
+    return all(h.rows.stride(1) == 1 and h.weight.stride(1) == 1 and (
+        h.bias is None or h.bias.stride(0) == 1) for h in heads)
+
+
 def _kept_rows(hidden: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """The kept tokens' positions ``[n]`` and their hidden rows ``[n, H]`` in the compute dtype."""
     idx = keep.nonzero().squeeze(1)
@@ -422,6 +436,12 @@ def _vocab_forward(backend: str, op: str, head: _Head, inv_t: float, chunks: tup
     st["tgt"] = vec(0.0) if targets is not None else None
     st["best_vals"] = torch.full((n, k), -math.inf, dtype=acc, device=dev) if k else None
     st["best_ids"] = torch.full((n, k), -1, dtype=torch.int64, device=dev) if k else None
+    if not k and _tile_fused(backend, head, ref):
+        # One launch over the whole vocabulary, the logits never stored.
+        KERNELS.kernel("fused_forward", "triton")(
+            head.rows, head.weight, head.bias, *(ref or (None, None, None)), targets,
+            st["m"], st["s"], st["s1"], st["my"], st["sy"], st["tgt"], inv_t)
+        return {key: value for key, value in st.items() if value is not None}
     ct, cv = chunks
     for v0 in range(0, vocab, cv):
         v1 = min(v0 + cv, vocab)
@@ -465,10 +485,13 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
     if need_bias and head.bias is not None:
         grad_b = torch.empty(vocab, dtype=head.bias.dtype, device=rows.device)
     ct, cv = chunks
+    tiled = _tile_fused(backend, head, ref)
+    fused_bwd = KERNELS.kernel("fused_backward", "triton") if tiled else None
     for v0 in range(0, vocab, cv):
         v1 = min(v0 + cv, vocab)
         w, b = head.vocab_slice(v0, v1)
-        wr, br = ref.vocab_slice(v0, v1) if ref is not None else (None, None)
+        wr, br = (ref.vocab_slice(v0, v1) if ref is not None and not tiled
+                  else (None, None))
         gw = None
         if grad_w is not None:
             # Accumulate straight into the output where it has the compute dtype (no copy).
@@ -477,10 +500,21 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
         gb = torch.zeros(v1 - v0, dtype=acc, device=rows.device) if grad_b is not None else None
         for t0 in range(0, n, ct):
             t1 = min(t0 + ct, n)
-            z = head.block(w, b, t0, t1, inv_t)
-            y = ref.block(wr, br, t0, t1, inv_t) if ref is not None else None
-            _chunk_backward(backend, z, y, lse[t0:t1], alpha[t0:t1], _opt(beta, t0, t1),
-                            _opt(gamma, t0, t1), _opt(targets, t0, t1), _opt(delta, t0, t1), v0)
+            if tiled:
+                # The block's gradient straight from the tiles (tl.dot): no logits block.
+                z = torch.empty(t1 - t0, v1 - v0, dtype=acc, device=rows.device)
+                fused_bwd(rows[t0:t1], head.weight, head.bias,
+                          *((ref.rows[t0:t1], ref.weight, ref.bias) if ref is not None
+                            else (None, None, None)),
+                          z, v0, lse[t0:t1], alpha[t0:t1], _opt(beta, t0, t1),
+                          _opt(gamma, t0, t1), _opt(targets, t0, t1), _opt(delta, t0, t1),
+                          inv_t)
+            else:
+                z = head.block(w, b, t0, t1, inv_t)
+                y = ref.block(wr, br, t0, t1, inv_t) if ref is not None else None
+                _chunk_backward(backend, z, y, lse[t0:t1], alpha[t0:t1], _opt(beta, t0, t1),
+                                _opt(gamma, t0, t1), _opt(targets, t0, t1),
+                                _opt(delta, t0, t1), v0)
             grad_rows[t0:t1].addmm_(z, w)
             if gw is not None:
                 gw.addmm_(z.T, rows[t0:t1])
