@@ -1234,6 +1234,9 @@ def _(kind, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, tea
 def _fused_loss_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
     ctx.mark_non_differentiable(*output[1:])
+    # The gradients are outputs too: without this, autograd would hand the backward a zero
+    # tensor the size of each (a second weight-sized tensor at the peak).
+    ctx.set_materialize_grads(False)
     ctx.computed = inputs[-3:]  # need_hidden, need_weight, need_bias
 
 
@@ -1254,6 +1257,8 @@ def _scaled(grad: Tensor, g: Tensor) -> Tensor:
 
 def _fused_loss_backward(ctx, g_loss, _gh, _gw, _gb):
     gh, gw, gb = ctx.saved_tensors
+    if g_loss is None:  # not materialised: nothing flows back
+        return (None,) * 22
     need = ctx.needs_input_grad
     # A gradient the forward was not asked for (its need_* flag off) is a [0] placeholder:
     # None (zeros) then. The public functions set the flags from requires_grad.
