@@ -379,11 +379,17 @@ class _Head(NamedTuple):
     weight: Tensor  # [V, H] any float dtype and strides
     bias: Tensor | None  # [V]
 
-    def block(self, w: Tensor, b: Tensor | None, t0: int, t1: int, inv_t: float) -> Tensor:
+    def block(self, w: Tensor, b: Tensor | None, t0: int, t1: int, inv_t: float,
+              buf: Tensor | None = None) -> Tensor:
         """The contiguous logits block ``[t1 - t0, vc]`` for the weight rows ``w`` (compute
-        dtype) and their bias ``b``, scaled by 1 / temperature."""
+        dtype) and their bias ``b``, scaled by 1 / temperature; written into the flat buffer
+        ``buf`` when given (see :func:`_block_buffer`)."""
         h = self.rows[t0:t1]
-        z = torch.addmm(b, h, w.T) if b is not None else h @ w.T
+        if buf is not None:
+            z = buf[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
+            torch.addmm(b, h, w.T, out=z) if b is not None else torch.mm(h, w.T, out=z)
+        else:
+            z = torch.addmm(b, h, w.T) if b is not None else h @ w.T
         if inv_t != 1.0:
             z.mul_(inv_t)
         return z
@@ -393,6 +399,17 @@ class _Head(NamedTuple):
         w = self.weight[v0:v1].to(acc)
         b = None if self.bias is None else self.bias[v0:v1].to(acc)
         return w, b
+
+
+def _block_buffer(head: _Head | None, rows: int, cols: int) -> Tensor | None:
+    """One flat buffer for every logits block of a pass, ``rows x cols`` elements. Reused
+    rather than allocated per block: blocks of a few MiB freed and allocated again make the
+    C allocator keep (and count) several of them at once."""
+    if head is None:
+        return None
+    n, vocab = head.rows.shape[0], head.weight.shape[0]
+    return torch.empty(min(rows, n) * min(cols, vocab), dtype=head.rows.dtype,
+                       device=head.rows.device)
 
 
 def _tile_fused(backend: str, head: _Head, ref: _Head | None) -> bool:
@@ -443,14 +460,15 @@ def _vocab_forward(backend: str, op: str, head: _Head, inv_t: float, chunks: tup
             st["m"], st["s"], st["s1"], st["my"], st["sy"], st["tgt"], inv_t)
         return {key: value for key, value in st.items() if value is not None}
     ct, cv = chunks
+    zbuf, ybuf = _block_buffer(head, ct, cv), _block_buffer(ref, ct, cv)
     for v0 in range(0, vocab, cv):
         v1 = min(v0 + cv, vocab)
         w, b = head.vocab_slice(v0, v1)
         wr, br = ref.vocab_slice(v0, v1) if ref is not None else (None, None)
         for t0 in range(0, n, ct):
             t1 = min(t0 + ct, n)
-            z = head.block(w, b, t0, t1, inv_t)
-            y = ref.block(wr, br, t0, t1, inv_t) if ref is not None else None
+            z = head.block(w, b, t0, t1, inv_t, zbuf)
+            y = ref.block(wr, br, t0, t1, inv_t, ybuf) if ref is not None else None
             _chunk_forward(backend, op, z, y, _opt(targets, t0, t1),
                            *(_opt(st[key], t0, t1) for key in
                              ("m", "s", "s1", "my", "sy", "tgt", "best_vals", "best_ids")),
@@ -487,6 +505,8 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
     ct, cv = chunks
     tiled = _tile_fused(backend, head, ref)
     fused_bwd = KERNELS.kernel("fused_backward", "triton") if tiled else None
+    zbuf = _block_buffer(head, ct, cv)
+    ybuf = _block_buffer(ref, ct, cv) if not tiled else None
     for v0 in range(0, vocab, cv):
         v1 = min(v0 + cv, vocab)
         w, b = head.vocab_slice(v0, v1)
@@ -502,7 +522,7 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
             t1 = min(t0 + ct, n)
             if tiled:
                 # The block's gradient straight from the tiles (tl.dot): no logits block.
-                z = torch.empty(t1 - t0, v1 - v0, dtype=acc, device=rows.device)
+                z = zbuf[:(t1 - t0) * (v1 - v0)].view(t1 - t0, v1 - v0)
                 fused_bwd(rows[t0:t1], head.weight, head.bias,
                           *((ref.rows[t0:t1], ref.weight, ref.bias) if ref is not None
                             else (None, None, None)),
@@ -510,8 +530,8 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
                           _opt(gamma, t0, t1), _opt(targets, t0, t1), _opt(delta, t0, t1),
                           inv_t)
             else:
-                z = head.block(w, b, t0, t1, inv_t)
-                y = ref.block(wr, br, t0, t1, inv_t) if ref is not None else None
+                z = head.block(w, b, t0, t1, inv_t, zbuf)
+                y = ref.block(wr, br, t0, t1, inv_t, ybuf) if ref is not None else None
                 _chunk_backward(backend, z, y, lse[t0:t1], alpha[t0:t1], _opt(beta, t0, t1),
                                 _opt(gamma, t0, t1), _opt(targets, t0, t1),
                                 _opt(delta, t0, t1), v0)
@@ -1052,18 +1072,21 @@ def _fused_rows(chunk_tokens: int, vocab: int, blocks: int) -> int:
     return max(1, FUSED_BLOCK_ELEMENTS // (blocks * max(vocab, 1)))
 
 
-def _full_logits(head: _Head, t0: int, t1: int, inv_t: float, cv: int) -> Tensor:
+def _full_logits(head: _Head, t0: int, t1: int, inv_t: float, cv: int,
+                 buf: Tensor | None = None) -> Tensor:
     """The logits of the kept rows ``t0:t1`` over the whole vocabulary, ``[t1 - t0, V]``
     contiguous, in the compute dtype. A weight in the compute dtype is one product; a 16-bit
     weight is converted block by block (``cv`` rows), never whole."""
     h = head.rows[t0:t1]
     acc = h.dtype
+    vocab = head.weight.shape[0]
+    z = buf[:(t1 - t0) * vocab].view(t1 - t0, vocab) if buf is not None else torch.empty(
+        t1 - t0, vocab, dtype=acc, device=h.device)
     if head.weight.dtype == acc:
         b = None if head.bias is None else head.bias.to(acc)
-        z = torch.addmm(b, h, head.weight.T) if b is not None else h @ head.weight.T
+        torch.addmm(b, h, head.weight.T, out=z) if b is not None else torch.mm(
+            h, head.weight.T, out=z)
     else:
-        vocab = head.weight.shape[0]
-        z = torch.empty(t1 - t0, vocab, dtype=acc, device=h.device)
         for v0 in range(0, vocab, cv):
             v1 = min(v0 + cv, vocab)
             w, b = head.vocab_slice(v0, v1)
@@ -1150,11 +1173,12 @@ def _fused_loss_impl(
     ct = _fused_rows(chunk_tokens, vocab, 2 if kind == "kl" else 1)
     cv = chunk_vocab or CHUNK_VOCAB
     total = torch.zeros((), dtype=acc, device=dev)
+    zbuf, ybuf = _block_buffer(head, ct, vocab), _block_buffer(ref, ct, vocab)
     for t0 in range(0, kept, ct):
         t1 = min(t0 + ct, kept)
         c = t1 - t0
-        z = _full_logits(head, t0, t1, inv_t, cv)
-        y = _full_logits(ref, t0, t1, inv_t, cv) if ref is not None else None
+        z = _full_logits(head, t0, t1, inv_t, cv, zbuf)
+        y = _full_logits(ref, t0, t1, inv_t, cv, ybuf) if ref is not None else None
         m = torch.full((c,), -math.inf, dtype=acc, device=dev)
         s = torch.zeros(c, dtype=acc, device=dev)
         s1 = torch.zeros(c, dtype=acc, device=dev) if kind == "kl" else None
