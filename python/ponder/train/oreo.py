@@ -382,11 +382,30 @@ class OREOModels(nn.Module):
         self.value = value
         self.config = policy.config
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None):
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                targets: Tensor | None = None, mask: Tensor | None = None,
+                ref_hidden: Tensor | None = None, ref_head: tuple | None = None):
+        """Without ``targets``: ``(hidden [B, L, H], values [B, L])``. With ``targets [B, L-1]``
+        and ``mask [B, L-1]``: ``(logp [B, L-1], kl [B, L-1] or None, values [B, L])``, the fused
+        LM-head ops applied here, inside the forward, so that data-parallel wrappers see every
+        use of the LM head (``ref_hidden [B, L-1, H_ref]`` and ``ref_head = (weight, bias)`` give
+        the exact KL)."""
         h = self.policy.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                       use_cache=False).last_hidden_state
         v = self.value(input_ids, attention_mask)
-        return h, v
+        if targets is None:
+            return h, v
+        B, L, H = h.shape
+        flat = h[:, :-1].reshape(-1, H)
+        fmask = mask.reshape(-1)
+        w, b = _lm_head(self.policy)
+        logp = token_logprobs(flat, w, targets.reshape(-1), b, mask=fmask).view(B, L - 1)
+        kl = None
+        if ref_hidden is not None:
+            rh = ref_hidden.reshape(-1, ref_hidden.shape[-1])
+            kl = kl_to_reference(flat, w, rh, ref_head[0], b, ref_head[1],
+                                 mask=fmask).view(B, L - 1)
+        return logp, kl, v
 
 
 def _lm_head(model: nn.Module) -> tuple[Tensor, Tensor | None]:
@@ -465,28 +484,24 @@ def _batch_terms(inputs: Mapping[str, Tensor], config: OREOConfig) -> tuple[Tens
     return targets, mask, starts
 
 
-def _oreo_forward(models: nn.Module, policy: nn.Module, ref: nn.Module,
+def _oreo_forward(models: nn.Module, ref: nn.Module,
                   inputs: Mapping[str, Tensor], config: OREOConfig,
                   normalizer=None) -> OREOLosses:
     """One batch through the (possibly wrapped) models, the reference and the fused ops."""
     ids, att = inputs["input_ids"], inputs["attention_mask"]
     targets, mask, starts = _batch_terms(inputs, config)
-    hidden, values = models(ids, att)
-    B, L, H = hidden.shape
+    B, T = targets.shape
     flat_mask = mask.reshape(-1)
-    h = hidden[:, :-1].reshape(-1, H)
-    w, b = _lm_head(policy)
-    logp = token_logprobs(h, w, targets.reshape(-1), b, mask=flat_mask).view(B, L - 1)
     with torch.no_grad():
         ref_hidden = ref.get_decoder()(input_ids=ids, attention_mask=att,
-                                       use_cache=False).last_hidden_state
-        rh = ref_hidden[:, :-1].reshape(-1, ref_hidden.shape[-1])
+                                       use_cache=False).last_hidden_state[:, :-1]
         rw, rb = _lm_head(ref)
-        ref_logp = token_logprobs(rh, rw, targets.reshape(-1), rb,
-                                  mask=flat_mask).view(B, L - 1)
-    kl = None
-    if config.kl == "exact":
-        kl = kl_to_reference(h, w, rh, rw, b, rb, mask=flat_mask).view(B, L - 1)
+        ref_logp = token_logprobs(ref_hidden.reshape(-1, ref_hidden.shape[-1]), rw,
+                                  targets.reshape(-1), rb, mask=flat_mask).view(B, T)
+    exact = config.kl == "exact"
+    logp, kl, values = models(ids, att, targets=targets, mask=mask,
+                              ref_hidden=ref_hidden if exact else None,
+                              ref_head=(rw, rb) if exact else None)
     return oreo_losses(logp, ref_logp, values[:, :-1].float(), inputs["reward"], mask, starts,
                        config, kl=kl, normalizer=normalizer)
 
@@ -650,15 +665,14 @@ class OREOTrainer(Trainer):
         if num_items_in_batch is None:
             _, mask, starts = _batch_terms(inputs, self.oreo)
             num_items_in_batch = loss_counts(mask, starts, self.oreo)
-        models = self.accelerator.unwrap_model(model)
         with self.compute_loss_context_manager():
-            out = _oreo_forward(model, models.policy, self.ref_model, inputs, self.oreo,
+            out = _oreo_forward(model, self.ref_model, inputs, self.oreo,
                                 normalizer=num_items_in_batch)
         world = max(self.args.world_size, 1)
         loss = (out.value + out.policy) * world
         self.accelerator.backward(loss)
         for k, v in (("value_loss", out.value), ("policy_loss", out.policy), ("kl", out.kl)):
-            self._last_metrics[k].append(float(v) * world)
+            self._last_metrics[k].append(float(v.detach()) * world)
         return loss.detach()
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
