@@ -98,10 +98,11 @@ def _generate(policy, prefixes: Sequence[Sequence[int]], *, eos: int, pad: int,
         active = [caps[i] > 0 for i in range(n)]
         while any(active):
             tok = sample(logits[:, -1].float(), temperature, None, top_p, generator)
+            toks = tok.tolist()
             for i in range(n):
                 if not active[i]:
                     continue
-                t = int(tok[i])
+                t = toks[i]
                 new[i].append(t)
                 if t == eos:
                     ended[i], active[i] = True, False
