@@ -101,3 +101,24 @@ def test_two_processes_match_one(tmp_path):
     assert len(one["losses"]) == 2
     for k in one["params"]:
         assert one["params"][k] == pytest.approx(two["params"][k], rel=1e-4, abs=1e-6), k
+
+
+# transformers' Trainer reads a deprecated property of the peft-wrapped model
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_lora_on_policy_and_critic_trains_only_the_adapters_and_the_head(tmp_path):
+    peft = pytest.importorskip("peft")
+    lora = dict(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    tok = tokenizer()
+    base = tiny_policy(0)
+    value = ValueModel.from_policy(base)
+    value.backbone = peft.get_peft_model(value.backbone, peft.LoraConfig(**lora))
+    policy = peft.get_peft_model(base, peft.LoraConfig(**lora))
+    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    vbefore = {k: v.detach().clone() for k, v in value.named_parameters()}
+    OREOTrainer(policy, value, tiny_policy(0), args=train_args(tmp_path),
+                train_dataset=rows_to_dataset(tok, tiny_rows(16)),
+                processing_class=tok).train()
+    moved = [k for k, v in policy.named_parameters() if not torch.equal(v, before[k])]
+    vmoved = [k for k, v in value.named_parameters() if not torch.equal(v, vbefore[k])]
+    assert moved and all("lora_" in k for k in moved)
+    assert "head.weight" in vmoved and all("lora_" in k or k == "head.weight" for k in vmoved)
