@@ -103,9 +103,7 @@ def test_two_processes_match_one(tmp_path):
         assert one["params"][k] == pytest.approx(two["params"][k], rel=1e-4, abs=1e-6), k
 
 
-# transformers' Trainer reads a deprecated property of the peft-wrapped model
-@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
-def test_lora_on_policy_and_critic_trains_only_the_adapters_and_the_head(tmp_path):
+def _lora_trainer(tmp_path, name, resume=None, **kw):
     peft = pytest.importorskip("peft")
     lora = dict(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"])
     tok = tokenizer()
@@ -113,12 +111,26 @@ def test_lora_on_policy_and_critic_trains_only_the_adapters_and_the_head(tmp_pat
     value = ValueModel.from_policy(base)
     value.backbone = peft.get_peft_model(value.backbone, peft.LoraConfig(**lora))
     policy = peft.get_peft_model(base, peft.LoraConfig(**lora))
-    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
-    vbefore = {k: v.detach().clone() for k, v in value.named_parameters()}
-    OREOTrainer(policy, value, tiny_policy(0), args=train_args(tmp_path),
-                train_dataset=rows_to_dataset(tok, tiny_rows(16)),
-                processing_class=tok).train()
-    moved = [k for k, v in policy.named_parameters() if not torch.equal(v, before[k])]
-    vmoved = [k for k, v in value.named_parameters() if not torch.equal(v, vbefore[k])]
-    assert moved and all("lora_" in k for k in moved)
-    assert "head.weight" in vmoved and all("lora_" in k or k == "head.weight" for k in vmoved)
+    trainer = OREOTrainer(policy, value, tiny_policy(0), args=train_args(tmp_path / name, **kw),
+                          train_dataset=rows_to_dataset(tok, tiny_rows(16)),
+                          processing_class=tok)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, before
+
+
+# transformers' Trainer reads a deprecated property of the peft-wrapped model
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_lora_on_policy_and_critic_trains_only_the_adapters_and_resumes(tmp_path):
+    full, before = _lora_trainer(tmp_path, "full", max_steps=2)
+    moved = [k for k, v in full.model.named_parameters() if not torch.equal(v, before[k])]
+    assert any(k.startswith("policy.") for k in moved)
+    assert "value.head.weight" in moved
+    assert all("lora_" in k or k == "value.head.weight" for k in moved)
+    _lora_trainer(tmp_path, "part", max_steps=2, save_strategy="steps", save_steps=1)
+    ckpt = tmp_path / "part" / "checkpoint-1"
+    assert (ckpt / "adapter_model.safetensors").is_file()
+    resumed, _ = _lora_trainer(tmp_path, "resumed", resume=str(ckpt), max_steps=2)
+    pf, pr = _params(full), _params(resumed)
+    for k in pf:
+        torch.testing.assert_close(pr[k], pf[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -518,6 +518,29 @@ def _transformers_trainer():
 Trainer, TrainerCallback = _transformers_trainer()
 
 
+def _load_saved(module: nn.Module, folder: Path, what: str) -> None:
+    """Load what ``save_pretrained`` wrote into ``module``: a peft adapter
+    (``adapter_model.safetensors``) or the full weights (``model.safetensors``; a missing
+    ``lm_head`` is a tied head)."""
+    from safetensors.torch import load_file
+
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(module, load_file(str(adapter)))
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"OREOTrainer: the adapter in {folder} does not match {what} "
+                             f"(unexpected {unexpected[:5]})")
+        return
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "lm_head" not in m]:
+        raise ValueError(f"OREOTrainer: checkpoint {folder} does not match {what} "
+                         f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
 class _CriticStep(TrainerCallback):
     """Steps the critic's optimizer just before the Trainer steps the actor's (and its
     scheduler after), so both follow the Trainer's accumulation and checkpoints."""
@@ -700,13 +723,11 @@ class OREOTrainer(Trainer):
 
         models = self.accelerator.unwrap_model(self.model)
         folder = Path(resume_from_checkpoint)
-        state = load_file(str(folder / "model.safetensors"))
-        missing, unexpected = models.policy.load_state_dict(state, strict=False)
-        if unexpected or [m for m in missing if "lm_head" not in m]:
-            raise ValueError(f"OREOTrainer: checkpoint {folder} does not match the policy "
-                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-        v = load_value_model(folder / "value")
-        models.value.load_state_dict(v.state_dict())
+        _load_saved(models.policy, folder, "the policy")
+        _load_saved(models.value.backbone, folder / "value", "the value model")
+        head = load_file(str(folder / "value" / _HEAD_FILE))["weight"]
+        with torch.no_grad():
+            models.value.head.weight.copy_(head.to(models.value.head.weight.dtype))
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
