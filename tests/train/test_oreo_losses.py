@@ -151,3 +151,14 @@ def test_config_errors():
         OREOConfig(beta=0.0)
     with pytest.raises(ValueError, match="averaging"):
         OREOConfig(averaging="batch")
+
+
+def test_shape_errors_name_the_argument():
+    z = torch.zeros(2, 3)
+    m = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="ref_logp"):
+        oreo_losses(z, torch.zeros(2, 4), z, torch.zeros(2), m, m, OREOConfig(kl="k3"))
+    with pytest.raises(ValueError, match="reward"):
+        oreo_losses(z, z, z, torch.zeros(3), m, m, OREOConfig(kl="k3"))
+    with pytest.raises(ValueError, match="needs kl"):
+        oreo_losses(z, z, z, torch.zeros(2), m, m, OREOConfig())

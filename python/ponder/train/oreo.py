@@ -253,6 +253,15 @@ def oreo_losses(
         :class:`OREOLosses`. ``value`` has gradient to ``values`` only; ``policy`` to ``logp``
         (and ``kl``) only: the value, the reference and the future log-ratios are detached.
     """
+    shape = tuple(values.shape)
+    for name, t in (("logp", logp), ("ref_logp", ref_logp), ("mask", mask), ("starts", starts),
+                    ("kl", kl)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"oreo_losses: {name} must have the shape of values {shape}, got "
+                             f"{tuple(t.shape)}")
+    if values.dim() != 2 or tuple(reward.shape) != (shape[0],):
+        raise ValueError(f"oreo_losses: values must be [B, T] and reward [B], got {shape} and "
+                         f"{tuple(reward.shape)}")
     mask = mask.bool()
     starts = starts.bool() & mask
     if normalizer is None:
