@@ -595,6 +595,11 @@ class OREOTrainer(Trainer):
     Checkpoints hold the policy (``save_pretrained``), the value model (``value/``), both
     optimizers and both schedulers (``critic_optimizer.pt``, ``critic_scheduler.pt``);
     ``train(resume_from_checkpoint=...)`` restores all of them.
+
+    Precision: float32 or bfloat16 (``bf16=True``); fp16 with a gradient scaler is not supported
+    (the critic's optimizer is stepped outside accelerate's scaler). The logged ``value_loss``,
+    ``policy_loss`` and ``kl`` are the main process's share scaled to the global batch (exact on
+    one process).
     """
 
     def __init__(self, policy, value_model: ValueModel | None = None, ref_model=None, *,
@@ -621,6 +626,9 @@ class OREOTrainer(Trainer):
                 pad = policy.config.pad_token_id or 0
             data_collator = OREOCollator(pad)
         if args is not None:
+            if getattr(args, "fp16", False):
+                raise ValueError("OREOTrainer: fp16 (with a gradient scaler) is not supported; "
+                                 "use bf16=True or float32")
             args.remove_unused_columns = False
         super().__init__(model=OREOModels(policy, value_model), args=args,
                          train_dataset=train_dataset, processing_class=processing_class,
