@@ -231,6 +231,15 @@ CASES = [
     (["prm", "best-of-n", "--input", "{string_candidates}", "--output", "{string_candidates}"],
      "--input file"),
     (["prm", "fly"], "invalid choice"),
+    # ponder oreo
+    (["oreo", "collect", "--k", "0"], "--k"),
+    (["oreo", "collect", "--questions", "{missing}"], "--questions"),
+    (["oreo", "train", "--data", "{missing}"], "--data"),
+    (["oreo", "train", "--steps", "0"], "--steps"),
+    (["oreo", "search", "--model", "{folder}"], "value/"),
+    (["oreo", "search", "--beam-width", "0"], "--beam-width"),
+    (["oreo", "effect", "--out", "{good}"], "--out"),
+    (["oreo", "fly"], "invalid choice"),
 ]
 
 
