@@ -12,7 +12,8 @@ confidence ``[N]`` and a correctness flag ``[N]``).
     reliability_diagram(probs.max(-1).values, probs.argmax(-1) == labels, "diagram.png")
 
 Binning. Equal-width: ``n_bins`` bins of ``[0, 1]``, a confidence ``p`` goes to bin
-``min(floor(p n_bins), n_bins - 1)`` (so 1.0 is in the last bin and 0.1 in the second of ten).
+``min(floor(p n_bins + 1e-6), n_bins - 1)`` (so 1.0 is in the last bin, 0.1 in the second of ten,
+and a float32 0.7, 0.69999998, in the eighth).
 Equal-mass: the examples sorted by confidence, cut into ``n_bins`` runs of equal size (sizes
 differ by at most one; ties may straddle a cut). ECE ``= sum_b |B_b| / N |accuracy_b -
 confidence_b|`` over non-empty bins. matplotlib is imported only by :func:`reliability_diagram`.
@@ -95,7 +96,8 @@ def reliability_bins(confidence, correct, n_bins: int = 10, binning: str = "widt
     n = _check_binning(fn, n_bins, binning)
     conf, ok = _confidence_and_correct(fn, confidence, correct)
     if binning == "width":
-        index = torch.clamp((conf * n).floor().long(), max=n - 1)
+        # 1e-6 of slack: a float32 0.7 is 0.69999998, which belongs with 0.7, not below it
+        index = torch.clamp((conf * n + 1e-6).floor().long(), max=n - 1)
         edges = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)
         low, high = edges[:-1], edges[1:]
     else:
@@ -282,7 +284,8 @@ def calibrate_temperature(teacher_ids, teacher_logprobs, labels, *,
     equal-width bins (the paper's 10). The search is the paper's: a coarse grid (by default
     0.1, 0.2, ..., 1.0), then a fine grid of step ``fine_step`` within ``fine_span`` (default: the
     coarse grid's spacing) either side of the coarse winner. The default coarse grid stops at 1,
-    as the paper's; an under-confident teacher wants c > 1: pass e.g. ``coarse=[0.1 * i for i in
+    as the paper's (c < 1 sharpens the top-k: it fixes an under-confident teacher); an
+    over-confident teacher wants c > 1 (flatter): pass e.g. ``coarse=[0.1 * i for i in
     range(1, 31)]``. Ties go to the c closest to 1 (the smallest change to the teacher).
 
     Args:
