@@ -181,3 +181,29 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert one["losses"] == pytest.approx(two["losses"], rel=1e-5)
     assert one["params"] == pytest.approx(two["params"], rel=1e-4, abs=1e-6)
     assert one["param_sum"] == pytest.approx(two["param_sum"], rel=1e-6)
+
+
+def test_command_line_on_jsonl(tmp_path, capsys):
+    from ponder.cli import main
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records(8)))
+    store, val = tmp_path / "store", tmp_path / "val"
+    assert main(["first", "extract", "--data", str(data), "--out", str(store), "--quiet"]) == 0
+    assert main(["first", "extract", "--data", str(data), "--out", str(val), "--quiet"]) == 0
+    assert main(["first", "calibrate", "--store", str(val), "--apply-to", str(store),
+                 "--grid", "0.5", "1", "2"]) == 0
+    assert "temperature_c" in json.loads((store / "meta.json").read_text())
+    student = tmp_path / "student"
+    assert main(["first", "train", "--data", str(data), "--store", str(store), "--out",
+                 str(student), "--steps", "2", "--batch-size", "4", "--quiet"]) == 0
+    diagram = tmp_path / "r.png"
+    capsys.readouterr()
+    assert main(["first", "eval", "--model", str(student), "--data", str(data), "--diagram",
+                 str(diagram)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 <= out["token"]["ece"] <= 1 and diagram.is_file()
+    # a folder that is not a store: one line naming the flag, exit status 2
+    assert main(["first", "train", "--data", str(data), "--store", str(tmp_path), "--out",
+                 str(student), "--mode", "topk", "--steps", "1", "--quiet"]) == 2
+    assert "--store" in capsys.readouterr().err

@@ -45,7 +45,8 @@ from ..train.first import (
 from .arithmetic import ANSWER_PREFIX, Problem, verify
 from .models import SPECS, _no_progress_bars, generate_solutions, load_toy_model
 
-__all__ = ["answer_confidences", "format_first_table", "run_first_effect", "token_metrics"]
+__all__ = ["answer_confidences", "evaluate_calibration", "format_first_table", "run_first_effect",
+           "token_metrics", "token_metrics_records"]
 
 DEFAULT_COARSE = tuple(round(0.1 * i, 10) for i in range(1, 21))  # 0.1 ... 2.0
 
@@ -54,11 +55,16 @@ def _records(problems: Sequence[Problem]) -> list[dict[str, str]]:
     return [{"prompt": p.prompt, "response": p.target} for p in problems]
 
 
-@torch.no_grad()
 def token_metrics(model, tokenizer, problems: Sequence[Problem], batch_size: int = 64):
     """``(metrics, confidence [T], correct [T])`` of the next-token predictions on the reference
     solutions of ``problems`` (teacher forcing, response tokens and ``<eos>`` only)."""
-    examples = tokenize_records(tokenizer, _records(problems))
+    return token_metrics_records(model, tokenizer, _records(problems), batch_size)
+
+
+@torch.no_grad()
+def token_metrics_records(model, tokenizer, records: Sequence[dict], batch_size: int = 64):
+    """:func:`token_metrics` on ``{"prompt", "response"}`` records (any model and tokenizer)."""
+    examples = tokenize_records(tokenizer, records)
     probs, labels = [], []
     for start in range(0, len(examples), batch_size):
         part = examples[start:start + batch_size]
@@ -112,7 +118,11 @@ def answer_confidences(model, tokenizer, problems: Sequence[Problem], texts: Seq
     return torch.tensor(out, dtype=torch.float64)
 
 
-def _evaluate(name: str, model, tokenizer, test: Sequence[Problem], out: Path) -> dict[str, Any]:
+def evaluate_calibration(name: str, model, tokenizer, test: Sequence[Problem],
+                         out: str | Path) -> dict[str, Any]:
+    """``{"token": ..., "answer": ...}`` metrics of ``model`` on toy ``test`` problems (module
+    docstring), and its two reliability diagrams ``out/reliability-{token,answer}-NAME.png``."""
+    out = Path(out)
     model.eval()
     tok_m, tok_conf, tok_ok = token_metrics(model, tokenizer, test)
     texts = generate_solutions(model, tokenizer, [p.prompt for p in test],
@@ -181,7 +191,7 @@ def run_first_effect(out_dir: str | Path, *, steps: int = 1000, batch_size: int 
                             "full_fp16_at_V151936": 2 * 151936},
         "mass": train_meta["mass"],
     }
-    results["models"]["teacher"] = _evaluate("teacher", teacher, tokenizer, test, out)
+    results["models"]["teacher"] = evaluate_calibration("teacher", teacher, tokenizer, test, out)
 
     examples = tokenize_records(tokenizer, _records(train))
     store = TopKStore(out / "store-train")
@@ -201,7 +211,7 @@ def run_first_effect(out_dir: str | Path, *, steps: int = 1000, batch_size: int 
                 other_bucket=other_bucket, teacher=teacher if mode == "kd" else None,
                 tokenizer=tokenizer)
             seconds, losses = run_trainer(trainer, progress=progress)
-        measured = _evaluate(mode, student, tokenizer, test, out)
+        measured = evaluate_calibration(mode, student, tokenizer, test, out)
         measured["train_seconds"] = round(seconds, 1)
         measured["loss"] = losses[-1][1] if losses else None
         results["models"][mode] = measured

@@ -172,7 +172,7 @@ def calibration_metrics(probs, labels, n_bins: int = 10) -> dict[str, float]:
         "confidence": float(conf.mean()),
         "ece": expected_calibration_error(conf, correct, n_bins, "width"),
         "ece_mass": expected_calibration_error(conf, correct, n_bins, "mass"),
-        "nll": float(-p_label.clamp(min=1e-12).log().mean()),
+        "nll": float(-p_label.clamp(min=1e-12).log().mean()) + 0.0,  # no "-0.0"
         "brier": float(((p - onehot) ** 2).sum(-1).mean()),
     }
 
@@ -196,7 +196,7 @@ def binary_calibration_metrics(confidence, correct, n_bins: int = 10) -> dict[st
         "confidence": float(conf.mean()),
         "ece": expected_calibration_error(conf, ok, n_bins, "width"),
         "ece_mass": expected_calibration_error(conf, ok, n_bins, "mass"),
-        "nll": float(-likelihood.log().mean()),
+        "nll": float(-likelihood.log().mean()) + 0.0,
         "brier": float(((conf - ok) ** 2).mean()),
     }
 

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ..ops.lm_head import token_logprobs, topk_distill_loss, topk_logprobs
+from ..rewards.train import read_jsonl  # JSONL records, for callers of this module
 from ..validation import check_int, check_real
 from .calibration import calibrate_temperature, summarise
 
@@ -52,7 +53,7 @@ __all__ = [
     "calibrate_temperature",
     "extract_topk",
     "hidden_states_and_head",
-    "load_jsonl",
+    "read_jsonl",
     "tokenize_records",
     "tokenizer_fingerprint",
 ]
@@ -63,19 +64,6 @@ _SHARD = "topk-{:05d}.safetensors"
 
 
 # ----------------------------------------------------------------------------------- data
-
-def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSONL file (one JSON object per non-empty line)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"load_jsonl: {path}:{line_no} is not JSON: {err}") from err
-    return records
-
 
 def tokenize_records(tokenizer, records: Iterable[dict[str, Any]], *,
                      max_length: int | None = None) -> list[dict[str, list[int]]]:
