@@ -212,7 +212,7 @@ class TopKStore:
         self.k = int(self.meta["k"])
         self.vocab_size = int(self.meta["vocab_size"])
         self._shard_size = int(self.meta["shard_size"])
-        self._cache: tuple[int, dict[str, Tensor]] | None = None
+        self._handles: dict[int, tuple[Any, list[int]]] = {}
 
     def __len__(self) -> int:
         return int(self.meta["examples"])
@@ -220,19 +220,22 @@ class TopKStore:
     def shard_paths(self) -> list[Path]:
         return [self.folder / _SHARD.format(j) for j in range(int(self.meta["shards"]))]
 
-    def _shard(self, j: int) -> dict[str, Tensor]:
-        if self._cache is None or self._cache[0] != j:
-            from safetensors.torch import load_file
+    def _shard(self, j: int):
+        # Open handles, read by slices: a random-order training run touches every shard at
+        # every step, and loading whole shards per example would read the store over and over.
+        if j not in self._handles:
+            from safetensors import safe_open
 
-            self._cache = (j, load_file(str(self.folder / _SHARD.format(j))))
-        return self._cache[1]
+            handle = safe_open(str(self.folder / _SHARD.format(j)), "pt")
+            self._handles[j] = (handle, handle.get_tensor("offsets").tolist())
+        return self._handles[j]
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         i = check_int("TopKStore", "index", i, minimum=0, maximum=len(self) - 1)
-        shard = self._shard(i // self._shard_size)
-        a, b = shard["offsets"][i % self._shard_size: i % self._shard_size + 2].tolist()
-        return (shard["ids"][a:b].long(), shard["logprobs"][a:b].float(),
-                shard["targets"][a:b].long())
+        handle, offsets = self._shard(i // self._shard_size)
+        a, b = offsets[i % self._shard_size], offsets[i % self._shard_size + 1]
+        return (handle.get_slice("ids")[a:b].long(), handle.get_slice("logprobs")[a:b].float(),
+                handle.get_slice("targets")[a:b].long())
 
     def all(self) -> dict[str, Tensor]:
         """Every stored token: ``ids``, ``logprobs``, ``targets``, ``mass`` concatenated."""
@@ -465,7 +468,8 @@ class FIRSTTrainer(_trainer_base()):
 
     Args:
         model: the student (a causal LM whose logits are ``lm_head(last hidden state)``).
-        args: ``transformers.TrainingArguments`` (set ``remove_unused_columns=False``).
+        args: ``transformers.TrainingArguments`` (``remove_unused_columns`` is turned off: the
+            collator needs each example's index into the store).
         train_dataset: examples ``{"input_ids", "labels"}`` (:func:`tokenize_records`), in the
             order of the store.
         mode: ``"first"`` (top-k KD with ``temperature_c``), ``"topk"`` (top-k KD, c = 1),
@@ -534,6 +538,9 @@ class FIRSTTrainer(_trainer_base()):
             store if mode in ("first", "topk") else None,
             pad_id=getattr(getattr(model, "config", None), "pad_token_id", None) or 0,
             other_bucket=other_bucket))
+        if args is not None and args.remove_unused_columns:
+            # the Trainer would drop "index" (not a forward argument) before the collator
+            args.remove_unused_columns = False
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
         if self.teacher is not None:
             self.teacher.to(self.args.device).eval().requires_grad_(False)
