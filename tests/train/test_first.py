@@ -207,3 +207,19 @@ def test_command_line_on_jsonl(tmp_path, capsys):
     assert main(["first", "train", "--data", str(data), "--store", str(tmp_path), "--out",
                  str(student), "--mode", "topk", "--steps", "1", "--quiet"]) == 2
     assert "--store" in capsys.readouterr().err
+
+
+def test_first_loss_is_the_per_token_mean_of_the_topk_kl(tmp_path):
+    folder = _store(tmp_path, n=4)
+    student = tiny_model(seed=0)
+    trainer = FIRSTTrainer(student, _args(tmp_path, 4), examples(4), store=folder,
+                           temperature_c=0.6)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"],
+                         attention_mask=batch["attention_mask"]).logits[:, :-1]
+    rows = logits[batch["labels"][:, 1:] != -100]  # [T, V], the same order as the store
+    p = torch.softmax(batch["teacher_logprobs"] / 0.6, -1)
+    log_q = torch.log_softmax(rows.gather(1, batch["teacher_ids"]), -1)
+    expected = (p * (p.log() - log_q)).sum(-1).mean()
+    assert _first_loss(trainer, batch) == pytest.approx(float(expected), rel=1e-4)
