@@ -231,6 +231,15 @@ CASES = [
     (["prm", "best-of-n", "--input", "{string_candidates}", "--output", "{string_candidates}"],
      "--input file"),
     (["prm", "fly"], "invalid choice"),
+    # ponder first
+    (["first", "extract", "--data", "{missing}"], "--data"),
+    (["first", "extract", "--data", "{no_answer}"], "'response'"),
+    (["first", "extract", "--k", "0"], "--k"),
+    (["first", "calibrate", "--store", "{folder}"], "meta.json"),
+    (["first", "train", "--store", "{folder}", "--out", "o"], "--store"),
+    (["first", "eval", "--model", "{missing}"], "--model"),
+    (["first", "toy", "--steps", "0"], "--steps"),
+    (["first", "fly"], "invalid choice"),
 ]
 
 
