@@ -223,3 +223,11 @@ def test_first_loss_is_the_per_token_mean_of_the_topk_kl(tmp_path):
     log_q = torch.log_softmax(rows.gather(1, batch["teacher_ids"]), -1)
     expected = (p * (p.log() - log_q)).sum(-1).mean()
     assert _first_loss(trainer, batch) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_a_model_with_scaled_logits_is_refused(tmp_path):
+    teacher = tiny_model(seed=1)
+    # logits that are not lm_head(hidden) (as with soft-capping): the fused ops would be wrong
+    teacher.lm_head.register_forward_hook(lambda module, args, out: 30 * torch.tanh(out / 3))
+    with pytest.raises(ValueError, match="not lm_head"):
+        extract_topk(teacher, records(2), 5, out_dir=tmp_path / "s", tokenizer=make_tokenizer())
