@@ -240,6 +240,15 @@ CASES = [
     (["oreo", "search", "--beam-width", "0"], "--beam-width"),
     (["oreo", "effect", "--out", "{good}"], "--out"),
     (["oreo", "fly"], "invalid choice"),
+    # ponder first
+    (["first", "extract", "--data", "{missing}"], "--data"),
+    (["first", "extract", "--data", "{no_answer}"], "'response'"),
+    (["first", "extract", "--k", "0"], "--k"),
+    (["first", "calibrate", "--store", "{folder}"], "meta.json"),
+    (["first", "train", "--store", "{folder}", "--out", "o"], "--store"),
+    (["first", "eval", "--model", "{missing}"], "--model"),
+    (["first", "toy", "--steps", "0"], "--steps"),
+    (["first", "fly"], "invalid choice"),
 ]
 
 
