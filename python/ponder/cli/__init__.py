@@ -10,6 +10,7 @@
     ponder think [--model M] [--prompts FILE]     ThinK vs dense: cache bytes, decode tok/s
     ponder rsd [--prm toy|oracle] [--delta D ...] RSD next to draft-only and target-only runs
     ponder prm score|collect|train|best-of-n      process reward models on JSONL files
+    ponder auto-cei init|run|eval                 Auto-CEI on the toy world (resumable)
 
 A bad argument or input (a missing file, a number out of range, a device or backend that is not
 here, a model folder that cannot be loaded) stops the command with one line, "ponder <command>:
@@ -26,7 +27,7 @@ import sys
 # A module per command family, each with its ``add_parser`` and the code that runs its commands;
 # the library code they call lives in the layers below.
 from .. import BackendUnavailableError
-from . import checks, demo, prm, rsd, samplers, think, toy
+from . import auto_cei, checks, demo, prm, rsd, samplers, think, toy
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     think.add_parser(sub)
     rsd.add_parser(sub)
     prm.add_parser(sub)
+    auto_cei.add_parser(sub)
     return parser
 
 

@@ -55,7 +55,7 @@ class ToyTask:
         return text if at < 0 else text[:at]
 
 
-def toy_task(n: int = 1200, *, seed: int = 17, min_steps: int = 1, max_steps: int = 4,
+def toy_task(n: int = 800, *, seed: int = 17, min_steps: int = 1, max_steps: int = 4,
              digits: int = 2, split_seed: int = 0,
              fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)) -> ToyTask:
     """``n`` problems of ``min_steps``..``max_steps`` steps (uniform), split by question."""
@@ -68,27 +68,29 @@ def toy_task(n: int = 1200, *, seed: int = 17, min_steps: int = 1, max_steps: in
 # Small k, few iterations and full fine-tuning (no LoRA: the draft is 0.27M parameters) so that
 # a run fits minutes on two cores; the library's defaults stay the paper's.
 TOY_CONFIG = AutoCEIConfig(k=4, n_resample=4, refusal_k=2, max_iterations=2,
-                           max_curriculum_evals=3, retrain_from="continue", learning_rate=1e-3,
+                           max_curriculum_evals=2, retrain_from="continue", learning_rate=1e-3,
                            epochs=1.0, batch_size=32, lora=None, refusal_learning_rate=1e-3,
                            refusal_epochs=2.0, eval_batch_size=128, seed=0)
 
 
 def compare(out: str | Path, *, task: ToyTask | None = None,
-            config: AutoCEIConfig = TOY_CONFIG, progress: bool = False,
-            log=print) -> dict[str, Any]:
+            config: AutoCEIConfig = TOY_CONFIG, progress: bool = False, log=print,
+            train: bool = True, split: str = "test") -> dict[str, Any]:
     """SFT (the draft as shipped), refusal tuning and Auto-CEI (the best model by validation
-    ``f``) on the test split; resumable in ``out``. Returns ``{method: summarize(...)}`` plus
-    the run's ``c1``/``c2`` history under ``"run"``."""
+    ``f``) on the ``split``; the run (resumable in ``out``) is completed first if ``train``, else
+    what is there is measured. Returns ``{method: summarize(...)}`` plus the run's ``c1``,
+    ``c2``, ``tau`` and steps under ``"run"``."""
     from .models import load_toy_model
 
     task = task or toy_task()
-    run = AutoCEI(task, out, None if (Path(out) / "state.json").is_file() else config,
-                  base=load_toy_model("draft"), progress=progress,
+    resuming = (Path(out) / "state.json").is_file()
+    run = AutoCEI(task, out, None if resuming else config,
+                  base=None if resuming else load_toy_model("draft"), progress=progress,
                   on_stage=lambda s: log(f"  done: {s}"))
-    state = run.run()
-    results = {"SFT": run.evaluate("base", "test"),
-               "refusal-tuning": run.evaluate("refusal_tuned", "test"),
-               "Auto-CEI": run.evaluate("best", "test")}
+    state = run.run() if train else run.state
+    results = {"SFT": run.evaluate("base", split),
+               "refusal-tuning": run.evaluate("refusal_tuned", split),
+               "Auto-CEI": run.evaluate("best", split)}
     results["run"] = {k: state.get(k) for k in ("c1_0", "c2", "s", "tau", "best", "steps")}
     return results
 
