@@ -231,6 +231,10 @@ CASES = [
     (["prm", "best-of-n", "--input", "{string_candidates}", "--output", "{string_candidates}"],
      "--input file"),
     (["prm", "fly"], "invalid choice"),
+    (["auto-cei", "eval", "--out", "{folder}/no_run"], "holds no Auto-CEI run"),
+    (["auto-cei", "run", "--k", "0"], "--k"),
+    (["auto-cei", "run", "--out", "{good}"], "is a file"),
+    (["auto-cei", "fly"], "invalid choice"),
 ]
 
 

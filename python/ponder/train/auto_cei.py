@@ -453,6 +453,7 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, learning_rate:
     tokenizer.padding_side = side
     if lora is not None:
         trained = trained.merge_and_unload()
+    trained.config.use_cache = True  # the Trainer turns it off; generation wants the KV cache
     trained.eval()
     return trained
 
