@@ -308,9 +308,20 @@ def test_expert_data_follows_the_reward(tmp_path):
     assert all(p == task.prompt(task.train[0]) for p, _ in data)
 
 
-def test_sft_trains_on_completions_only():
+def test_sft_trains_on_completions_only(tmp_path):
     model, tok = _tiny_policy()
     import torch
+
+    prompt, completion = "Q: 1+2=?\n\n", "1+2=3\n\nAnswer: 3"
+    trainer = ac.sft_trainer(model, tok, [(prompt, completion)], output_dir=tmp_path,
+                             learning_rate=1e-2)
+    row = trainer.train_dataset[0]
+    # <bos> + prompt carry no loss (label -100); the completion and the <eos> TRL appends do
+    n_prompt = 1 + len(prompt)  # one token a character
+    assert row["labels"][:n_prompt] == [-100] * n_prompt
+    assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
+    assert len(row["input_ids"]) == n_prompt + len(completion) + 1
+    assert row["input_ids"][-1] == tok.eos_token_id
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     tok.padding_side = "right"

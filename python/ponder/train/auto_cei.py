@@ -58,6 +58,7 @@ __all__ = [
     "refusal_tuning_example",
     "resample_examples",
     "sft",
+    "sft_trainer",
     "summarize",
 ]
 
@@ -404,20 +405,19 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, learning_rate: float,
-        epochs: float = 1.0, batch_size: int = 16, lora: LoraSettings | None = None,
-        seed: int = 0, max_length: int = 1024, workdir: str | Path | None = None):
-    """Supervised fine-tuning on ``(prompt, completion)`` pairs with TRL's ``SFTTrainer``, the
-    loss on the completion only (TRL appends the end-of-sequence token to each completion).
-    With ``lora``, a fresh adapter is trained and merged back. Returns the trained model (the
-    same object unless LoRA was used)."""
-    import tempfile
-
+def sft_trainer(model, tokenizer, examples: Sequence[tuple[str, str]], *, output_dir: str | Path,
+                learning_rate: float, epochs: float = 1.0, batch_size: int = 16,
+                lora: LoraSettings | None = None, seed: int = 0, max_length: int = 1024):
+    """TRL's ``SFTTrainer`` on ``(prompt, completion)`` pairs, the loss on the completion only
+    (its ``train_dataset`` rows' ``labels`` are -100 over the prompt; TRL appends the end-of-sequence token
+    to each completion); with ``lora``, a fresh peft adapter on ``model``. Cosine schedule, no
+    warm-up, nothing saved or logged."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     if not examples:
-        return model
+        raise ValueError("sft_trainer: examples is empty")
     peft_config = None
     if lora is not None:
         from peft import LoraConfig
@@ -427,27 +427,39 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, learning_rate:
                                      lora.target_modules, str) else list(lora.target_modules)),
                                  task_type="CAUSAL_LM")
     data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in examples])
-    side = tokenizer.padding_side
-    with contextlib.ExitStack() as stack:
-        out = workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="ponder-sft-"))
-        args = SFTConfig(
-            output_dir=str(out), per_device_train_batch_size=batch_size,
-            num_train_epochs=epochs, learning_rate=learning_rate, lr_scheduler_type="cosine",
-            warmup_steps=0, seed=seed, report_to=[], save_strategy="no",
-            logging_strategy="no", disable_tqdm=True, use_cpu=not _on_cuda(model),
-            dataloader_num_workers=0, max_length=max_length, completion_only_loss=True,
-            activation_checkpointing=False,
-        )
-        stack.enter_context(_quiet_datasets())
-        with warnings.catch_warnings():
-            # peft reads transformers' deprecated is_gradient_checkpointing: not ours to fix
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
-                                    category=FutureWarning)
-            trainer = SFTTrainer(model=model, args=args, train_dataset=data,
-                                 processing_class=tokenizer, peft_config=peft_config)
-        from transformers import PrinterCallback
+    args = SFTConfig(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size,
+        num_train_epochs=epochs, learning_rate=learning_rate, lr_scheduler_type="cosine",
+        warmup_steps=0, seed=seed, report_to=[], save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, use_cpu=not _on_cuda(model),
+        dataloader_num_workers=0, max_length=max_length, completion_only_loss=True,
+        activation_checkpointing=False,
+    )
+    with _quiet_datasets(), warnings.catch_warnings():
+        # peft reads transformers' deprecated is_gradient_checkpointing: not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data,
+                             processing_class=tokenizer, peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)  # no metrics dict printed per SFT
+    return trainer
 
-        trainer.remove_callback(PrinterCallback)  # no metrics dict printed per SFT
+
+def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, learning_rate: float,
+        epochs: float = 1.0, batch_size: int = 16, lora: LoraSettings | None = None,
+        seed: int = 0, max_length: int = 1024):
+    """Train with :func:`sft_trainer` (in a temporary folder) and return the trained model, in
+    eval mode with its KV cache on; a LoRA adapter is merged into the weights. No examples: the
+    model as it is."""
+    import tempfile
+
+    if not examples:
+        return model
+    side = tokenizer.padding_side
+    with tempfile.TemporaryDirectory(prefix="ponder-sft-") as out:
+        trainer = sft_trainer(model, tokenizer, examples, output_dir=out,
+                              learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
+                              lora=lora, seed=seed, max_length=max_length)
         trainer.train()
         trained = trainer.model
     tokenizer.padding_side = side
