@@ -405,13 +405,14 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def sft_trainer(model, tokenizer, examples: Sequence[tuple[str, str]], *, output_dir: str | Path,
-                learning_rate: float, epochs: float = 1.0, batch_size: int = 16,
-                lora: LoraSettings | None = None, seed: int = 0, max_length: int = 1024):
+def sft_trainer(model, tokenizer, examples: Sequence[tuple[str, str]], *,
+                output_dir: str | Path, learning_rate: float, epochs: float = 1.0,
+                batch_size: int = 16, lora: LoraSettings | None = None, seed: int = 0,
+                max_length: int = 1024):
     """TRL's ``SFTTrainer`` on ``(prompt, completion)`` pairs, the loss on the completion only
-    (its ``train_dataset`` rows' ``labels`` are -100 over the prompt; TRL appends the end-of-sequence token
-    to each completion); with ``lora``, a fresh peft adapter on ``model``. Cosine schedule, no
-    warm-up, nothing saved or logged."""
+    (the ``labels`` of its ``train_dataset`` rows are -100 over the prompt; TRL appends the
+    end-of-sequence token to each completion); with ``lora``, a fresh peft adapter on
+    ``model``. Cosine schedule, no warm-up, nothing saved or logged."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
