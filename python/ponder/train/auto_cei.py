@@ -702,8 +702,16 @@ class AutoCEI:
         folder = self.model_dir(name)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"AutoCEI: no model {name!r} in {self.out / 'models'}")
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a bar per small checkpoint is noise
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         model.eval()
         return model, tokenizer
 
