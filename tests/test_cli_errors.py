@@ -249,6 +249,10 @@ CASES = [
     (["first", "eval", "--model", "{missing}"], "--model"),
     (["first", "toy", "--steps", "0"], "--steps"),
     (["first", "fly"], "invalid choice"),
+    (["auto-cei", "eval", "--out", "{folder}/no_run"], "holds no Auto-CEI run"),
+    (["auto-cei", "run", "--k", "0"], "--k"),
+    (["auto-cei", "run", "--out", "{good}"], "is a file"),
+    (["auto-cei", "fly"], "invalid choice"),
 ]
 
 

@@ -12,6 +12,7 @@
     ponder prm score|collect|train|best-of-n      process reward models on JSONL files
     ponder oreo collect|train|search|effect       OREO: value model + policy, value-guided search
     ponder first extract|calibrate|train|eval|toy FIRST distillation (top-k, calibrated teacher)
+    ponder auto-cei init|run|eval                 Auto-CEI on the toy world (resumable)
 
 A bad argument or input (a missing file, a number out of range, a device or backend that is not
 here, a model folder that cannot be loaded) stops the command with one line, "ponder <command>:
@@ -28,7 +29,7 @@ import sys
 # A module per command family, each with its ``add_parser`` and the code that runs its commands;
 # the library code they call lives in the layers below.
 from .. import BackendUnavailableError
-from . import checks, demo, first, oreo, prm, rsd, samplers, think, toy
+from . import auto_cei, checks, demo, first, oreo, prm, rsd, samplers, think, toy
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     prm.add_parser(sub)
     oreo.add_parser(sub)
     first.add_parser(sub)
+    auto_cei.add_parser(sub)
     return parser
 
 
