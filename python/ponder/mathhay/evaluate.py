@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..generation import TextGenerator
-from .haystack import build_haystack, check_placement, parse_prompt
+from .haystack import BudgetTooSmall, build_haystack, check_placement, parse_prompt
 from .qc import consistent, independent_answer
 
 __all__ = ["CachedGenerator", "OracleReader", "accuracy_table", "evaluate", "heatmap",
@@ -188,7 +188,8 @@ def evaluate(benchmark: Mapping[str, list], generator: TextGenerator, *,
     ``results`` (a JSONL path) makes the run resumable; ``tokenizer`` counts the budget (the
     model's own tokenizer, ideally); greedy decoding, ``max_new_tokens`` per answer. Records:
     ``task_id, task_type, budget, placement, n_tokens, response, answer, gold, correct,
-    judge_correct`` (None without a judge), ``model``.
+    judge_correct`` (None without a judge), ``model``; a task whose relevant documents do not fit
+    a budget gets ``skipped`` (the reason) and ``correct=None``, and counts in no accuracy.
     """
     budgets = [int(b) for b in budgets]
     placements = [check_placement("evaluate", p) for p in placements]
@@ -206,25 +207,35 @@ def evaluate(benchmark: Mapping[str, list], generator: TextGenerator, *,
     jobs = [(task, b, p) for task in benchmark["tasks"] for b in budgets for p in placements]
     todo = [j for j in jobs if _key(j[0]["task_id"], j[1], j[2]) not in done]
     for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        stacks = [build_haystack(t, benchmark["documents"], budget=b, placement=p,
-                                 tokenizer=tokenizer, seed=seed) for t, b, p in batch]
+        batch, stacks, new = [], [], []
+        for task, b, p in todo[start:start + batch_size]:
+            try:
+                stack = build_haystack(task, benchmark["documents"], budget=b, placement=p,
+                                       tokenizer=tokenizer, seed=seed)
+            except BudgetTooSmall as err:  # recorded, left out of the accuracies
+                new.append({"task_id": task["task_id"], "task_type": task["task_type"],
+                            "budget": b, "placement": p, "n_tokens": None, "response": None,
+                            "answer": None, "gold": task["answer"], "correct": None,
+                            "judge_correct": None, "model": model_name, "skipped": str(err)})
+                continue
+            batch.append((task, b, p))
+            stacks.append(stack)
         outs = generator.generate([s["prompt"] for s in stacks], n=1,
-                                  max_new_tokens=max_new_tokens, temperature=0.0)
-        new = []
+                                  max_new_tokens=max_new_tokens,
+                                  temperature=0.0) if stacks else []
         for (task, b, p), stack, out in zip(batch, stacks, outs):
             response = str(out[0])
             answer, _ = parse_answer(response)
             gold = task["answer"]
-            rec = {"task_id": task["task_id"], "task_type": task["task_type"], "budget": b,
-                   "placement": p, "n_tokens": stack["n_tokens"], "response": response,
-                   "answer": answer, "gold": gold,
-                   "correct": consistent(answer, gold, rel_tol=rel_tol),
-                   "judge_correct": (bool(judge(task["question"], gold, response))
-                                     if judge is not None else None),
-                   "model": model_name}
-            done[_key(task["task_id"], b, p)] = rec
-            new.append(rec)
+            new.append({"task_id": task["task_id"], "task_type": task["task_type"], "budget": b,
+                        "placement": p, "n_tokens": stack["n_tokens"], "response": response,
+                        "answer": answer, "gold": gold,
+                        "correct": consistent(answer, gold, rel_tol=rel_tol),
+                        "judge_correct": (bool(judge(task["question"], gold, response))
+                                          if judge is not None else None),
+                        "model": model_name})
+        for rec in new:
+            done[_key(rec["task_id"], rec["budget"], rec["placement"])] = rec
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "a") as f:

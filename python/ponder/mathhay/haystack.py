@@ -30,7 +30,7 @@ from typing import Any
 
 from ..validation import check_int
 
-__all__ = ["PLACEMENTS", "RegexTokenizer", "build_haystack", "check_placement", "parse_prompt",
+__all__ = ["PLACEMENTS", "BudgetTooSmall", "RegexTokenizer", "build_haystack", "check_placement", "parse_prompt",
            "render_prompt", "token_counter"]
 
 PLACEMENTS = ("first", "middle", "last")
@@ -38,6 +38,10 @@ INSTRUCTIONS = ("Read the documents below, then answer the question at the end. 
                 "need are in the documents.")
 ANSWER_FORMAT = ('Answer with a JSON object of the form {"reasoning": "<your steps>", "answer": '
                  '<a number>} and nothing else.')
+
+
+class BudgetTooSmall(ValueError):
+    """The task's relevant documents and question alone exceed the budget."""
 
 
 class RegexTokenizer:
@@ -159,9 +163,11 @@ def build_haystack(task: Mapping[str, Any], documents: Sequence[Mapping[str, Any
 
     Raises
     ------
+    BudgetTooSmall
+        If the relevant documents and the question alone exceed the budget.
     ValueError
-        If the relevant documents and the question alone exceed the budget, or the pool holds
-        too few tokens to fill it (the message says how many are missing).
+        If the pool holds too few tokens to fill the budget (the message says how many are
+        missing).
     """
     where = "build_haystack"
     check_int(where, "budget", budget, minimum=1)
@@ -181,7 +187,7 @@ def build_haystack(task: Mapping[str, Any], documents: Sequence[Mapping[str, Any
     question = task["question"]
     base = count(render_prompt(question, relevant))
     if base > budget:
-        raise ValueError(f"{where}: task {task.get('task_id')}: the relevant documents and the "
+        raise BudgetTooSmall(f"{where}: task {task.get('task_id')}: the relevant documents and the "
                          f"question alone take {base} tokens, more than budget={budget}")
 
     def assemble(filler: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -130,20 +130,27 @@ def _draw_value(rng: random.Random, metric: Metric) -> float:
 
 
 def generate_documents(n: int, *, seed: int = 0, start: int = 0,
-                       taken: set[str] | None = None) -> list[dict[str, Any]]:
+                       taken: set[str] | None = None, metrics_per_document: int = 3,
+                       filler_sentences: int = len(_FILLER)) -> list[dict[str, Any]]:
     """``n`` documents, each about a company of its own: twelve quantity cells (three metrics x
-    four years) among about 400 words of prose.
+    four years) among about 400 words of prose, by default (these pass the original's filters,
+    :func:`document_passes_filters`).
 
     ``start`` numbers the ids (``doc-00000``, ...); ``taken`` holds the company names already in
     use (updated in place) so that successive calls never reuse a company.
+    ``metrics_per_document`` (1 to 7) and ``filler_sentences`` (0 to 30) make shorter documents,
+    for models with short contexts (the toy models read characters).
     """
-    check_int("generate_documents", "n", n, minimum=0)
+    where = "generate_documents"
+    check_int(where, "n", n, minimum=0)
+    check_int(where, "metrics_per_document", metrics_per_document, minimum=1, maximum=len(METRICS))
+    check_int(where, "filler_sentences", filler_sentences, minimum=0, maximum=len(_FILLER))
     rng = random.Random(f"mathhay-docs;{seed};{start}")
     taken = set() if taken is None else taken
     docs = []
     for i, company in enumerate(_company_names(rng, n, taken)):
         city = rng.choice(CITIES)
-        metrics = rng.sample(METRICS, 3)
+        metrics = rng.sample(METRICS, metrics_per_document)
         cells, cell_sentences = [], []
         for metric in metrics:
             for year in YEARS:
@@ -158,7 +165,7 @@ def generate_documents(n: int, *, seed: int = 0, start: int = 0,
         fill = {"company": company, "city": city, "n1": rng.randint(3, 40),
                 "n2": rng.randint(6, 30), "n3": rng.randint(5, 12), "n4": rng.randint(2, 9),
                 "n5": rng.randint(4, 60)}
-        filler = [s.format(**fill) for s in rng.sample(_FILLER, len(_FILLER))]
+        filler = [s.format(**fill) for s in rng.sample(_FILLER, filler_sentences)]
         # Quantity sentences spread among the prose, in order of the draw, not grouped.
         sentences = filler[:]
         for sentence in cell_sentences:
@@ -303,10 +310,13 @@ def _make_task(rng: random.Random, template: Template, docs: list[dict], task_id
 
 
 def generate_benchmark(*, tasks_per_type: int = 4, n_documents: int = 60, seed: int = 0,
-                       task_types: tuple[str, ...] = TASK_TYPES) -> dict[str, list[dict]]:
+                       task_types: tuple[str, ...] = TASK_TYPES, metrics_per_document: int = 3,
+                       filler_sentences: int = len(_FILLER)) -> dict[str, list[dict]]:
     """Documents and tasks: ``tasks_per_type`` tasks of each type (templates taken in turn),
     over ``n_documents`` documents; the documents no task uses serve as haystack filler, and
     :func:`generate_documents` makes more on demand.
+
+    ``metrics_per_document`` and ``filler_sentences``: as :func:`generate_documents`.
 
     Returns ``{"documents": [...], "tasks": [...]}`` (the original schema, see the module doc).
     """
@@ -317,7 +327,8 @@ def generate_benchmark(*, tasks_per_type: int = 4, n_documents: int = 60, seed: 
     if unknown or not task_types:
         raise ValueError(f"{where}: task_types must be a non-empty subset of {TASK_TYPES}, got "
                          f"{task_types!r}")
-    docs = generate_documents(n_documents, seed=seed)
+    docs = generate_documents(n_documents, seed=seed, metrics_per_document=metrics_per_document,
+                              filler_sentences=filler_sentences)
     by_metric: dict[str, list[dict]] = {}
     for doc in docs:
         for phrase in dict.fromkeys(c["metric"] for c in doc["quantity_cells"]):
