@@ -231,6 +231,16 @@ CASES = [
     (["prm", "best-of-n", "--input", "{string_candidates}", "--output", "{string_candidates}"],
      "--input file"),
     (["prm", "fly"], "invalid choice"),
+    # ponder mathhay
+    (["mathhay", "generate", "--out", "{no_folder_out}"], "--out"),
+    (["mathhay", "generate", "--out", "o.json", "--metrics-per-document", "8"],
+     "--metrics-per-document"),
+    (["mathhay", "qc", "--benchmark", "{missing}"], "--benchmark"),
+    (["mathhay", "qc", "--benchmark", "{good}"], "--benchmark"),
+    (["mathhay", "eval", "--benchmark", "{good}", "--budget", "0"], "--budget"),
+    (["mathhay", "--placement", "centre"], "--placement"),
+    (["mathhay", "--rel-tol", "0"], "--rel-tol"),
+    (["mathhay", "fly"], "invalid choice"),
 ]
 
 
