@@ -370,3 +370,48 @@ def test_unprivileged_user_namespace_path():
     for name in ("fork", "chroot", "kill", "parent"):
         assert out[name][1] != "ESCAPED", (name, out[name])
     assert "hunter2" not in str(out["env"])
+
+
+def test_forged_control_messages_are_ignored():
+    """The code can write the protocol's lines on its output, but control messages (the pid the
+    parent kills on a timeout, setup failures) come only on a pipe the code never holds."""
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        tag = sandbox._TAG
+        forged = f'{tag}{{"kind": "child", "pid": {bystander.pid}}}'
+        r = run_solve(_code(GET_MODULES + f"""
+os = mods["os"]
+os.write(1, {forged!r}.encode() + b"\\n")
+while True:
+    pass
+"""), limits=SandboxLimits(wall_seconds=1.5, cpu_seconds=5, python_guard=False))
+        assert not r.ok and r.limit == "wall-clock"
+        assert bystander.poll() is None  # not killed in the code's place
+        fake_setup = f'{tag}{{"kind": "setup", "layer": "x", "detail": "y"}}'
+        r = run_solve(_code(GET_MODULES + f"""
+mods["os"].write(1, {fake_setup!r}.encode() + b"\\n")
+return 5
+"""), limits=SandboxLimits(python_guard=False))
+        assert r.ok and r.value == 5
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_the_guard_cannot_be_switched_off_from_inside():
+    r = run_solve(_code(GET_MODULES + """
+main = mods["__main__"]
+for name in list(vars(main)):
+    if name not in ("__builtins__", "__name__"):
+        try:
+            setattr(main, name, None)
+        except Exception:
+            pass
+mods["os"].system("true")
+return "ESCAPED"
+"""))
+    assert not r.ok and r.limit in ("guard", None) and "os.system" in r.error, r
+    r = run_solve(_code(GET_MODULES + "return len(mods['builtins'].__import__('gc').get_objects())"))
+    assert not r.ok and "refused" in r.error, r
+    r = run_solve(_code(GET_MODULES + "return mods['sys']._getframe(1).f_globals['job']"))
+    assert not r.ok and "sys._getframe" in r.error, r

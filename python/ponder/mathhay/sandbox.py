@@ -146,10 +146,12 @@ class SandboxResult:
 # and exit 3, before any untrusted byte is compiled.
 _BOOTSTRAP = r'''
 import sys, os, json
-TAG = sys.argv[1]
-def emit(kind, **kw):
+TAG, CTRL = sys.argv[1], int(sys.argv[2])
+def emit(kind, fd=CTRL, tag=TAG, dumps=json.dumps, write=os.write, **kw):
+    # Control messages (setup failures, the child's pid, its end) go on their own pipe, which
+    # the code never holds: it cannot forge them (a pid the parent would kill, say).
     kw["kind"] = kind
-    os.write(1, (TAG + json.dumps(kw, allow_nan=True) + "\n").encode())
+    write(fd, (tag + dumps(kw, allow_nan=True) + "\n").encode())
 def fail(layer, detail):
     emit("setup", layer=layer, detail=str(detail))
     os._exit(3)
@@ -261,7 +263,7 @@ except OSError as e:
         fail("network namespace", "127.0.0.1 answers inside the network namespace: %s" % e)
 finally:
     probe.close()
-os.closerange(3, max(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+os.closerange(3, max(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))  # CTRL too
 def on_xcpu(signum, frame):
     raise TimeoutError("CPU time limit")
 signal.signal(signal.SIGXCPU, on_xcpu)
@@ -272,28 +274,40 @@ class SandboxViolation(RuntimeError):
 ALLOWED = {"math", "cmath", "statistics", "fractions", "decimal", "datetime", "calendar",
            "itertools", "functools", "collections", "operator", "re", "random", "numbers",
            "string", "json"}
-if job["guard"]:
-    REFUSED = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-               "os.kill", "os.killpg", "subprocess.", "pty.", "os.remove", "os.rename",
-               "os.rmdir", "os.mkdir", "os.truncate", "os.chmod", "os.chown", "os.link",
-               "os.symlink", "os.putenv", "os.unsetenv", "os.chdir", "os.chroot", "os.setxattr",
-               "os.removexattr", "os.utime", "shutil.", "socket.", "ctypes.", "resource.",
-               "signal.pthread_kill", "mmap.", "sys.addaudithook", "cpython.run_",
-               "sys.setrecursionlimit", "_posixsubprocess", "webbrowser.", "winreg.")
+def make_hook(refused, write_flags, violation, str_type=str, int_type=int):
+    # Everything the hook uses is bound here (closure cells, immutable values): nothing in the
+    # module's globals, which the code can reach, changes what it refuses.
     def hook(event, args):
-        if event.startswith(REFUSED):
-            raise SandboxViolation("sandbox refused %s" % event)
-        if event == "open" and (len(args) > 1 and isinstance(args[1], str)
-                                and any(c in args[1] for c in "wax+")
-                                or len(args) > 2 and isinstance(args[2], int)
-                                and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT
-                                               | os.O_TRUNC | os.O_APPEND)):
-            raise SandboxViolation("sandbox refused opening %r for writing" % (args[0],))
-    sys.addaudithook(hook)
+        if event.startswith(refused):
+            raise violation("sandbox refused %s" % event)
+        if event == "open":
+            mode = args[1] if len(args) > 1 else None
+            flags = args[2] if len(args) > 2 else 0
+            # Only exact str and int are inspected: a subclass could run code in the hook.
+            if mode is not None and (type(mode) is not str_type
+                                     or any(c in mode for c in "wax+")):
+                raise violation("sandbox refused opening %r for writing" % (args[0],))
+            if type(flags) is not int_type or flags & write_flags:
+                raise violation("sandbox refused opening %r for writing" % (args[0],))
+    return hook
+if job["guard"]:
+    sys.addaudithook(make_hook(
+        ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
+         "os.kill", "os.killpg", "subprocess.", "pty.", "os.remove", "os.rename", "os.rmdir",
+         "os.mkdir", "os.truncate", "os.chmod", "os.chown", "os.link", "os.symlink", "os.putenv",
+         "os.unsetenv", "os.chdir", "os.chroot", "os.setxattr", "os.removexattr", "os.utime",
+         "shutil.", "socket.", "ctypes.", "resource.", "signal.pthread_kill", "mmap.",
+         "sys.addaudithook", "sys._getframe", "sys._current_frames", "sys.setprofile",
+         "sys.settrace", "gc.", "object.__setattr__", "object.__delattr__", "code.__new__",
+         "function.__new__", "cpython.", "_posixsubprocess", "webbrowser.", "import"),
+        os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, SandboxViolation))
+del make_hook
 real_import = builtins.__import__
-def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-    if level or name.split(".")[0] not in ALLOWED:
-        raise SandboxViolation("sandbox refused import %s" % name)
+def guarded_import(name, globals=None, locals=None, fromlist=(), level=0,
+                   allowed=frozenset(ALLOWED), real_import=real_import,
+                   violation=SandboxViolation):
+    if level or name.split(".")[0] not in allowed:
+        raise violation("sandbox refused import %s" % name)
     return real_import(name, globals, locals, fromlist, level)
 safe_builtins = dict(vars(builtins))
 if job["guard"]:
@@ -301,29 +315,34 @@ if job["guard"]:
     for name in ("open", "input", "breakpoint", "exit", "quit", "help"):
         safe_builtins.pop(name, None)
 del libc
-captured = io.StringIO()
-sys.stdout = sys.stderr = captured
-space = {"__builtins__": safe_builtins, "__name__": "solution"}
-try:
-    exec(compile(job["code"], "<solution>", "exec"), space)
-    fn = space.get(job["function"])
-    if not callable(fn):
-        raise NameError("the code defines no function %r" % job["function"])
-    value = fn()
+def finish(job=job, space=None, emit=emit, json=json, os=os, io=io, sys=sys,
+           violation=SandboxViolation, exc_types=(MemoryError, TimeoutError, BlockingIOError)):
+    # Everything the report needs is a local here: the code can rewrite the module's globals,
+    # not these.
+    memory_error, timeout_error, blocking_error = exc_types
+    captured = io.StringIO()
+    sys.stdout = sys.stderr = captured
     try:
-        text = json.dumps(value, allow_nan=True)
-        result = dict(ok=True, value=json.loads(text))
-    except (TypeError, ValueError):
-        result = dict(ok=False, error="the value is not JSON: %s" % repr(value)[:200])
-except BaseException as e:
-    limit = ("memory" if isinstance(e, MemoryError) else "guard"
-             if isinstance(e, SandboxViolation) else "cpu"
-             if isinstance(e, TimeoutError) and str(e) == "CPU time limit" else "processes"
-             if isinstance(e, BlockingIOError) else None)
-    result = dict(ok=False, error=("%s: %s" % (type(e).__name__, e))[:500], limit=limit)
-result["output"] = captured.getvalue()[:4096]
-emit("result", **result)
-os._exit(0)
+        exec(compile(job["code"], "<solution>", "exec"), space)
+        fn = space.get(job["function"])
+        if not callable(fn):
+            raise NameError("the code defines no function %r" % job["function"])
+        value = fn()
+        try:
+            text = json.dumps(value, allow_nan=True)
+            result = dict(ok=True, value=json.loads(text))
+        except (TypeError, ValueError):
+            result = dict(ok=False, error="the value is not JSON: %s" % repr(value)[:200])
+    except BaseException as e:
+        limit = ("memory" if isinstance(e, memory_error) else "guard"
+                 if isinstance(e, violation) else "cpu"
+                 if isinstance(e, timeout_error) and str(e) == "CPU time limit" else "processes"
+                 if isinstance(e, blocking_error) else None)
+        result = dict(ok=False, error=("%s: %s" % (type(e).__name__, e))[:500], limit=limit)
+    result["output"] = captured.getvalue()[:4096]
+    emit("result", fd=1, **result)
+    os._exit(0)
+finish(space={"__builtins__": safe_builtins, "__name__": "solution"})
 '''
 
 
@@ -383,25 +402,29 @@ def run_solve(code: str, *, function: str = "solve",
     job = json.dumps({"code": code, "function": function, "root": root, "nobody": NOBODY,
                       "cpu": int(limits.cpu_seconds), "memory": int(limits.memory_bytes),
                       "guard": bool(limits.python_guard)})
+    ctrl_r, ctrl_w = os.pipe()
     start = time.monotonic()
     try:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP, _TAG],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=_minimal_env(), cwd=root,
-                                close_fds=True, start_new_session=True)
         try:
-            raw, over, timed_out, child = _communicate(proc, job.encode(), limits, start)
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP, _TAG, str(ctrl_w)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=_minimal_env(), cwd=root, close_fds=True, pass_fds=(ctrl_w,),
+                start_new_session=True)
         finally:
-            # (_communicate killed the code, process 1 of its PID namespace, on a limit: that
-            # ends everything in the namespace.) The intermediate, if still there:
+            os.close(ctrl_w)
+        try:
+            out, ctrl, over, timed_out = _communicate(proc, ctrl_r, job.encode(), limits, start)
+        finally:
             if proc.poll() is None:
                 _kill(proc.pid)
             proc.wait()
     finally:
+        os.close(ctrl_r)
         shutil.rmtree(root, ignore_errors=True)
     seconds = time.monotonic() - start
-    messages = _messages(raw)
-    setup = [m for m in messages if m.get("kind") == "setup"]
+    control = _messages(ctrl)
+    setup = [m for m in control if m.get("kind") == "setup"]
     if setup:
         layer = str(setup[-1].get("layer"))
         raise SandboxUnavailableError(
@@ -413,18 +436,18 @@ def run_solve(code: str, *, function: str = "solve",
     if over:
         return SandboxResult(False, error=f"wrote more than {limits.max_output_bytes} bytes",
                              limit="output", seconds=seconds)
-    result = next((m for m in reversed(messages) if m.get("kind") == "result"), None)
-    end = next((m for m in reversed(messages) if m.get("kind") == "end"), None)
-    if result is not None:
-        return SandboxResult(bool(result.get("ok")), result.get("value") if result.get("ok")
-                             else None, result.get("error"), result.get("limit"), seconds,
-                             str(result.get("output", "")))
+    result = next((m for m in reversed(_messages(out)) if m.get("kind") == "result"), None)
+    end = next((m for m in reversed(control) if m.get("kind") == "end"), None)
     if end is None:
-        tail = raw[-300:].decode(errors="replace")
+        tail = (out + ctrl)[-300:].decode(errors="replace")
         raise SandboxUnavailableError(
             f"run_solve: the sandbox child ended (status {proc.returncode}) before isolating "
             f"itself: {tail}", limit="bootstrap")
     sig = end.get("signal") or 0
+    if result is not None and not sig:
+        return SandboxResult(bool(result.get("ok")), result.get("value") if result.get("ok")
+                             else None, result.get("error"), result.get("limit"), seconds,
+                             str(result.get("output", "")))
     limit, why = "signal", f"killed by signal {sig}"
     if sig in (signal.SIGXCPU, signal.SIGKILL) and end.get("cpu", 0) >= limits.cpu_seconds - .05:
         limit, why = "cpu", f"stopped after {limits.cpu_seconds} CPU seconds"
@@ -435,50 +458,59 @@ def run_solve(code: str, *, function: str = "solve",
     return SandboxResult(False, error=why, limit=limit, seconds=seconds)
 
 
-def _communicate(proc: subprocess.Popen, job: bytes, limits: SandboxLimits,
-                 start: float) -> tuple[bytes, bool, bool, int | None]:
-    """Send the job, read the child's pipe until it closes, the wall clock runs out or the output
-    exceeds its cap. Returns (bytes read, over the cap, timed out, the code's host pid)."""
+def _communicate(proc: subprocess.Popen, ctrl_fd: int, job: bytes, limits: SandboxLimits,
+                 start: float) -> tuple[bytes, bytes, bool, bool]:
+    """Send the job; read the child's output and control pipes until both close, the wall clock
+    runs out or the output exceeds its cap (then the code is killed: process 1 of its PID
+    namespace, its death ends everything in it). Returns (output, control, over the cap, timed
+    out)."""
     try:
         proc.stdin.write(job)
         proc.stdin.close()
     except BrokenPipeError:
         pass
-    buf = bytearray()
-    child = None
+    bufs = {proc.stdout.fileno(): bytearray(), ctrl_fd: bytearray()}
+    out_fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    for fd in bufs:
+        sel.register(fd, selectors.EVENT_READ)
+    open_fds = set(bufs)
+
+    def stop() -> None:
+        # The pid comes from the control pipe (the intermediate, which has not reaped the code
+        # while it has not reported its end, so the pid cannot have been reused).
+        control = _messages(bytes(bufs[ctrl_fd]))
+        if not any(m.get("kind") == "end" for m in control):
+            pid = next((m["pid"] for m in control
+                        if m.get("kind") == "child" and isinstance(m.get("pid"), int)), None)
+            if pid is not None:
+                _kill(pid)
+        _kill(proc.pid)
+
     try:
-        while True:
+        while open_fds:
             left = limits.wall_seconds - (time.monotonic() - start)
             if left <= 0:
-                child = _child_pid(buf)
-                _kill(child)
-                return bytes(buf), False, True, child
-            if not sel.select(timeout=min(left, 0.5)):
-                continue
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                return bytes(buf), False, False, _child_pid(buf)
-            buf += chunk
-            if len(buf) > limits.max_output_bytes:
-                child = _child_pid(buf)
-                _kill(child)
-                return bytes(buf), True, False, child
+                stop()
+                return bytes(bufs[out_fd]), bytes(bufs[ctrl_fd]), False, True
+            for key, _ in sel.select(timeout=min(left, 0.5)):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    open_fds.discard(key.fd)
+                    continue
+                bufs[key.fd] += chunk
+                if len(bufs[key.fd]) > limits.max_output_bytes:
+                    stop()
+                    return bytes(bufs[out_fd]), bytes(bufs[ctrl_fd]), True, False
+        return bytes(bufs[out_fd]), bytes(bufs[ctrl_fd]), False, False
     finally:
         sel.close()
         proc.stdout.close()
 
 
-def _child_pid(raw: bytes) -> int | None:
-    for m in _messages(raw):
-        if m.get("kind") == "child" and isinstance(m.get("pid"), int):
-            return m["pid"]
-    return None
-
-
 def _messages(raw: bytes) -> list[dict]:
-    """The protocol lines of the child's output (anything else the code wrote is ignored)."""
+    """The protocol lines of a pipe's bytes (anything else the code wrote is ignored)."""
     out = []
     for line in raw.decode(errors="replace").splitlines():
         at = line.find(_TAG)
@@ -486,7 +518,7 @@ def _messages(raw: bytes) -> list[dict]:
             continue
         try:
             value = json.loads(line[at + len(_TAG):])
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):
             out.append(value)
