@@ -7,6 +7,8 @@
   solution that reads the documents' text.
 - :mod:`~ponder.mathhay.haystack`: prompts cut to a token budget, relevant documents first,
   middle, last or at a percentile, at document boundaries.
+- :mod:`~ponder.mathhay.llm_generation`: the original's generation chain on a language model
+  (topics -> subtopics -> queries -> documents -> tasks, with the alignment check).
 - :mod:`~ponder.mathhay.evaluate`: asking any :class:`~ponder.generation.TextGenerator`,
   tolerant JSON parsing, numeric scoring, a separate judge, resumable runs, tables, heatmaps.
 
