@@ -323,3 +323,16 @@ def test_openai_compatible_client_against_a_local_server(bench, tmp_path):
             assert again == recs and server.requests == 9  # the cache answered
     finally:
         server.close()
+
+
+def test_token_counters_agree():
+    from ponder.toy.tokenizer import make_tokenizer
+
+    tok = make_tokenizer()
+    text = "Q: 12 + 30 = ?\nAnswer: 42"
+    assert token_counter(tok)(text) == token_counter(tok.backend_tokenizer)(text) == len(text)
+    assert token_counter(None)(text) == len(["Q", ":", "12", "+", "30", "=", "?", "Answer",
+                                             ":", "42"])
+    assert token_counter(lambda t: 7)(text) == 7
+    with pytest.raises(TypeError, match="tokenizer"):
+        token_counter(3)

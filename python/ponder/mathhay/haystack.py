@@ -62,8 +62,10 @@ def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
     encode = getattr(tokenizer, "encode", None)
     if encode is not None:
         module = type(tokenizer).__module__
-        if module.startswith(("transformers", "tokenizers")):
+        if module.startswith("transformers"):
             return lambda text: len(encode(text, add_special_tokens=False))
+        if module.startswith("tokenizers"):  # a raw tokenizers.Tokenizer: an Encoding back
+            return lambda text: len(encode(text, add_special_tokens=False).ids)
         if module.startswith("tiktoken"):
             return lambda text: len(encode(text, disallowed_special=()))
         return lambda text: len(encode(text))

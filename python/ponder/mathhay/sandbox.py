@@ -55,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..validation import check_int, check_real
@@ -137,7 +137,6 @@ class SandboxResult:
     limit: str | None = None
     seconds: float = 0.0
     output: str = ""
-    extra: dict = field(default_factory=dict, repr=False)
 
 
 # The trusted bootstrap, run as ``python -I -S -c``. It reads the job from stdin, isolates itself
