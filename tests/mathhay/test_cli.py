@@ -61,3 +61,62 @@ def test_each_step(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("[]")
     assert main(["mathhay", "qc", "--benchmark", str(tmp_path / "bad.json")]) == 2
     assert "'documents' and 'tasks'" in capsys.readouterr().err
+
+
+def test_generate_with_a_model_over_a_corpus(tmp_path, capsys):
+    """``generate --corpus`` with a model behind an OpenAI-compatible server (a local stand-in
+    that writes one aligned sssd task for the corpus' one document)."""
+    pytest.importorskip("openai")
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ponder.mathhay import generate_documents
+
+    doc = generate_documents(1, seed=11)[0]
+    a, b = doc["quantity_cells"][:2]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "profile.txt").write_text(doc["text"])
+    answer = {"quantity_cells": [], "tasks": [{
+        "relevant_quantity_cells": [{"object": "x", "numerical_value": a["numerical_value"]},
+                                    {"object": "y", "numerical_value": b["numerical_value"]}],
+        "question": "What was the sum of the two quantities?",
+        "solution": f"def solve():\n    return {a['numerical_value']!r} + "
+                    f"{b['numerical_value']!r}\n",
+        "steps": ["add"], "answer": a["numerical_value"] + b["numerical_value"]}]}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps({"id": "x", "object": "text_completion", "created": 0, "model": "m",
+                               "choices": [{"index": 0, "text": json.dumps(answer),
+                                            "finish_reason": "stop", "logprobs": None}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "llm.json"
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        assert main(["mathhay", "generate", "--out", str(out), "--corpus", str(corpus),
+                     "--tasks-per-type", "1", "--server", url, "--model", "m"]) == 0
+        bench = json.loads(out.read_text())
+        assert [t["task_type"] for t in bench["tasks"]] == ["sssd", "2ssd", "3ssd"]
+        assert "ss2d: skipped" in capsys.readouterr().out
+        # The synthetic reader cannot read these questions; the model answers them instead
+        # (the stand-in's reply holds the right "answer").
+        assert main(["mathhay", "qc", "--benchmark", str(out)]) == 1
+        assert main(["mathhay", "qc", "--benchmark", str(out), "--independent", "model",
+                     "--server", url, "--model", "m"]) == 0
+        assert "3/3 tasks consistent" in capsys.readouterr().out
+        assert main(["mathhay", "generate", "--out", str(out), "--server", url]) == 2
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -73,6 +73,12 @@ def _tokenizer(name: str | None, local_tok=None):
     return AutoTokenizer.from_pretrained(name, local_files_only=True)
 
 
+def _folder(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"not a folder: {text}")
+    return text
+
+
 def _placement(text: str):
     if text in ("first", "middle", "last"):
         return text
@@ -98,17 +104,63 @@ def _generate(args, out: str | None = None) -> dict:
     return bench
 
 
+def _generate_with_llm(args) -> dict:
+    """Tasks written by a language model over the documents of ``--corpus`` (the original's
+    chain from the documents on; topics and queries need a search, which is not a command)."""
+    import random
+
+    from ..mathhay import CachedGenerator, TASK_TYPES
+    from ..mathhay.llm_generation import corpus_documents, generate_tasks
+
+    docs = corpus_documents(args.corpus)
+    if not docs:
+        raise checks.CommandError(f"--corpus {args.corpus}: no .txt or .md file passes the "
+                                  "original's filters (>10 distinct numbers, >=10 sentences, "
+                                  ">=400 words)")
+    rng = random.Random(args.seed)
+    tasks = []
+    with text_generator(args, lambda: _load_policy(args.policy, args)) as (gen, _):
+        if args.cache:
+            gen = CachedGenerator(gen, args.cache, name=str(args.server_model or args.policy))
+        for task_type in TASK_TYPES:
+            need = {"sd": 1, "2d": 2, "3d": 3}[task_type[2:]]
+            if need > len(docs):
+                print(f"  {task_type}: skipped, the corpus has fewer than {need} documents")
+                continue
+            for k in range(args.tasks_per_type):
+                task = generate_tasks(gen, rng.sample(docs, need), task_type,
+                                      task_id=f"{task_type}-{k:04d}",
+                                      max_new_tokens=args.max_new_tokens)
+                if task is None:
+                    print(f"  {task_type}-{k:04d}: no aligned task after the refinement")
+                else:
+                    tasks.append(task)
+    bench = {"documents": docs, "tasks": tasks}
+    _write_json(args.out, bench)
+    print(f"wrote {len(docs)} documents and {len(tasks)} tasks to {args.out}")
+    return bench
+
+
 def _cmd_generate(args) -> int:
-    _generate(args)
+    if args.corpus:
+        _generate_with_llm(args)
+    else:
+        for flag, value in (("--server", args.server), ("--cache", args.cache)):
+            if value:
+                raise checks.CommandError(f"{flag} needs --corpus (the synthetic generator "
+                                          "asks no model)")
+        _generate(args)
     return 0
 
 
-def _qc(bench: dict, output: str | None, keep: str | None, rel_tol: float) -> dict:
+def _qc(bench: dict, output: str | None, keep: str | None, rel_tol: float,
+        independent=None) -> dict:
     from ..mathhay import SandboxUnavailableError, quality_control
 
     start = time.monotonic()
     try:
-        reports = quality_control(bench["tasks"], bench["documents"], rel_tol=rel_tol)
+        reports = quality_control(bench["tasks"], bench["documents"], rel_tol=rel_tol,
+                                  independent=independent)
     except SandboxUnavailableError as err:
         raise checks.CommandError(f"quality control needs the sandbox, which this host cannot "
                                   f"build ({err.limit}): {err}") from None
@@ -132,7 +184,17 @@ def _qc(bench: dict, output: str | None, keep: str | None, rel_tol: float) -> di
 
 
 def _cmd_qc(args) -> int:
-    kept = _qc(_read_benchmark(args.benchmark), args.output, args.keep, args.rel_tol)
+    bench = _read_benchmark(args.benchmark)
+    if args.independent == "reader":
+        if args.server:
+            raise checks.CommandError("--server needs --independent model")
+        kept = _qc(bench, args.output, args.keep, args.rel_tol)
+    else:
+        from ..mathhay.llm_generation import llm_independent
+
+        with text_generator(args, lambda: _load_policy(args.policy, args)) as (gen, _):
+            kept = _qc(bench, args.output, args.keep, args.rel_tol,
+                       llm_independent(gen, max_new_tokens=args.max_new_tokens))
     return 0 if kept["tasks"] else 1
 
 
@@ -296,9 +358,22 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_cmd_all, mathhay_command=None)
     sub = p.add_subparsers(dest="mathhay_command")
 
-    g = sub.add_parser("generate", help="synthetic documents and tasks (original schema)")
+    g = sub.add_parser("generate", help="synthetic documents and tasks (original schema), or "
+                       "tasks written by a model over --corpus")
     g.add_argument("--out", required=True, type=checks.output_file)
     _generation_options(g, small=False)
+    llm = g.add_argument_group("tasks written by a language model")
+    llm.add_argument("--corpus", type=_folder, default=None,
+                     help="a folder of .txt / .md documents: a model (--policy or --server) "
+                     "writes the tasks, with the alignment check")
+    llm.add_argument("--policy", default="toy-target",
+                     help="the local model for --corpus: a transformers folder (or a toy model)")
+    llm.add_argument("--max-new-tokens", type=checks.positive_int, default=1024)
+    llm.add_argument("--batch-size", type=checks.positive_int, default=1)
+    llm.add_argument("--cache", default=None, type=checks.output_file,
+                     help="a JSONL file of cached responses")
+    checks.add_model_flags(g)
+    add_server_options(g)
     g.set_defaults(func=_cmd_generate)
 
     q = sub.add_parser("qc", help="sandboxed solve() against an independent solution")
@@ -306,6 +381,15 @@ def add_parser(subparsers) -> None:
     q.add_argument("--output", type=checks.output_file, help="per-task reports (JSONL)")
     q.add_argument("--keep", type=checks.output_file, help="the benchmark, consistent tasks only")
     q.add_argument("--rel-tol", type=checks.positive_real, default=1e-6)
+    q.add_argument("--independent", choices=["reader", "model"], default="reader",
+                   help="the independent solution: 'reader' reads synthetic documents' text; "
+                   "'model' asks --policy or --server to answer from the documents")
+    q.add_argument("--policy", default="toy-target",
+                   help="the local model of --independent model (a transformers folder)")
+    q.add_argument("--max-new-tokens", type=checks.positive_int, default=512)
+    q.add_argument("--batch-size", type=checks.positive_int, default=1)
+    checks.add_model_flags(q)
+    add_server_options(q)
     q.set_defaults(func=_cmd_qc)
 
     h = sub.add_parser("haystack", help="prompts cut to a token budget (JSONL)")
