@@ -72,7 +72,8 @@ def main() -> None:
     start = time.perf_counter()
     reports = quality_control(qc_bench["tasks"], qc_bench["documents"]) if "qc" in parts else []
     seconds = time.perf_counter() - start
-    report["qc"] = None if not reports else {"tasks": len(reports), "consistent": sum(r["consistent"] for r in reports),
+    report["qc"] = None if not reports else {
+                    "tasks": len(reports), "consistent": sum(r["consistent"] for r in reports),
                     "seconds": seconds, "solves_per_s": len(reports) / seconds,
                     "median_call_s": statistics.median(r["sandbox_seconds"] for r in reports)}
 

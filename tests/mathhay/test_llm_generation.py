@@ -29,8 +29,9 @@ class Scripted(TextGenerator):
             elif "subtopics" in p:
                 out.append('```json\n{"subtopics": ["Retail", "Energy"]}\n```')
             elif "search queries" in p:
-                out.append(json.dumps({"queries": [{"query": "Compare A and B revenue",
-                                                    "atomic_queries": ["A revenue", "B revenue"]}]}))
+                out.append(json.dumps({"queries": [{
+                    "query": "Compare A and B revenue",
+                    "atomic_queries": ["A revenue", "B revenue"]}]}))
             else:
                 out.append(json.dumps(self.tasks.pop(0)))
         return out

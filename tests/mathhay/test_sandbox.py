@@ -17,7 +17,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -289,7 +288,8 @@ def test_guard_refuses_imports_and_builtins_tricks():
 
 
 def test_output_is_capped():
-    r = run_solve(_code(GET_MODULES + "os = mods['os']\nwhile True:\n    os.write(1, b'x' * 65536)"),
+    flood = "os = mods['os']\nwhile True:\n    os.write(1, b'x' * 65536)"
+    r = run_solve(_code(GET_MODULES + flood),
                   limits=SandboxLimits(max_output_bytes=4096, python_guard=False))
     assert not r.ok and r.limit in ("output", "cpu"), r
 
@@ -349,7 +349,8 @@ def test_unprivileged_user_namespace_path():
                 ("parent", "return 'ESCAPED' if mods['os'].kill(%d, 0) is None else 0" % PARENT),
                 ("env", "return repr(dict(mods['os'].environ))"),
             ]:
-                code = "def solve():\\n" + "\\n".join("    " + l for l in (mods + body).split("\\n"))
+                lines = (mods + body).split("\\n")
+                code = "def solve():\\n" + "\\n".join("    " + l for l in lines)
                 r = run_solve(code, limits=lim)
                 out[name] = [r.ok, r.value, r.error, r.limit]
         except SandboxUnavailableError as e:
@@ -414,7 +415,8 @@ mods["os"].system("true")
 return "ESCAPED"
 """))
     assert not r.ok and r.limit in ("guard", None) and "os.system" in r.error, r
-    r = run_solve(_code(GET_MODULES + "return len(mods['builtins'].__import__('gc').get_objects())"))
+    gc_walk = "return len(mods['builtins'].__import__('gc').get_objects())"
+    r = run_solve(_code(GET_MODULES + gc_walk))
     assert not r.ok and "refused" in r.error, r
     r = run_solve(_code(GET_MODULES + "return mods['sys']._getframe(1).f_globals['job']"))
     assert not r.ok and "sys._getframe" in r.error, r

@@ -30,8 +30,8 @@ from typing import Any
 
 from ..validation import check_int
 
-__all__ = ["PLACEMENTS", "BudgetTooSmall", "RegexTokenizer", "build_haystack", "check_placement", "parse_prompt",
-           "render_prompt", "token_counter"]
+__all__ = ["PLACEMENTS", "BudgetTooSmall", "RegexTokenizer", "build_haystack", "check_placement",
+           "parse_prompt", "render_prompt", "token_counter"]
 
 PLACEMENTS = ("first", "middle", "last")
 INSTRUCTIONS = ("Read the documents below, then answer the question at the end. The numbers you "
