@@ -253,6 +253,16 @@ CASES = [
     (["auto-cei", "run", "--k", "0"], "--k"),
     (["auto-cei", "run", "--out", "{good}"], "is a file"),
     (["auto-cei", "fly"], "invalid choice"),
+    # ponder mathhay
+    (["mathhay", "generate", "--out", "{no_folder_out}"], "--out"),
+    (["mathhay", "generate", "--out", "o.json", "--metrics-per-document", "8"],
+     "--metrics-per-document"),
+    (["mathhay", "qc", "--benchmark", "{missing}"], "--benchmark"),
+    (["mathhay", "qc", "--benchmark", "{good}"], "--benchmark"),
+    (["mathhay", "eval", "--benchmark", "{good}", "--budget", "0"], "--budget"),
+    (["mathhay", "--placement", "centre"], "--placement"),
+    (["mathhay", "--rel-tol", "0"], "--rel-tol"),
+    (["mathhay", "fly"], "invalid choice"),
 ]
 
 
