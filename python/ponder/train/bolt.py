@@ -33,12 +33,14 @@ The thought and the solution are written between delimiters::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
 import random
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -755,13 +757,49 @@ def _trl_common(output_dir, *, learning_rate, batch_size, epochs, max_steps, see
                 gradient_accumulation_steps, extra) -> dict[str, Any]:
     import torch
 
+    cpu = not torch.cuda.is_available()
+    # TRL turns on activation checkpointing and bf16 by default; off here (fp32 on a CPU; small
+    # models), and ``args`` can turn them back on. The old name is set to None so that
+    # transformers does not warn about it.
     return dict(output_dir=str(output_dir), learning_rate=learning_rate,
+                gradient_checkpointing=None, activation_checkpointing=False,
+                bf16=False if cpu else None,
                 per_device_train_batch_size=batch_size, num_train_epochs=epochs,
                 max_steps=max_steps, gradient_accumulation_steps=gradient_accumulation_steps,
                 seed=seed, data_seed=seed, report_to="none", save_strategy="no",
                 disable_tqdm=not progress, logging_steps=1,
-                use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+                use_cpu=cpu, dataloader_num_workers=0,
                 **dict(extra or {}))
+
+
+@contextlib.contextmanager
+def _quiet(progress: bool):
+    """Without ``progress``: no datasets bars (TRL's tokenising passes) while inside."""
+    if progress:
+        yield
+        return
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
+def _train(trainer, progress: bool) -> None:
+    from transformers.trainer_callback import PrinterCallback
+
+    if not progress:  # without tqdm the Trainer prints every log dict instead
+        trainer.remove_callback(PrinterCallback)
+    with warnings.catch_warnings():
+        # TRL 1.16's DPOTrainer reads model.is_gradient_checkpointing, which transformers 5.2x
+        # deprecates: a warning about TRL's code, not the caller's (nothing to act on).
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        trainer.train()
 
 
 def sft(
@@ -805,9 +843,10 @@ def sft(
         max_steps=max_steps, seed=seed, progress=progress,
         gradient_accumulation_steps=gradient_accumulation_steps,
         extra={"completion_only_loss": True, "max_length": max_length, **dict(args or {})}))
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
-    trainer.train()
+    with _quiet(progress):
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer)
+        _train(trainer, progress)
     if save:
         trainer.save_model(str(output_dir))
     return trainer
@@ -889,9 +928,10 @@ def dpo_pass(
         max_steps=max_steps, seed=seed, progress=progress,
         gradient_accumulation_steps=gradient_accumulation_steps,
         extra={"beta": beta, "max_length": max_length, **dict(args or {})}))
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=config,
-                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-    trainer.train()
+    with _quiet(progress):
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=config,
+                             train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        _train(trainer, progress)
     return trainer
 
 
