@@ -10,6 +10,8 @@
     ponder think [--model M] [--prompts FILE]     ThinK vs dense: cache bytes, decode tok/s
     ponder rsd [--prm toy|oracle] [--delta D ...] RSD next to draft-only and target-only runs
     ponder prm score|collect|train|best-of-n      process reward models on JSONL files
+    ponder bolt bootstrap|sft|dpo|effect          BOLT: long thought from in-context examples,
+                                                  SFT, online DPO (the toy world by default)
 
 A bad argument or input (a missing file, a number out of range, a device or backend that is not
 here, a model folder that cannot be loaded) stops the command with one line, "ponder <command>:
@@ -26,7 +28,7 @@ import sys
 # A module per command family, each with its ``add_parser`` and the code that runs its commands;
 # the library code they call lives in the layers below.
 from .. import BackendUnavailableError
-from . import checks, demo, prm, rsd, samplers, think, toy
+from . import bolt, checks, demo, prm, rsd, samplers, think, toy
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     think.add_parser(sub)
     rsd.add_parser(sub)
     prm.add_parser(sub)
+    bolt.add_parser(sub)
     return parser
 
 
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, or a bad argument (argparse printed why)
         return exit_.code if isinstance(exit_.code, int) else 2
-    name = " ".join(filter(None, [args.command, getattr(args, "prm_command", None)]))
+    name = " ".join(filter(None, [args.command, getattr(args, "prm_command", None),
+                                  getattr(args, "bolt_command", None)]))
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args)
