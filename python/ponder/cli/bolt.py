@@ -57,11 +57,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--min-reward", type=float, default=None,
                    help="also drop samples below this reward (toy default: 1, right answers)")
     p.add_argument("--num-queries", type=checks.int_at_least(1), default=None,
-                   help="toy world: how many problems (bootstrap 160, dpo 96)")
+                   help="toy world: how many problems (bootstrap 128, dpo 96)")
     p.add_argument("--epochs", type=checks.real_in(0.0, low_open=True), default=None,
-                   help="sft epochs (2; toy: 3)")
+                   help="sft epochs (2; toy: 4)")
     p.add_argument("--lr", type=checks.real_in(0.0, low_open=True), default=None,
-                   help="learning rate (sft 1e-5, dpo 5e-7; toy: 5e-4, 2e-5)")
+                   help="learning rate (sft 1e-5, dpo 5e-7; toy: 1e-3, 5e-5)")
     p.add_argument("--batch-size", type=checks.int_at_least(1), default=8)
     p.add_argument("--iterations", type=checks.int_at_least(1), default=3, help="dpo iterations")
     p.add_argument("--beta", type=checks.real_in(0.0, low_open=True), default=0.1)
@@ -183,7 +183,7 @@ def _bootstrap(args) -> int:
 
     fmt = _format(args)
     reward = _reward(args)
-    queries = _queries(args, 160, 0)
+    queries = _queries(args, 128, 0)
     toy = _toy(args)
     if toy:
         from ..toy.bolt import toy_builder, toy_examples
@@ -232,8 +232,8 @@ def _sft(args) -> int:
     out = Path(args.out) / "sft"
     sft(model, tok, records, out, fmt=_format(args),
         prompt_template="{query}\n\n" if toy else "{query}",
-        learning_rate=args.lr or (5e-4 if toy else 1e-5), batch_size=args.batch_size,
-        epochs=args.epochs or (3.0 if toy else 2.0), max_length=512 if toy else 2048,
+        learning_rate=args.lr or (1e-3 if toy else 1e-5), batch_size=args.batch_size,
+        epochs=args.epochs or (4.0 if toy else 2.0), max_length=512 if toy else 2048,
         seed=args.seed, progress=not args.quiet)
     print(f"wrote {out}")
     return 0
@@ -244,7 +244,7 @@ def _dpo(args) -> int:
 
     toy = _toy(args)
     reward = _reward(args)
-    queries = _queries(args, 96, 160)
+    queries = _queries(args, 96, 128)
     model, tok = _model(args, "dpo")
     out = Path(args.out) / "dpo"
     history = online_dpo(
@@ -253,7 +253,7 @@ def _dpo(args) -> int:
         n=max(2, args.n), temperature=1.0 if args.temperature is None else args.temperature,
         max_new_tokens=args.max_new_tokens or (160 if toy else 1024),
         stop=["\n\nQ"] if toy else (), beta=args.beta, seed=args.seed,
-        progress=not args.quiet, learning_rate=args.lr or (2e-5 if toy else 5e-7),
+        progress=not args.quiet, learning_rate=args.lr or (5e-5 if toy else 5e-7),
         batch_size=args.batch_size, max_length=512 if toy else 2048)
     for h in history:
         reward_text = "-" if h.mean_reward is None else f"{h.mean_reward:.3f}"

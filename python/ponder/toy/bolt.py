@@ -137,7 +137,7 @@ class ToyInstructSpec:
     of them) or a thought between two random delimiter words (3-5 letters, never ``seek`` or
     ``seen``) with or without checks."""
 
-    steps: int = 500
+    steps: int = 800
     batch_size: int = 16
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -269,11 +269,11 @@ def evaluate_toy_bolt(model, tok, problems: Sequence[Problem], *, fmt: BoltForma
 
 
 def run_effect(out_dir: str | Path, *, instruct_spec: ToyInstructSpec = ToyInstructSpec(),
-               bootstrap_queries: int = 160, n: int = 8, m: int = 2,
+               bootstrap_queries: int = 128, n: int = 8, m: int = 2,
                bootstrap_temperature: float = 0.7, percentile: float = 30.0,
-               min_reward: float | None = 1.0, sft_epochs: float = 3.0,
-               sft_learning_rate: float = 5e-4, dpo_queries: int = 96, dpo_iterations: int = 3,
-               dpo_n: int = 8, dpo_temperature: float = 1.0, dpo_learning_rate: float = 2e-5,
+               min_reward: float | None = 1.0, sft_epochs: float = 4.0,
+               sft_learning_rate: float = 1e-3, dpo_queries: int = 96, dpo_iterations: int = 3,
+               dpo_n: int = 8, dpo_temperature: float = 1.0, dpo_learning_rate: float = 5e-5,
                beta: float = 0.1, eval_problems: int = 200, seed: int = 0,
                instruct_dir: str | Path | None = None, progress: bool = True,
                log=print) -> dict[str, Any]:
