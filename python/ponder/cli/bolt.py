@@ -62,7 +62,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="sft epochs (2; toy: 4)")
     p.add_argument("--lr", type=checks.real_in(0.0, low_open=True), default=None,
                    help="learning rate (sft 1e-5, dpo 5e-7; toy: 1e-3, 5e-5)")
-    p.add_argument("--batch-size", type=checks.int_at_least(1), default=8)
+    p.add_argument("--batch-size", type=checks.int_at_least(1), default=None,
+                   help="sft / dpo batch and reward-model batch (8; toy: 16)")
     p.add_argument("--iterations", type=checks.int_at_least(1), default=3, help="dpo iterations")
     p.add_argument("--beta", type=checks.real_in(0.0, low_open=True), default=0.1)
     p.add_argument("--thought-open", default=None)
@@ -129,7 +130,7 @@ def _reward(args):
             raise checks.CommandError(f"--reward: cannot load {folder}: {err}") from err
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        return SequenceClassifierReward(model, tok, batch_size=args.batch_size)
+        return SequenceClassifierReward(model, tok, batch_size=args.batch_size or 8)
     raise checks.CommandError(f"--reward must be toy, math or rm:FOLDER, got {name!r}")
 
 
@@ -232,7 +233,8 @@ def _sft(args) -> int:
     out = Path(args.out) / "sft"
     sft(model, tok, records, out, fmt=_format(args),
         prompt_template="{query}\n\n" if toy else "{query}",
-        learning_rate=args.lr or (1e-3 if toy else 1e-5), batch_size=args.batch_size,
+        learning_rate=args.lr or (1e-3 if toy else 1e-5),
+        batch_size=args.batch_size or (16 if toy else 8),
         epochs=args.epochs or (4.0 if toy else 2.0), max_length=512 if toy else 2048,
         seed=args.seed, progress=not args.quiet)
     print(f"wrote {out}")
@@ -254,7 +256,7 @@ def _dpo(args) -> int:
         max_new_tokens=args.max_new_tokens or (160 if toy else 1024),
         stop=["\n\nQ"] if toy else (), beta=args.beta, seed=args.seed,
         progress=not args.quiet, learning_rate=args.lr or (5e-5 if toy else 5e-7),
-        batch_size=args.batch_size, max_length=512 if toy else 2048)
+        batch_size=args.batch_size or (16 if toy else 8), max_length=512 if toy else 2048)
     for h in history:
         reward_text = "-" if h.mean_reward is None else f"{h.mean_reward:.3f}"
         print(f"iteration {h.iteration + 1}: format {h.format_rate:.1%}, mean reward "

@@ -774,19 +774,25 @@ def _trl_common(output_dir, *, learning_rate, batch_size, epochs, max_steps, see
 
 @contextlib.contextmanager
 def _quiet(progress: bool):
-    """Without ``progress``: no datasets bars (TRL's tokenising passes) while inside."""
+    """Without ``progress``: no datasets bars (TRL's tokenising passes) and no transformers
+    bars (saving weights) while inside."""
     if progress:
         yield
         return
     import datasets
+    from transformers.utils import logging as hf_logging
 
     was = datasets.is_progress_bar_enabled()
+    hf_was = hf_logging.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         if was:
             datasets.enable_progress_bars()
+        if hf_was:
+            hf_logging.enable_progress_bar()
 
 
 def _train(trainer, progress: bool) -> None:
@@ -847,8 +853,8 @@ def sft(
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer)
         _train(trainer, progress)
-    if save:
-        trainer.save_model(str(output_dir))
+        if save:
+            trainer.save_model(str(output_dir))
     return trainer
 
 
@@ -1043,8 +1049,9 @@ def online_dpo(
         if on_iteration is not None:
             on_iteration(result, model)
     if save:
-        model.save_pretrained(str(output_dir))
-        tokenizer.save_pretrained(str(output_dir))
+        with _quiet(progress):
+            model.save_pretrained(str(output_dir))
+            tokenizer.save_pretrained(str(output_dir))
     return history
 
 
