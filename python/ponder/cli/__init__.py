@@ -14,6 +14,8 @@
     ponder first extract|calibrate|train|eval|toy FIRST distillation (top-k, calibrated teacher)
     ponder auto-cei init|run|eval                 Auto-CEI on the toy world (resumable)
     ponder mathhay [generate|qc|haystack|eval]    the MathHay benchmark (offline end to end)
+    ponder bolt bootstrap|sft|dpo|effect          BOLT: long thought from in-context examples,
+                                                  SFT, online DPO (the toy world by default)
 
 A bad argument or input (a missing file, a number out of range, a device or backend that is not
 here, a model folder that cannot be loaded) stops the command with one line, "ponder <command>:
@@ -30,7 +32,7 @@ import sys
 # A module per command family, each with its ``add_parser`` and the code that runs its commands;
 # the library code they call lives in the layers below.
 from .. import BackendUnavailableError
-from . import auto_cei, checks, demo, first, mathhay, oreo, prm, rsd, samplers, think, toy
+from . import auto_cei, bolt, checks, demo, first, mathhay, oreo, prm, rsd, samplers, think, toy
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     first.add_parser(sub)
     auto_cei.add_parser(sub)
     mathhay.add_parser(sub)
+    bolt.add_parser(sub)
     return parser
 
 
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     name = " ".join(filter(None, [args.command, getattr(args, "prm_command", None),
                                   getattr(args, "mathhay_command", None)]))
+                                  getattr(args, "bolt_command", None)]))
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args)

@@ -1,0 +1,46 @@
+"""Run by tests/train/test_bolt_ddp.py under 1 and 2 CPU processes (tests/train/ddp.py): a few
+steps of BOLT's SFT and of one DPO pass on a fixed global batch of 4, then write the losses and a
+parameter digest (rank 0)."""
+
+import argparse
+import json
+import os
+import tempfile
+
+import torch
+from ponder.toy import make_tokenizer
+from ponder.train.bolt import BoltFormat, _frozen_copy, dpo_pass, sft
+from transformers import LlamaConfig, LlamaForCausalLM
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--out", required=True)
+args = parser.parse_args()
+world = int(os.environ.get("WORLD_SIZE", "1"))
+
+tok = make_tokenizer()
+cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+torch.manual_seed(0)
+model = LlamaForCausalLM(cfg)
+fmt = BoltFormat(thought_open="seek\n", thought_close="\nseen\n", solution_open="",
+                 solution_close="")
+# Every example has the same length, so the per-process token means average to the global one.
+records = [{"query": f"Q: {a}+{b}=?", "thought": f"{a}+{b}={a + b}", "solution": f"Answer: {a + b}"}
+           for a, b in [(1, 2), (3, 4), (5, 1), (2, 2)]]
+pairs = [{"query": r["query"], "chosen": fmt.render(r["thought"], r["solution"]),
+          "rejected": fmt.render(r["thought"], "Answer: 0")} for r in records]
+per_device = 4 // world
+with tempfile.TemporaryDirectory() as scratch:
+    tr = sft(model, tok, records, f"{scratch}/sft", fmt=fmt, prompt_template="{query}\n\n",
+             learning_rate=1e-2, batch_size=per_device, max_steps=3, progress=False, save=False)
+    sft_losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
+    ref = _frozen_copy(model)
+    dp = dpo_pass(model, ref, tok, pairs, f"{scratch}/dpo", prompt_template="{query}\n\n",
+                  learning_rate=1e-2, batch_size=per_device, max_steps=3, progress=False)
+    dpo_losses = [h["loss"] for h in dp.state.log_history if "loss" in h]
+if int(os.environ.get("RANK", "0")) == 0:
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    with open(args.out, "w") as f:
+        json.dump({"world": world, "sft": sft_losses, "dpo": dpo_losses,
+                   "digest": params[::97].tolist(), "norm": float(params.norm())}, f)
