@@ -41,6 +41,7 @@ def generate_measured(model, tokenizer, prompts: Sequence[str], *, batch_size: i
     """
     from transformers import LogitsProcessorList
 
+    from ._compat import output_cache
     from .cache import cache_nbytes
 
     texts, nbytes, decode_s, decode_tokens = [], (0, 0), 0.0, 0
@@ -56,7 +57,8 @@ def generate_measured(model, tokenizer, prompts: Sequence[str], *, batch_size: i
         )
         new = out.sequences[:, batch["input_ids"].shape[1]:]
         texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-        nbytes = max(nbytes, (cache_nbytes(out.cache), cache_nbytes(out.cache, used=True)))
+        cache = output_cache(out)
+        nbytes = max(nbytes, (cache_nbytes(cache), cache_nbytes(cache, used=True)))
         if len(clock.times) > 1:  # the first call follows prefill: decode is what comes after
             decode_s += clock.times[-1] - clock.times[0]
             decode_tokens += (len(clock.times) - 1) * new.shape[0]

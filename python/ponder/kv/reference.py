@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ._compat import cache_kwarg
 from .settings import SNAPKV_POOL_KERNEL, ThinKSettings
 
 __all__ = ["REFERENCE_ATTN_NAME", "think_generate_reference"]
@@ -182,5 +183,6 @@ def think_generate_reference(
     settings = ThinKSettings.resolve(settings, **fields)
     with _reference_attention_on(model, settings):
         return model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, cache=DynamicCache(), **kwargs,
+            input_ids=input_ids, attention_mask=attention_mask,
+            **{cache_kwarg(model): DynamicCache()}, **kwargs,
         )
