@@ -48,6 +48,9 @@ def generate_measured(model, tokenizer, prompts: Sequence[str], *, batch_size: i
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
                           padding=True).to(model.device)
+        # Only what generate takes: some tokenizers add token_type_ids, which older
+        # transformers' generate refuses for decoder-only models.
+        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         clock = DecodeClock()
         torch.manual_seed(seed + start)
         out = model.generate(
