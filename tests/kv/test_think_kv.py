@@ -297,7 +297,8 @@ def test_cache_nbytes_equals_formula(ratio):
         + b * 8  # starts (left padding)
     )
     assert kv.cache_nbytes(output_cache(think)) == layers * per_layer
-    assert kv.cache_nbytes(output_cache(think), used=True) == layers * per_layer  # no spare capacity
+    # no spare capacity
+    assert kv.cache_nbytes(output_cache(think), used=True) == layers * per_layer
     assert kv.cache_nbytes(output_cache(dense), used=True) == kv.cache_nbytes(output_cache(dense))
     assert t == d - math.floor(ratio * d)
 

@@ -121,7 +121,9 @@ def think_attention(
     if not isinstance(key, ThinKStep):
         if softcap is not None:
             if dropout:
-                raise ValueError("ThinK attention is for inference: call model.eval() (dropout > 0)")
+                raise ValueError(
+                    "ThinK attention is for inference: call model.eval() (dropout > 0)"
+                )
             return _eager_attention(query, key, value, attention_mask, scale, softcap), None
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs

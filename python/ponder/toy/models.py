@@ -217,8 +217,9 @@ def load_toy_model(
             "pip install 'ponder[hf]'"
         ) from err
     with _no_progress_bars():  # a bar for a 2 MB file is noise
+        rope = _rope_for_older_transformers(folder, LlamaConfig)
         model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
-                                                 **_rope_for_older_transformers(folder, LlamaConfig))
+                                                 **rope)
     model.eval()
     tokenizer = make_tokenizer(padding_side="left")
     if model.config.vocab_size != len(tokenizer):
