@@ -177,3 +177,31 @@ def test_output_attentions_is_refused():
                        **{**GEN, "max_new_tokens": 2})
     with pytest.raises(ValueError, match="output_attentions"):
         model(ids, attention_mask=mask, output_attentions=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Across transformers versions (the lower bound runs all of tests/kv in CI; these pin the
+# conventions that differ, whichever release is installed here)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_crop_takes_either_convention(monkeypatch):
+    from ponder.kv import _compat
+
+    model = kv.apply_think(_llama(), **SETTINGS)
+    ids, _ = _batch(length=20)
+    cache = kv.ThinKCache(kv.think_settings(model), max_cache_len=40)
+    model(ids[:1], use_cache=True, **{cache_kwarg(model): cache})
+    layer = cache.layers[0]
+    cache.crop(-2)  # newer transformers: minus the tokens to remove
+    assert layer.seen == 18
+    monkeypatch.setattr(_compat, "CROP_TAKES_LENGTH", True)
+    layer.crop(15)  # older transformers: the new length
+    assert layer.seen == 15 and layer.n_pruned + layer.n_recent == 15
+    layer.crop(30)  # longer than held: nothing to do
+    assert layer.seen == 15
+    monkeypatch.setattr(_compat, "CROP_TAKES_LENGTH", False)
+    with pytest.raises(ValueError, match="negative"):
+        layer.crop(3)
+    assert layer.get_mask_sizes(1) == layer.get_mask_sizes(torch.arange(15, 16)) == (16, 0)
+    assert cache.max_cache_len == 40  # a property (read-only on Cache in some releases)
