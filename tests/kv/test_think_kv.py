@@ -15,6 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from ponder import kv
+from ponder.kv._compat import cache_kwarg, output_cache
 from ponder.ops.think import kept_channels
 
 VOCAB, PAD, EOS = 64, 0, 1
@@ -69,6 +70,11 @@ def _generate(model, ids, mask, **kw):
     return model.generate(input_ids=ids, attention_mask=mask, **{**GEN, **kw})
 
 
+def _step(model, ids, cache, **kw):
+    """``model(ids, cache=cache, use_cache=True, ...)`` under either name of the cache keyword."""
+    return model(ids, use_cache=True, **{cache_kwarg(model): cache}, **kw)
+
+
 def _max_logit_diff(a, b) -> float:
     return max((x - y).abs().max().item() for x, y in zip(a.logits, b.logits))
 
@@ -86,7 +92,7 @@ def test_prune_ratio_zero_equals_eager(model, pads):
     eager = _generate(model, ids, mask)
     kv.apply_think(model, prune_ratio=0.0, window=8, recent=8)
     think = _generate(model, ids, mask)
-    assert isinstance(think.cache, kv.ThinKCache)
+    assert isinstance(output_cache(think), kv.ThinKCache)
     assert torch.equal(think.sequences, eager.sequences)
     assert _max_logit_diff(think, eager) < 1e-4
 
@@ -123,10 +129,10 @@ def test_fold_matches_reference_token_for_token(model, evict):
     think = _generate(model, ids, mask, **gen)
     assert torch.equal(think.sequences, ref.sequences)
     assert _max_logit_diff(think, ref) < 1e-4
-    layer = think.cache.layers[0]
+    layer = output_cache(think).layers[0]
     # 13 tokens fed after prefill: full-width store 4 -> 7 -> fold to 4 ... four folds of 3.
     assert (layer.n_recent, layer.n_pruned) == (5, (16 if evict else 40) - 4 + 12)
-    assert not think.cache.is_croppable
+    assert not output_cache(think).is_croppable
 
 
 def test_sampling_matches_reference(model):
@@ -166,18 +172,19 @@ def test_assisted_generation_crops_the_think_cache():
     original = kv.ThinKLayer.crop
 
     def spy(self, n):
-        crops.append(n)
-        return original(self, n)
+        before = self.seen
+        original(self, n)
+        crops.append(before - self.seen)  # tokens removed (crop's argument differs by version)
 
     kv.ThinKLayer.crop = spy
     try:
         assisted = m.generate(input_ids=ids, attention_mask=mask, assistant_model=draft, **gen)
         assert torch.equal(assisted, plain)
-        assert any(n < 0 for n in crops)  # some draft tokens were rejected and cropped
+        assert any(n > 0 for n in crops)  # some draft tokens were rejected and cropped
         kv.apply_think(m, prune_ratio=0.4, window=8, recent=4)
         out = m.generate(input_ids=ids, attention_mask=mask, assistant_model=draft,
                          return_dict_in_generate=True, **gen)
-        assert isinstance(out.cache, kv.ThinKCache) and out.sequences.shape == (1, 52)
+        assert isinstance(output_cache(out), kv.ThinKCache) and out.sequences.shape == (1, 52)
     finally:
         kv.ThinKLayer.crop = original
 
@@ -188,12 +195,12 @@ def test_step_by_step_forward_and_multi_token_chunks():
     ids, _mask = _batch(batch=1, length=30, pads=(0,))
     nxt = torch.randint(3, VOCAB, (1, 5), generator=torch.Generator().manual_seed(5))
     one = kv.ThinKCache(kv.think_settings(m))
-    m(ids, cache=one, use_cache=True)
-    step_logits = [m(nxt[:, i:i + 1], cache=one, use_cache=True).logits[:, -1] for i in range(5)]
+    _step(m, ids, one)
+    step_logits = [_step(m, nxt[:, i:i + 1], one).logits[:, -1] for i in range(5)]
     chunk = kv.ThinKCache(kv.think_settings(m))
-    m(ids, cache=chunk, use_cache=True)
-    m(nxt[:, :2], cache=chunk, use_cache=True)
-    out = m(nxt[:, 2:], cache=chunk, use_cache=True).logits  # [1, 3, V]
+    _step(m, ids, chunk)
+    _step(m, nxt[:, :2], chunk)
+    out = _step(m, nxt[:, 2:], chunk).logits  # [1, 3, V]
     for i in range(3):
         torch.testing.assert_close(out[:, i], step_logits[2 + i], atol=1e-5, rtol=1e-5)
     assert one.get_seq_length() == chunk.get_seq_length() == 35
@@ -209,13 +216,13 @@ def test_fold_chunks_store_like_single_steps():
     ids, _ = _batch(batch=1, length=16, pads=(0,))
     nxt = torch.randint(3, VOCAB, (1, 7), generator=torch.Generator().manual_seed(7))
     one = kv.ThinKCache(kv.think_settings(m))
-    m(ids, cache=one, use_cache=True)
+    _step(m, ids, one)
     for i in range(7):
-        m(nxt[:, i:i + 1], cache=one, use_cache=True)
+        _step(m, nxt[:, i:i + 1], one)
     chunk = kv.ThinKCache(kv.think_settings(m))
-    m(ids, cache=chunk, use_cache=True)
-    m(nxt[:, :2], cache=chunk, use_cache=True)
-    m(nxt[:, 2:], cache=chunk, use_cache=True)  # 5 tokens, two folds inside
+    _step(m, ids, chunk)
+    _step(m, nxt[:, :2], chunk)
+    _step(m, nxt[:, 2:], chunk)  # 5 tokens, two folds inside
     a, b = one.layers[0], chunk.layers[0]
     assert (a.n_pruned, a.n_recent) == (b.n_pruned, b.n_recent) == (14 + 6, 3)
     torch.testing.assert_close(a.k_pruned, b.k_pruned, atol=1e-6, rtol=1e-6)
@@ -228,11 +235,11 @@ def test_crop_then_continue_equals_uncropped():
     ids, _ = _batch(batch=1, length=24, pads=(0,))
     nxt = torch.randint(3, VOCAB, (1, 4), generator=torch.Generator().manual_seed(6))
     cache = kv.ThinKCache(kv.think_settings(m))
-    m(ids, cache=cache, use_cache=True)
-    first = [m(nxt[:, i:i + 1], cache=cache, use_cache=True).logits[:, -1] for i in range(4)]
+    _step(m, ids, cache)
+    first = [_step(m, nxt[:, i:i + 1], cache).logits[:, -1] for i in range(4)]
     cache.crop(-2)  # forget nxt[2], nxt[3] (full-width store)
     assert cache.get_seq_length() == 26
-    again = m(nxt[:, 2:3], cache=cache, use_cache=True).logits[:, -1]
+    again = _step(m, nxt[:, 2:3], cache).logits[:, -1]
     torch.testing.assert_close(again, first[2], atol=1e-6, rtol=1e-6)
     cache.crop(-10)  # into the pruned store (no eviction: tokens are still in order)
     assert cache.get_seq_length() == 17
@@ -243,7 +250,7 @@ def test_crop_into_evicted_prompt_is_an_error():
     m = kv.apply_think(_model("llama"), evict="snapkv", token_budget=12, window=8, recent=4)
     ids, _ = _batch(batch=1, length=30, pads=(0,))
     cache = kv.ThinKCache(kv.think_settings(m))
-    m(ids, cache=cache, use_cache=True)
+    _step(m, ids, cache)
     cache.crop(-2)
     with pytest.raises(ValueError, match="evicted"):
         cache.crop(-5)
@@ -253,7 +260,7 @@ def test_batch_select_and_repeat():
     m = kv.apply_think(_model("mistral"), prune_ratio=0.4, window=8, recent=4)
     ids, mask = _batch(pads=(0, 5))
     cache = kv.ThinKCache(kv.think_settings(m))
-    m(ids, attention_mask=mask, cache=cache, use_cache=True)
+    _step(m, ids, cache, attention_mask=mask)
     layer = cache.layers[0]
     assert layer.starts.tolist() == [0, 5]
     cache.batch_repeat_interleave(2)
@@ -279,7 +286,7 @@ def test_cache_nbytes_equals_formula(ratio):
     think = _generate(m, ids, mask, max_new_tokens=new)
     b, hkv, d, layers, esize = 2, 2, 16, 2, 4
     n = 40 + new - 1  # the last generated token is never fed back
-    assert kv.cache_nbytes(dense.cache) == layers * 2 * b * hkv * n * d * esize
+    assert kv.cache_nbytes(output_cache(dense)) == layers * 2 * b * hkv * n * d * esize
     t = kept_channels(d, ratio)
     lp = 40 - 8
     per_layer = (
@@ -289,9 +296,10 @@ def test_cache_nbytes_equals_formula(ratio):
         + b * hkv * t * 8  # channel indices (int64)
         + b * 8  # starts (left padding)
     )
-    assert kv.cache_nbytes(think.cache) == layers * per_layer
-    assert kv.cache_nbytes(think.cache, used=True) == layers * per_layer  # no spare capacity
-    assert kv.cache_nbytes(dense.cache, used=True) == kv.cache_nbytes(dense.cache)
+    assert kv.cache_nbytes(output_cache(think)) == layers * per_layer
+    # no spare capacity
+    assert kv.cache_nbytes(output_cache(think), used=True) == layers * per_layer
+    assert kv.cache_nbytes(output_cache(dense), used=True) == kv.cache_nbytes(output_cache(dense))
     assert t == d - math.floor(ratio * d)
 
 
@@ -299,7 +307,7 @@ def test_cache_nbytes_counts_spare_capacity_as_held():
     m = kv.apply_think(_model("llama"), prune_ratio=0.5, window=8, recent=8)
     ids, _ = _batch(batch=1, length=20, pads=(0,))
     cache = kv.ThinKCache(kv.think_settings(m), max_cache_len=100)
-    m(ids, cache=cache, use_cache=True)
+    _step(m, ids, cache)
     hkv, d, layers, esize = 2, 16, 2, 4
     used = layers * (hkv * 20 * d * esize + hkv * 12 * 8 * esize + hkv * 8 * d * esize
                      + hkv * 8 * 8)
@@ -319,8 +327,8 @@ def test_cache_nbytes_with_fold():
     held = (b * hkv * n * d * esize + b * hkv * lp * 8 * esize + b * hkv * 12 * d * esize
             + b * hkv * 8 * 8 + b * 8)
     used = held - b * hkv * (12 - lr) * d * esize
-    assert kv.cache_nbytes(think.cache) == layers * held
-    assert kv.cache_nbytes(think.cache, used=True) == layers * used
+    assert kv.cache_nbytes(output_cache(think)) == layers * held
+    assert kv.cache_nbytes(output_cache(think), used=True) == layers * used
 
 
 def test_cache_nbytes_errors_and_dense():
@@ -363,10 +371,10 @@ def test_snapkv_keeps_budget_per_head():
                        token_budget=16)
     ids, mask = _batch(pads=(0, 30))  # row 1: 10 real tokens, fewer than the budget
     out = _generate(m, ids, mask, max_new_tokens=3)
-    layer = out.cache.layers[1]
+    layer = output_cache(out).layers[1]
     assert layer.n_pruned + layer.n_recent == 16 + 2
     assert layer.starts.tolist() == [0, 6]  # 16 - 10 padded tokens kept in row 1, first
-    assert out.cache.get_seq_length() == 42
+    assert output_cache(out).get_seq_length() == 42
 
 
 # ------------------------------------------------------------------------------------------------
@@ -387,7 +395,7 @@ def test_apply_and_remove_restore_the_model():
     assert kv.think_settings(m) is None
     ids, mask = _batch()
     out = _generate(m, ids, mask, max_new_tokens=2)
-    assert type(out.cache) is transformers.DynamicCache
+    assert type(output_cache(out)) is transformers.DynamicCache
     assert kv.remove_think(m) is m  # idempotent
 
 
@@ -443,16 +451,17 @@ def test_bad_setting_types_raise_type_error(kwargs):
         kv.ThinKSettings(**kwargs)
 
 
-def test_unsupported_models_raise():
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64))
-    with pytest.raises(ValueError, match="gpt2"):
-        kv.apply_think(gpt2)
+def test_unsupported_models_raise_with_the_reason():
     torch.manual_seed(0)
+    bloom = transformers.BloomForCausalLM(transformers.BloomConfig(
+        vocab_size=VOCAB, hidden_size=32, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match="bloom.*attention-function registry"):
+        kv.apply_think(bloom)
+    assert bloom.config._attn_implementation != kv.ATTN_NAME
     sliding = transformers.MistralForCausalLM(transformers.MistralConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, sliding_window=16))
-    with pytest.raises(ValueError, match="sliding"):
+    with pytest.raises(ValueError, match="every layer uses sliding-window"):
         kv.apply_think(sliding)
 
 
@@ -461,14 +470,16 @@ def test_right_padding_is_an_error():
     ids, mask = _batch(pads=(0, 0))
     mask[1, -3:] = 0
     with pytest.raises(ValueError, match="left padding"):
-        m(ids, attention_mask=mask, cache=kv.ThinKCache(), use_cache=True)
+        _step(m, ids, kv.ThinKCache(), attention_mask=mask)
 
 
 def test_think_cache_needs_the_patch():
     m = _model("llama")
     ids, _ = _batch(batch=1, pads=(0,))
-    with pytest.raises(RuntimeError, match="apply_think"):
-        m(ids, cache=kv.ThinKCache(), use_cache=True)
+    # The message is ponder's (RuntimeError) where transformers' SDPA touches the keys first;
+    # older releases hand them straight to torch, which names the ThinKStep it got.
+    with pytest.raises((RuntimeError, TypeError), match="apply_think|ThinKStep"):
+        _step(m, ids, kv.ThinKCache())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -517,7 +528,7 @@ def test_cuda_generate_matches_cpu(dtype):
     ref = _generate(cpu, ids, mask)
     gpu = kv.apply_think(_model("llama").to(device="cuda", dtype=dtype), **settings)
     out = _generate(gpu, ids.cuda(), mask.cuda())
-    assert isinstance(out.cache, kv.ThinKCache)
+    assert isinstance(output_cache(out), kv.ThinKCache)
     if dtype == torch.float32:
         assert torch.equal(out.sequences.cpu(), ref.sequences)
     tol = 1e-3 if dtype == torch.float32 else 0.1

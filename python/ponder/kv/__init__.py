@@ -5,7 +5,7 @@ prefill, chosen by the last prompt queries; ponder stores the kept channels comp
 with :func:`ponder.ops.think.pruned_decode_attention`. SnapKV token eviction can run first.
 
     import ponder.kv
-    ponder.kv.apply_think(model, prune_ratio=0.4)      # Llama / Mistral / Qwen2, already loaded
+    ponder.kv.apply_think(model, prune_ratio=0.4)      # a loaded HF causal LM (docs/think.md)
     out = model.generate(**batch, max_new_tokens=64, return_dict_in_generate=True)
     ponder.kv.cache_nbytes(out.cache)                  # bytes held: ~0.8x of the dense cache
     ponder.kv.remove_think(model)
@@ -25,7 +25,8 @@ import importlib
 _EXPORTS = {
     "ThinKCache": "cache", "ThinKLayer": "cache", "ThinKStep": "cache", "cache_nbytes": "cache",
     "ATTN_NAME": "patch", "SUPPORTED_MODEL_TYPES": "patch", "apply_think": "patch",
-    "remove_think": "patch", "think_attention": "patch", "think_settings": "patch",
+    "remove_think": "patch", "ThinKDenseWarning": "patch", "think_attention": "patch",
+    "think_settings": "patch",
     "think_generate_reference": "reference", "ThinKSettings": "settings",
     "snapkv_keep": "snapkv", "snapkv_scores": "snapkv",
 }
@@ -38,6 +39,7 @@ __all__ = [  # noqa: RUF022 (grouped by module, as above)
     "SUPPORTED_MODEL_TYPES",
     "apply_think",
     "remove_think",
+    "ThinKDenseWarning",
     "think_attention",
     "think_settings",
     "think_generate_reference",

@@ -34,6 +34,8 @@ from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..ops import think as think_ops
+from ..ops._common import choose_backend
+from . import _compat
 from .settings import ThinKSettings
 from .snapkv import snapkv_keep
 
@@ -189,10 +191,11 @@ class ThinKLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.seen
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query_length) -> tuple[int, int]:
         # The mask spans every token seen (transformers' 2D attention mask does); ponder's
-        # attention reads only its prefill rows, for the padding.
-        return self.seen + query_length, 0
+        # attention reads only its prefill rows, for the padding. (Older transformers pass the
+        # cache positions instead of the query length.)
+        return self.seen + _compat.query_length(query_length), 0
 
     def get_max_length(self) -> int:
         return -1
@@ -203,9 +206,13 @@ class ThinKLayer(DynamicLayer):
     def crop(self, tokens_to_remove: int) -> None:
         """Forget the last ``-tokens_to_remove`` tokens (transformers' convention: negative).
 
-        Tokens leave the full-width store first, then the pruned store; a cache that evicted
-        prompt tokens cannot be cropped into its prompt (the evicted tokens are gone).
+        With the older transformers whose ``crop`` takes the new length, ``tokens_to_remove >= 0``
+        is that length (the last ``seen - tokens_to_remove`` tokens go). Tokens leave the
+        full-width store first, then the pruned store; a cache that evicted prompt tokens cannot
+        be cropped into its prompt (the evicted tokens are gone).
         """
+        if tokens_to_remove >= 0 and _compat.CROP_TAKES_LENGTH:
+            tokens_to_remove = min(0, int(tokens_to_remove) - self.seen)
         if tokens_to_remove > 0:
             raise ValueError(
                 f"ThinK: crop takes a negative number of tokens to remove, got {tokens_to_remove}"
@@ -359,14 +366,54 @@ class ThinKLayer(DynamicLayer):
         self.starts = None if n_pad is None or not bool(n_pad.any()) else n_pad.to(torch.int64)
         self.keys = self.values = None
         self.compressed = True
+        # The decode kernel's backend, chosen once: every decode step then calls the kernel
+        # without the public op's per-call argument checks (shapes, dtypes, index ranges: they
+        # hold by construction from here on, and the native launcher re-checks its bounds).
+        self._backend = choose_backend("pruned_decode_attention", think_ops.KERNELS, query,
+                                       st.backend)
 
-    def attend(self, query: Tensor, scale: float) -> Tensor:
+    def attend(self, query: Tensor, scale: float, softcap: float | None = None) -> Tensor:
         """Attention of ``query [B, Hq, S, D]`` (the last ``S`` tokens, already appended) over
-        the compressed cache: ``[B, Hq, S, Dv]``."""
+        the compressed cache: ``[B, Hq, S, Dv]``. With ``softcap`` (``c * tanh(logits / c)``,
+        Gemma2) it runs in plain torch: the kernels have no soft-capping."""
+        if softcap is not None:
+            return _attend_softcap(query, self, scale, softcap)
+        if not (query.requires_grad or torch.compiler.is_compiling()):
+            # The per-step fast path (about 45 us a layer saved on the CPU): the op's body.
+            out, _ = think_ops._pruned_decode_attention_impl(
+                query, self.k_pruned, self.idx, self.k_recent, self.v, None, self.starts,
+                float(scale), self._backend,
+            )
+            return out
         return think_ops.pruned_decode_attention(
             query, self.k_pruned, self.idx, self.k_recent, self.v, scale=scale,
             starts=self.starts, backend=self.settings.backend,
         )
+
+
+def _attend_softcap(query: Tensor, layer: ThinKLayer, scale: float, softcap: float) -> Tensor:
+    """:meth:`ThinKLayer.attend` in plain torch with logit soft-capping, GQA without expanding
+    K/V: ``[B, Hq, S, Dv]``."""
+    batch, hq, s_len, dim = query.shape
+    hkv = layer.idx.shape[1]
+    group = hq // hkv
+    q = query.float().reshape(batch, hkv, group * s_len, dim)
+    idx = layer.idx[:, :, None, :].expand(-1, -1, group * s_len, -1)
+    logits = torch.cat([
+        q.gather(-1, idx) @ layer.k_pruned.float().transpose(-1, -2),
+        q @ layer.k_recent.float().transpose(-1, -2),
+    ], dim=-1) * scale  # [B, Hkv, G * S, N]
+    logits = torch.tanh(logits / softcap) * softcap
+    n = logits.shape[-1]
+    pos = torch.arange(n, device=query.device)
+    last = n - s_len + torch.arange(s_len, device=query.device).repeat(group)  # [G * S]
+    visible = (pos[None, :] <= last[:, None])[None, None]
+    if layer.starts is not None:
+        visible = visible & (pos[None, :] >= layer.starts[:, None])[:, None, None, :]
+    logits = logits.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    out = probs @ layer.v.float()  # [B, Hkv, G * S, Dv]
+    return out.reshape(batch, hq, s_len, -1).to(query.dtype)
 
 
 def _ensure(buf: Tensor, need: int, used: int) -> Tensor:
@@ -393,6 +440,11 @@ class ThinKCache(DynamicCache):
         settings: a :class:`ThinKSettings` (None: its defaults).
         max_cache_len: optional capacity hint (tokens: prompt + generated) so that the
             full-width stores are allocated once at their final size instead of grown.
+        config: the model's config (``generate`` passes it). With it the layers are laid out
+            as ``DynamicCache(config=config)`` lays them out, each full-attention layer a
+            :class:`ThinKLayer` and each sliding-window layer transformers' dense window layer
+            (needed for models with sliding-window layers). Without it every layer is a
+            :class:`ThinKLayer`, made on first use.
         **fields: :class:`ThinKSettings` fields by name (``prune_ratio``, ``window``, ...),
             replacing those of ``settings``.
     """
@@ -402,6 +454,7 @@ class ThinKCache(DynamicCache):
         settings: ThinKSettings | None = None,
         *,
         max_cache_len: int | None = None,
+        config=None,
         **fields,
     ) -> None:
         settings = ThinKSettings.resolve(settings, **fields)
@@ -411,11 +464,27 @@ class ThinKCache(DynamicCache):
         ):
             raise ValueError(f"ThinKCache: max_cache_len must be an int >= 1, got {max_cache_len}")
         self.settings = settings
-        self.max_cache_len = max_cache_len
-        # Layers are made on first use (one per decoder layer that calls update).
-        Cache.__init__(
-            self, layer_class_to_replicate=functools.partial(ThinKLayer, settings, max_cache_len)
-        )
+        # Not stored as ``max_cache_len``: some transformers releases make that a read-only
+        # property of Cache (the property below overrides it).
+        self._capacity = max_cache_len
+        make = functools.partial(ThinKLayer, settings, max_cache_len)
+        if config is None:  # layers are made on first use (one per decoder layer)
+            Cache.__init__(self, layer_class_to_replicate=make)
+            return
+        layers = [make() if type(layer) is DynamicLayer else layer
+                  for layer in DynamicCache(config=config).layers]
+        Cache.__init__(self, layers=layers)
+
+    @property
+    def is_croppable(self) -> bool:
+        """Whether ``crop`` can restore the cache exactly (not after folding). (Older
+        transformers have no such property on Cache.)"""
+        return all(getattr(layer, "is_croppable", True) for layer in self.layers)
+
+    @property
+    def max_cache_len(self) -> int | None:
+        """The capacity hint given (tokens), or None."""
+        return self._capacity
 
     def __repr__(self) -> str:
         return f"ThinKCache({self.settings}, layers={self.layers})"

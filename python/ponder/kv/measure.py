@@ -41,12 +41,16 @@ def generate_measured(model, tokenizer, prompts: Sequence[str], *, batch_size: i
     """
     from transformers import LogitsProcessorList
 
+    from ._compat import output_cache
     from .cache import cache_nbytes
 
     texts, nbytes, decode_s, decode_tokens = [], (0, 0), 0.0, 0
     for start in range(0, len(prompts), batch_size):
         batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
                           padding=True).to(model.device)
+        # Only what generate takes: some tokenizers add token_type_ids, which older
+        # transformers' generate refuses for decoder-only models.
+        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         clock = DecodeClock()
         torch.manual_seed(seed + start)
         out = model.generate(
@@ -56,7 +60,8 @@ def generate_measured(model, tokenizer, prompts: Sequence[str], *, batch_size: i
         )
         new = out.sequences[:, batch["input_ids"].shape[1]:]
         texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-        nbytes = max(nbytes, (cache_nbytes(out.cache), cache_nbytes(out.cache, used=True)))
+        cache = output_cache(out)
+        nbytes = max(nbytes, (cache_nbytes(cache), cache_nbytes(cache, used=True)))
         if len(clock.times) > 1:  # the first call follows prefill: decode is what comes after
             decode_s += clock.times[-1] - clock.times[0]
             decode_tokens += (len(clock.times) - 1) * new.shape[0]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ._compat import cache_kwarg
 from .settings import SNAPKV_POOL_KERNEL, ThinKSettings
 
 __all__ = ["REFERENCE_ATTN_NAME", "think_generate_reference"]
@@ -40,9 +41,12 @@ _ACTIVE: list[ThinKSettings] = []  # the settings of the reference generate() ru
 _SETTING_NAMES = tuple(field.name for field in dataclasses.fields(ThinKSettings))
 
 
-def _eager(q, k, v, visible, scale):
-    """fp32 softmax attention; ``visible [B, Hq, S, N]`` bool. Rows that see nothing give 0."""
+def _eager(q, k, v, visible, scale, softcap=None):
+    """fp32 softmax attention; ``visible [B, Hq, S, N]`` bool. Rows that see nothing give 0.
+    ``softcap``: logits become ``softcap * tanh(logits / softcap)`` (Gemma2)."""
     logits = (q.float() @ k.float().transpose(-1, -2)) * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     logits = logits.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
     return probs @ v.float().masked_fill(~visible.any(dim=2)[..., None], 0.0)
@@ -113,9 +117,22 @@ def _reference_attention(module, query, key, value, attention_mask, dropout=0.0,
     batch, hq, s_len, dim = query.shape
     hkv, n = key.shape[1], key.shape[2]
     group = hq // hkv
-    scale = 1.0 / math.sqrt(dim)  # the full D, whatever is pruned
+    # The model's scale (Gemma's query_pre_attn_scalar, Granite's multiplier), else 1/sqrt(D):
+    # the full D, whatever is pruned.
+    scale = scaling if scaling is not None else 1.0 / math.sqrt(dim)
+    softcap = kwargs.get("softcap")
     kv_head = torch.arange(hq) // group
     k_full, v_full = key[:, kv_head], value[:, kv_head]  # [B, Hq, N, D]
+    if kwargs.get("sliding_window") is not None:
+        # A sliding-window layer stays dense (ponder's choice, docs/think.md): transformers'
+        # mask says which keys each query sees (None: plain causal, the window does not bite).
+        if attention_mask is None:
+            causal = torch.arange(n)[None, :] <= (n - s_len + torch.arange(s_len))[:, None]
+            visible = causal[None, None].expand(batch, hq, s_len, n)
+        else:
+            visible = attention_mask[..., -n:].expand(batch, hq, s_len, n)
+        out = _eager(query, k_full, v_full, visible, scale, softcap)
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
     if s_len == n:  # prefill of a fresh cache: plain causal attention, then decide
         if attention_mask is None:
             valid = torch.ones(batch, n, dtype=torch.bool)
@@ -123,7 +140,7 @@ def _reference_attention(module, query, key, value, attention_mask, dropout=0.0,
             valid = attention_mask[:, 0, -1, -n:].expand(batch, n).clone()
         causal = torch.ones(n, n, dtype=torch.bool).tril()
         visible = causal[None, None] & valid[:, None, None, :]
-        out = _eager(query, k_full, v_full, visible.expand(batch, hq, n, n), scale)
+        out = _eager(query, k_full, v_full, visible.expand(batch, hq, n, n), scale, softcap)
         _prefill_state(module, query, key, valid, st, scale)
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
     state = module._think_reference
@@ -142,7 +159,7 @@ def _reference_attention(module, query, key, value, attention_mask, dropout=0.0,
     k_eff = torch.where(pruned[..., None], key * chan, key)[:, kv_head]
     causal = torch.arange(n)[None, :] <= (n - s_len + torch.arange(s_len))[:, None]  # [S, N]
     visible = kept[:, kv_head, None, :] & causal[None, None]
-    out = _eager(query, k_eff, v_full, visible, scale)
+    out = _eager(query, k_eff, v_full, visible, scale, softcap)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
@@ -182,5 +199,6 @@ def think_generate_reference(
     settings = ThinKSettings.resolve(settings, **fields)
     with _reference_attention_on(model, settings):
         return model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, cache=DynamicCache(), **kwargs,
+            input_ids=input_ids, attention_mask=attention_mask,
+            **{cache_kwarg(model): DynamicCache()}, **kwargs,
         )

@@ -210,14 +210,16 @@ def load_toy_model(
             f"ponder.toy.train.train_all({str(root)!r}) (a few minutes on a CPU)"
         )
     try:
-        from transformers import LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError as err:
         raise ImportError(
             "ponder.toy.load_toy_model needs transformers and safetensors: "
             "pip install 'ponder[hf]'"
         ) from err
     with _no_progress_bars():  # a bar for a 2 MB file is noise
-        model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        rope = _rope_for_older_transformers(folder, LlamaConfig)
+        model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                                 **rope)
     model.eval()
     tokenizer = make_tokenizer(padding_side="left")
     if model.config.vocab_size != len(tokenizer):
@@ -227,6 +229,16 @@ def load_toy_model(
             "ponder; retrain them with `ponder toy train`"
         )
     return model, tokenizer
+
+
+def _rope_for_older_transformers(folder: Path, config_class) -> dict:
+    """The weights' config names RoPE's base as ``rope_parameters`` (transformers 5); older
+    releases read only ``rope_theta`` and would silently use their default: pass it to them."""
+    if hasattr(config_class(), "rope_parameters"):
+        return {}
+    saved = json.loads((Path(folder) / "config.json").read_text())
+    theta = (saved.get("rope_parameters") or {}).get("rope_theta")
+    return {} if theta is None else {"rope_theta": theta}
 
 
 def save_toy_model(model, tokenizer, folder: str | Path) -> None:
