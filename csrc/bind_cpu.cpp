@@ -16,6 +16,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("mala_propose", PONDER_CPU_ENTRY(ula_step), nogil);
   m.def("active_isa", &ponder::cpu::active_isa,
         "The instruction set the CPU kernels use here: 'avx512', 'avx2' or 'default'.");
+  m.def("advise_huge_pages", &ponder::cpu::advise_huge_pages, py::arg("address"),
+        py::arg("nbytes"),
+        "Ask Linux to back the whole 2 MiB pages of a fresh, untouched buffer [address, address + "
+        "nbytes) with huge pages (madvise MADV_HUGEPAGE); False where nothing was advised.");
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

@@ -55,3 +55,42 @@ def test_narrower_isa_agrees_with_widest(tmp_path, cap):
     # agree to a few ulps (the normals' log/sincos polynomials are evaluated in float32).
     for key in ("ula_noise", "ula_rng", "uld_rng", "prox_rng"):
         torch.testing.assert_close(baseline[key], widest[key], rtol=1e-5, atol=1e-5)
+
+
+def _thp_mode() -> str | None:
+    """The bracketed transparent-huge-page mode ("always", "madvise", "never"), None off Linux."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="utf-8") as f:
+            return f.read().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return None
+
+
+def test_huge_page_advice_covers_only_whole_pages():
+    C = ponder._backend.cpu_module()
+    # Nothing to advise: empty, and a buffer smaller than one 2 MiB page.
+    assert C.advise_huge_pages(1 << 21, 0) is False
+    small = torch.empty(1000)
+    assert C.advise_huge_pages(small.data_ptr(), 4000) is False
+    if _thp_mode() in (None, "never"):
+        pytest.skip("no transparent huge pages on this machine")
+    big = torch.empty(3 << 20)  # 12 MiB: at least five whole 2 MiB pages inside
+    assert C.advise_huge_pages(big.data_ptr(), big.numel() * 4) is True
+
+
+def test_large_outputs_are_fresh_and_exact():
+    # empty_output changes only how pages are backed: a large Langevin step equals the small
+    # formula element for element, and the output does not alias any input.
+    from ponder.ops import _common
+    from ponder.ops import langevin as L
+
+    n = _common.HUGE_PAGE_MIN_BYTES // 4 + 12345  # float32 elements: above the threshold
+    gen = torch.Generator().manual_seed(0)
+    x, g, noise = (torch.randn(n, generator=gen) for _ in range(3))
+    out = L.ula_step(x, g, 0.1, noise=noise, backend="cpu")
+    assert out.is_contiguous() and out.shape == x.shape
+    assert out.data_ptr() not in (x.data_ptr(), g.data_ptr(), noise.data_ptr())
+    ref = L.ula_step(x[:1000], g[:1000], 0.1, noise=noise[:1000], backend="cpu")
+    assert torch.equal(out[:1000], ref)
+    tail = slice(n - 1000, n)
+    assert torch.equal(out[tail], L.ula_step(x[tail], g[tail], 0.1, noise=noise[tail], backend="cpu"))

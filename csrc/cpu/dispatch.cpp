@@ -2,8 +2,13 @@
 // capped by PONDER_CPU_ISA=default|avx2.
 #include "cpu/dispatch.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace ponder {
 namespace cpu {
@@ -42,6 +47,23 @@ const char* active_isa() {
     case Isa::kAvx2: return "avx2";
     default: return "default";
   }
+}
+
+bool advise_huge_pages(uintptr_t address, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  // Only whole 2 MiB pages inside the buffer: the kernel backs an aligned 2 MiB range with one
+  // huge page when the first write faults it in, and a range it cannot use is left as it was.
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (nbytes <= 0) return false;
+  const uintptr_t lo = (address + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t hi = (address + static_cast<uintptr_t>(nbytes)) & ~(kHuge - 1);
+  if (hi <= lo) return false;
+  return madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE) == 0;
+#else
+  (void)address;
+  (void)nbytes;
+  return false;
+#endif
 }
 
 }  // namespace cpu

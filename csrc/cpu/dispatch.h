@@ -17,6 +17,13 @@ Isa isa();
 // The same as a name: "avx512", "avx2" or "default".
 const char* active_isa();
 
+// madvise(MADV_HUGEPAGE) on the whole 2 MiB pages inside [address, address + nbytes), for an
+// output buffer the ops have just allocated and not yet touched: a fresh large tensor is a new
+// mapping, and faulting it in 4 KiB at a time (a fault and a page clear each) costs more than
+// the kernel's own reads and writes. True where the advice was taken; false on non-Linux, for a
+// buffer holding no whole huge page, or when the kernel refuses (THP disabled).
+bool advise_huge_pages(uintptr_t address, int64_t nbytes);
+
 // The entry point of one op: the launcher's copy for isa(). Built from the launcher's declared
 // type, so its parameters are written only in cpu/ops.inc.
 template <class Launcher>

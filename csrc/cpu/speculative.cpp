@@ -202,7 +202,12 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
 #pragma omp simd reduction(max : bm)
     for (int64_t i = 0; i < n; ++i) {
       // A positive weight over E = +0 is +inf (a certain winner); a zero weight stays 0, never 0/0.
-      key[i] = key[i] > 0.0f ? key[i] / e[i] : 0.0f;
+      // The quotient is formed for every lane and masked to +0 where w <= 0 (discarding a 0/0):
+      // written as a conditional division or a select, GCC turned it back into a branch and
+      // the AVX2 build kept this loop scalar (a branch and a vdivss per token).
+      const float w = key[i], ratio = w / e[i];
+      const uint32_t keep = 0u - static_cast<uint32_t>(w > 0.0f);
+      key[i] = random::bits_float(random::float_bits(ratio) & keep);
       bm = std::max(bm, key[i]);
     }
     if (bm > best_key) {

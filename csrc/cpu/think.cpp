@@ -47,29 +47,74 @@ inline const float* as_float(const T* src, int64_t n, float* buf) {
   }
 }
 
-// 16 floats: one AVX-512 register, two AVX2 ones, four SSE ones. GCC's vector extension gives
-// the same code for every ISA this file is compiled for, with no intrinsics.
-using vfloat = float __attribute__((vector_size(64)));
+// 16 floats: one AVX-512 register, two AVX2 ones, four SSE ones, held as that many native
+// registers. (A single 64-byte GCC vector is what the arithmetic means, but on AVX2 GCC kept
+// such vectors in memory and moved them through general registers between every two FMAs: the
+// AVX2 build ran 2.7x slower than the AVX-512 one, far from the memory bound; bench/think.md.)
+// Every operation is lane-wise, so the results are the same bits as one 16-lane vector's.
+#if defined(__AVX512F__)
+using vnat = float __attribute__((vector_size(64)));
+#elif defined(__AVX__)
+using vnat = float __attribute__((vector_size(32)));
+#else
+using vnat = float __attribute__((vector_size(16)));
+#endif
 constexpr int64_t kLanes = 16;
+constexpr int kNat = int(sizeof(vnat) / sizeof(float));  // floats per native register
+constexpr int kParts = int(kLanes) / kNat;
+
+struct vfloat {
+  vnat p[kParts];
+};
+
+inline vfloat operator*(vfloat a, vfloat b) {
+  vfloat r;
+  for (int i = 0; i < kParts; ++i) r.p[i] = a.p[i] * b.p[i];
+  return r;
+}
+inline vfloat operator*(float a, vfloat b) {
+  vfloat r;
+  for (int i = 0; i < kParts; ++i) r.p[i] = a * b.p[i];
+  return r;
+}
+inline vfloat& operator+=(vfloat& a, vfloat b) {
+  for (int i = 0; i < kParts; ++i) a.p[i] += b.p[i];
+  return a;
+}
+inline vfloat& operator*=(vfloat& a, float b) {
+  for (int i = 0; i < kParts; ++i) a.p[i] *= b;
+  return a;
+}
+inline vfloat vzero() {
+  vfloat r;
+  for (int i = 0; i < kParts; ++i) r.p[i] = vnat{};
+  return r;
+}
 
 inline int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 inline vfloat vload(const float* p) {
   vfloat v;
-  std::memcpy(&v, p, sizeof(v));
+  for (int i = 0; i < kParts; ++i) std::memcpy(&v.p[i], p + i * kNat, sizeof(vnat));
   return v;
+}
+
+inline void vstore(float* p, vfloat v) {
+  for (int i = 0; i < kParts; ++i) std::memcpy(p + i * kNat, &v.p[i], sizeof(vnat));
 }
 
 // 16 bfloat16 values widened to float in registers (the bits shifted into the high half), so a
 // bf16 cache is read at 2 bytes per value with no staging copy.
 inline vfloat vload(const BFloat16* p) {
-  using vu16 = uint16_t __attribute__((vector_size(32)));
-  using vu32 = uint32_t __attribute__((vector_size(64)));
-  vu16 h;
-  std::memcpy(&h, p, sizeof(h));
-  const vu32 w = __builtin_convertvector(h, vu32) << 16;
+  using vu16 = uint16_t __attribute__((vector_size(sizeof(vnat) / 2)));
+  using vu32 = uint32_t __attribute__((vector_size(sizeof(vnat))));
   vfloat f;
-  std::memcpy(&f, &w, sizeof(f));
+  for (int i = 0; i < kParts; ++i) {
+    vu16 h;
+    std::memcpy(&h, p + i * kNat, sizeof(h));
+    const vu32 w = __builtin_convertvector(h, vu32) << 16;
+    std::memcpy(&f.p[i], &w, sizeof(vnat));
+  }
   return f;
 }
 
@@ -97,13 +142,29 @@ inline const direct_t<T>* direct_row(const T* src, int64_t n, float* buf) {
   }
 }
 
-inline float hsum(vfloat v) {
-  using v8 = float __attribute__((vector_size(32)));
-  using v4 = float __attribute__((vector_size(16)));
+using v8 = float __attribute__((vector_size(32)));
+
+// r = lanes 0-7 plus lanes 8-15: the first step of every horizontal sum below. (An out
+// parameter: a 32-byte vector returned by value has no fixed ABI in the baseline build.)
+inline void halves(const vfloat& v, v8& r) {
+#if defined(__AVX512F__)
   v8 lo, hi;
-  std::memcpy(&lo, &v, 32);
-  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
-  const v8 s8 = lo + hi;
+  std::memcpy(&lo, &v.p[0], 32);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v.p[0]) + 32, 32);
+  r = lo + hi;
+#elif defined(__AVX__)
+  r = v.p[0] + v.p[1];
+#else
+  const vnat a = v.p[0] + v.p[2], b = v.p[1] + v.p[3];
+  std::memcpy(&r, &a, 16);
+  std::memcpy(reinterpret_cast<char*>(&r) + 16, &b, 16);
+#endif
+}
+
+inline float hsum(vfloat v) {
+  using v4 = float __attribute__((vector_size(16)));
+  v8 s8;
+  halves(v, s8);
   v4 a, b;
   std::memcpy(&a, &s8, 16);
   std::memcpy(&b, reinterpret_cast<const char*>(&s8) + 16, 16);
@@ -114,15 +175,12 @@ inline float hsum(vfloat v) {
 // The four horizontal sums of a, b, c, d together: three rounds of shuffles and adds shared by
 // the four vectors instead of four separate reductions.
 inline void hsum4(vfloat a, vfloat b, vfloat c, vfloat d, float* out, int64_t ostride) {
-  using v8 = float __attribute__((vector_size(32)));
   using i8 = int32_t __attribute__((vector_size(32)));
-  auto halves = [](vfloat v) {
-    v8 lo, hi;
-    std::memcpy(&lo, &v, 32);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
-    return lo + hi;
-  };
-  const v8 a8 = halves(a), b8 = halves(b), c8 = halves(c), d8 = halves(d);
+  v8 a8, b8, c8, d8;
+  halves(a, a8);
+  halves(b, b8);
+  halves(c, c8);
+  halves(d, d8);
   const i8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
   const v8 ab = __builtin_shuffle(a8, b8, lo4) + __builtin_shuffle(a8, b8, hi4);  // a:0-3 b:4-7
   const v8 cd = __builtin_shuffle(c8, d8, lo4) + __builtin_shuffle(c8, d8, hi4);  // c:0-3 d:4-7
@@ -154,7 +212,7 @@ inline void dot_rows(const float* q, const float* qtail, int64_t R, const E* key
   int64_t r = 0;
   for (; r + 4 <= R; r += 4) {
     const float* q0 = q + r * np;
-    vfloat a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    vfloat a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
     for (int64_t c = 0; c < full; ++c) {
       const vfloat kv = vload(key + c * kLanes);
       a0 += vload(q0 + c * kLanes) * kv;
@@ -173,7 +231,7 @@ inline void dot_rows(const float* q, const float* qtail, int64_t R, const E* key
   }
   for (; r < R; ++r) {
     const float* q0 = q + r * np;
-    vfloat a0 = {};
+    vfloat a0 = vzero();
     for (int64_t c = 0; c < full; ++c) a0 += vload(q0 + c * kLanes) * vload(key + c * kLanes);
     if (rem > 0) a0 += vload(qt + r * qt_stride) * tail;
     out[r * ostride] = hsum(a0);
@@ -212,7 +270,7 @@ inline void accumulate_rows(float* acc, int64_t dv, const float* p, const E* con
       const vfloat x = vload(vrows[j] + c * kLanes);
       for (int i = 0; i < NR; ++i) o[i] += p[i * kBlock + j] * x;
     }
-    for (int i = 0; i < NR; ++i) std::memcpy(acc + i * dv + c * kLanes, &o[i], sizeof(vfloat));
+    for (int i = 0; i < NR; ++i) vstore(acc + i * dv + c * kLanes, o[i]);
   }
   for (int64_t d = full * kLanes; d < dv; ++d) {
     for (int i = 0; i < NR; ++i) {

@@ -77,6 +77,27 @@ def launch_native(
     kernel(*buffers, *scalars, device.index, stream)
 
 
+# Outputs from this size on are advised onto huge pages (empty_output). Smaller ones come from
+# the allocator's reused heap and are already faulted in; a 2 MiB page needs 4 MiB to hold one.
+HUGE_PAGE_MIN_BYTES = 4 << 20
+
+
+def empty_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A fresh contiguous output tensor. On the CPU, a large one (>= ``HUGE_PAGE_MIN_BYTES``) is
+    advised onto 2 MiB transparent huge pages before anything writes it: glibc gives such a
+    tensor a new mapping on every call, and faulting 40 MB in at 4 KiB a page (10,000 faults,
+    each clearing its page) took longer than a Langevin step's own memory traffic on the
+    benchmark machines (docs/benchmarks.md). Values are unaffected; where Linux refuses
+    (THP disabled, another OS) nothing changes."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type == "cpu" and nbytes >= HUGE_PAGE_MIN_BYTES:
+        module, _ = _backend._cpu_module()
+        if module is not None and hasattr(module, "advise_huge_pages"):
+            module.advise_huge_pages(out.data_ptr(), nbytes)
+    return out
+
+
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     """A torch.Generator for the reference backend's random numbers."""
     return torch.Generator(device=device).manual_seed(seed)

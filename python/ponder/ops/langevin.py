@@ -31,6 +31,7 @@ from ._common import (
     acc_dtype,
     call_op,
     choose_backend,
+    empty_output,
     launch_native,
     seeded_generator,
 )
@@ -296,7 +297,7 @@ def _run_elementwise(
         return [r.contiguous() for r in results]
     inputs = [t.contiguous() for t in inputs]
     noise = None if noise is None else noise.contiguous()
-    outs = [torch.empty(first.shape, dtype=first.dtype, device=first.device) for _ in range(n_out)]
+    outs = [empty_output(first.shape, first.dtype, first.device) for _ in range(n_out)]
     kernel = KERNELS.kernel(name, backend)
     if backend == "triton":
         kernel(*outs, *inputs, noise, *coefs, seed)
@@ -463,8 +464,8 @@ def _mala_accept_impl(
     l0 = logp.to(torch.float64).contiguous()
     l1 = logp_prop.to(torch.float64).contiguous()
     u = None if uniforms is None else uniforms.to(torch.float64).contiguous()
-    x_out = torch.empty_like(x)
-    g_out = torch.empty_like(grad_logp)
+    x_out = empty_output(x.shape, x.dtype, x.device)
+    g_out = empty_output(grad_logp.shape, grad_logp.dtype, grad_logp.device)
     logp_out = torch.empty(chains, dtype=torch.float64, device=x.device)
     accepted = torch.empty(chains, dtype=torch.bool, device=x.device)
     if chains > 0:
