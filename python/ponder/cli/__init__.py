@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, or a bad argument (argparse printed why)
         return exit_.code if isinstance(exit_.code, int) else 2
-    name = " ".join(filter(None, [args.command, getattr(args, "prm_command", None),
-                                  getattr(args, "mathhay_command", None)]))
-                                  getattr(args, "bolt_command", None)]))
+    # "ponder prm score", "ponder mathhay qc": a family's subcommand is its ``<family>_command``.
+    family = args.command.replace("-", "_")
+    name = " ".join(filter(None, [args.command, getattr(args, f"{family}_command", None)]))
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args)
