@@ -47,8 +47,11 @@ def _kernel_names(backend: str, family: str) -> set[str]:
     except ImportError:
         pass
     if backend in ("cpu", "cuda"):
-        text = (ROOT / "csrc" / f"bind_{backend}.cpp").read_text()
-        return set(re.findall(r'm\.def\("(\w+)"', text))
+        # The binding file's own m.def lines and the X-macro list it expands (cuda/ops.h,
+        # cpu/ops.inc: "X(ula_step) X(uld_step) ...").
+        text = "".join(p.read_text() for p in [ROOT / "csrc" / f"bind_{backend}.cpp",
+                                                *(ROOT / "csrc" / backend).glob("ops.*")])
+        return set(re.findall(r'm\.def\("(\w+)"', text)) | set(re.findall(r"\bX\((\w+)\)", text))
     tree = ast.parse((ROOT / "triton_kernels" / f"{family}.py").read_text())
     names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
