@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=131072)
     ap.add_argument("--eval-budgets", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     ap.add_argument("--qc-tasks-per-type", type=int, default=4)
+    ap.add_argument("--eval-placements", nargs="+", default=["first", "middle", "last"])
+    ap.add_argument("--eval-task-types", nargs="+", default=None,
+                    help="a subset of the seven task types for the toy evaluation (default all)")
     ap.add_argument("--parts", default="haystack,qc,eval",
                     help="comma-separated subset of haystack, qc, eval")
     args = ap.parse_args()
@@ -80,12 +83,14 @@ def main() -> None:
     # 3. the toy model end to end (short documents: the toy model reads characters).
     small = generate_benchmark(tasks_per_type=1, n_documents=40, seed=0, metrics_per_document=1,
                                filler_sentences=2)
+    if args.eval_task_types:
+        small["tasks"] = [t for t in small["tasks"] if t["task_type"] in args.eval_task_types]
     model, tok = load_toy_model("target")
     gen = TransformersGenerator(model, tok, batch_size=1)
     rows = {}
     for budget in args.eval_budgets if "eval" in parts else []:
         start = time.perf_counter()
-        recs = evaluate(small, gen, budgets=[budget], placements=["first", "middle", "last"],
+        recs = evaluate(small, gen, budgets=[budget], placements=args.eval_placements,
                         tokenizer=tok, max_new_tokens=32, batch_size=1, model_name="toy-target")
         seconds = time.perf_counter() - start
         answered = [r for r in recs if r["correct"] is not None]
