@@ -540,3 +540,21 @@ def test_narrower_cpu_isa_matches_reference(tmp_path, cap):
     tol = {"torch.float32": 2e-6, "torch.float16": 2e-3, "torch.bfloat16": 1.6e-2}
     for (dtype, case), err in res.items():
         assert err <= (2e-5 if case == "scores" else tol[dtype]), (dtype, case, err)
+
+
+def test_prechecked_equals_the_checked_op(cpu_backend):
+    """The fast path ponder.kv's cache takes each decode step: same output as the public op."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 1, 16, generator=g)
+    k = torch.randn(2, 2, 40, 16, generator=g)
+    v = torch.randn(2, 2, 40, 16, generator=g)
+    idx = T.select_channels(T.channel_scores(q, k), 10)
+    k_pruned, k_recent = T.compact_keys(k[:, :, :32], idx), k[:, :, 32:]
+    starts = torch.tensor([0, 5])
+    want = T.pruned_decode_attention(q, k_pruned, idx, k_recent, v, scale=0.3, starts=starts,
+                                         backend=cpu_backend)
+    name = T.pruned_decode_attention_backend(q, cpu_backend)
+    assert name == cpu_backend
+    got = T.pruned_decode_attention_prechecked(q, k_pruned, idx, k_recent, v, scale=0.3,
+                                                   starts=starts, backend=name)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)

@@ -34,7 +34,6 @@ from torch import Tensor
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from ..ops import think as think_ops
-from ..ops._common import choose_backend
 from . import _compat
 from .settings import ThinKSettings
 from .snapkv import snapkv_keep
@@ -369,8 +368,7 @@ class ThinKLayer(DynamicLayer):
         # The decode kernel's backend, chosen once: every decode step then calls the kernel
         # without the public op's per-call argument checks (shapes, dtypes, index ranges: they
         # hold by construction from here on, and the native launcher re-checks its bounds).
-        self._backend = choose_backend("pruned_decode_attention", think_ops.KERNELS, query,
-                                       st.backend)
+        self._backend = think_ops.pruned_decode_attention_backend(query, st.backend)
 
     def attend(self, query: Tensor, scale: float, softcap: float | None = None) -> Tensor:
         """Attention of ``query [B, Hq, S, D]`` (the last ``S`` tokens, already appended) over
@@ -380,11 +378,10 @@ class ThinKLayer(DynamicLayer):
             return _attend_softcap(query, self, scale, softcap)
         if not (query.requires_grad or torch.compiler.is_compiling()):
             # The per-step fast path (about 45 us a layer saved on the CPU): the op's body.
-            out, _ = think_ops._pruned_decode_attention_impl(
-                query, self.k_pruned, self.idx, self.k_recent, self.v, None, self.starts,
-                float(scale), self._backend,
+            return think_ops.pruned_decode_attention_prechecked(
+                query, self.k_pruned, self.idx, self.k_recent, self.v, scale=scale,
+                starts=self.starts, backend=self._backend,
             )
-            return out
         return think_ops.pruned_decode_attention(
             query, self.k_pruned, self.idx, self.k_recent, self.v, scale=scale,
             starts=self.starts, backend=self.settings.backend,

@@ -60,6 +60,8 @@ __all__ = [
     "compact_keys_reference",
     "kept_channels",
     "pruned_decode_attention",
+    "pruned_decode_attention_backend",
+    "pruned_decode_attention_prechecked",
     "pruned_decode_attention_reference",
     "select_channels",
     "select_channels_reference",
@@ -528,3 +530,28 @@ def pruned_decode_attention(
         q, k_pruned, idx, k_recent, v, lengths, starts, float(scale), name,
     )
     return (out, lse) if return_lse else out
+
+
+def pruned_decode_attention_backend(q: Tensor, backend: str | None = None) -> str:
+    """The backend :func:`pruned_decode_attention` runs for queries like ``q`` (its device and
+    dtype) and ``backend`` (None: by device); raises as that op would. For
+    :func:`pruned_decode_attention_prechecked`."""
+    return choose_backend("pruned_decode_attention", KERNELS, q, backend)
+
+
+def pruned_decode_attention_prechecked(
+    q: Tensor, k_pruned: Tensor, idx: Tensor, k_recent: Tensor, v: Tensor, *, scale: float,
+    starts: Tensor | None, backend: str,
+) -> Tensor:
+    """:func:`pruned_decode_attention` without its per-call argument checks, for a caller that
+    built the arguments itself and checked them once (ponder.kv's cache, once per prompt: the
+    checks cost about 45 us a call on the CPU, a decode step's worth of a small layer).
+
+    ``backend`` is a name from :func:`pruned_decode_attention_backend`; ``scale`` a float. The
+    native launchers still check every bound they read. Eager and inference only: under
+    ``torch.compile`` or with inputs that require grad, use :func:`pruned_decode_attention`.
+    Returns ``out [B, Hq, S, Dv]``.
+    """
+    out, _ = _pruned_decode_attention_impl(q, k_pruned, idx, k_recent, v, None, starts,
+                                           float(scale), backend)
+    return out
