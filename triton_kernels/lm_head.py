@@ -184,7 +184,7 @@ def lm_head_chunk_backward(z, y, lse, alpha, beta, gamma, targets, delta, v0: in
 # --------------------------------------------------------------------------------------------
 
 
-def _tiles(n: int, vocab: int, width: int, width_ref: int) -> tuple[int, int, int]:
+def _tiles() -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_V, BLOCK_H). tl.dot needs every dimension >= 16. The interpreter runs
     each program in numpy: small tiles there; on a GPU tiles sized for the tensor cores (not
     tuned: no GPU was at hand)."""
@@ -199,9 +199,8 @@ def _tiles(n: int, vocab: int, width: int, width_ref: int) -> tuple[int, int, in
 def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, width, ldh, ldw, inv_t,
                  HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                  BLOCK_H: tl.constexpr):
-    """The tile ``(h[rows] @ w[cols].T + b[cols]) * inv_t``, ``[BLOCK_N, BLOCK_V]`` float32:
-    rows / cols are int64 index vectors (out-of-range lanes are masked by the caller's masks
-    passed in as rows < n, cols < V through the loads below)."""
+    """The tile ``(h[rows] @ w[cols].T + b[cols]) * inv_t``, ``[BLOCK_N, BLOCK_V]`` float32.
+    rows / cols are int64 index vectors, -1 for lanes past the end (their loads read 0)."""
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
     hoffs = tl.arange(0, BLOCK_H)
     for k0 in range(0, width, BLOCK_H):
@@ -332,7 +331,7 @@ def lm_head_fused_forward(h, w, b, hy, wy, by, targets, m, s, s1, my, sy, tgt,
     vocab = w.shape[0]
     if n == 0:
         return
-    bn, bv, bh = _tiles(n, vocab, width, 0 if hy is None else hy.shape[1])
+    bn, bv, bh = _tiles()
     has_y = hy is not None
     _fused_forward_kernel[(triton.cdiv(n, bn),)](
         h, w, b, hy, wy, by, targets, m, s, s1, my, sy, tgt, n, vocab, width,
@@ -352,7 +351,7 @@ def lm_head_fused_backward(h, w, b, hy, wy, by, dz, v0: int, lse, alpha, beta, g
         return
     width = h.shape[1]
     has_y = hy is not None
-    bn, bv, bh = _tiles(n, cols, width, 0)
+    bn, bv, bh = _tiles()
     _fused_backward_kernel[(triton.cdiv(n, bn), triton.cdiv(cols, bv))](
         h, w, b, hy, wy, by, dz, lse, alpha, beta, gamma, targets, delta, n, cols, v0, width,
         hy.shape[1] if has_y else 0, _ld(h), _ld(w), _ld(hy) if has_y else 0,
