@@ -122,8 +122,9 @@ def main() -> None:
     copy_gbs = 2 * COPY_BYTES / statistics.median(times["copy"]) / 1e6
     from ponder import _C
 
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"{cpu_model()}; ISA {_C.active_isa()}; "
-          f"torch threads {torch.get_num_threads()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"torch threads {torch.get_num_threads()}; {stamp}; "
           f"load {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
           f"copy {copy_gbs:.1f} GB/s (median of {len(times['copy'])})")
     print("| row | median ms | min ms | vs baseline | GB/s | % of copy |")
@@ -133,9 +134,12 @@ def main() -> None:
             continue
         med, mn = statistics.median(times[name]), min(times[name])
         base = [b for b in fns if b.startswith(name + " | ")]
-        ratio = f"{statistics.median(times[base[0]]) / med:.2f}x {base[0].split(' | ')[1]}" if base else ""
+        ratio = ""
+        if base:
+            ratio = f"{statistics.median(times[base[0]]) / med:.2f}x {base[0].split(' | ')[1]}"
         gbs = nbytes.get(name, 0) / med / 1e6
-        print(f"| {name} | {med:.2f} | {mn:.2f} | {ratio} | {gbs:.1f} | {100 * gbs / copy_gbs:.0f}% |")
+        pct = 100 * gbs / copy_gbs
+        print(f"| {name} | {med:.2f} | {mn:.2f} | {ratio} | {gbs:.1f} | {pct:.0f}% |")
     sys.stdout.flush()
 
 

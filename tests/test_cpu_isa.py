@@ -72,6 +72,10 @@ def test_huge_page_advice_covers_only_whole_pages():
     assert C.advise_huge_pages(1 << 21, 0) is False
     small = torch.empty(1000)
     assert C.advise_huge_pages(small.data_ptr(), 4000) is False
+    # Hostile calls refuse quietly: negative sizes, unmapped ranges, a range past the top.
+    assert C.advise_huge_pages(small.data_ptr(), -1) is False
+    assert C.advise_huge_pages(1 << 21, 1 << 22) is False  # nothing is mapped that low
+    assert C.advise_huge_pages(2**64 - (1 << 21), 1 << 30) is False
     if _thp_mode() in (None, "never"):
         pytest.skip("no transparent huge pages on this machine")
     big = torch.empty(3 << 20)  # 12 MiB: at least five whole 2 MiB pages inside
@@ -93,4 +97,5 @@ def test_large_outputs_are_fresh_and_exact():
     ref = L.ula_step(x[:1000], g[:1000], 0.1, noise=noise[:1000], backend="cpu")
     assert torch.equal(out[:1000], ref)
     tail = slice(n - 1000, n)
-    assert torch.equal(out[tail], L.ula_step(x[tail], g[tail], 0.1, noise=noise[tail], backend="cpu"))
+    expect = L.ula_step(x[tail], g[tail], 0.1, noise=noise[tail], backend="cpu")
+    assert torch.equal(out[tail], expect)
