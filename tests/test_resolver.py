@@ -28,10 +28,14 @@ GPU = torch.device("cuda")
 
 
 def _public_ops(module) -> list[str]:
-    """The public functions of an ops module that choose a backend (take ``backend=``)."""
+    """The public functions of an ops module that choose a backend (take ``backend=``). An op's
+    helpers, ``<op>_backend`` (its choice) and ``<op>_prechecked`` (its fast path without the
+    argument checks), go through the op's own table entry and are checked with it."""
+    helper = ("_backend", "_prechecked")
     return [
         name for name in module.__all__
         if inspect.isfunction(getattr(module, name))
+        and not (name.endswith(helper) and name.rsplit("_", 1)[0] in module.KERNELS.ops)
         and "backend" in inspect.signature(getattr(module, name)).parameters
     ]
 
