@@ -70,6 +70,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--thought-close", default=None)
     p.add_argument("--solution-open", default=None)
     p.add_argument("--solution-close", default=None)
+    p.add_argument("--instruct-steps", type=checks.int_at_least(1), default=None,
+                   help="effect: training steps of the toy instruct model (800)")
+    p.add_argument("--bolt-delimiter-share", type=checks.real_in(0.0, 1.0), default=0.0,
+                   help="effect: share of the instruct model's thought formats that use the "
+                        "BOLT delimiters (0: held out, the measured default)")
     p.add_argument("--seed", type=checks.seed, default=0)
     p.add_argument("--quiet", action="store_true")
     checks.add_model_flags(p)
@@ -268,9 +273,13 @@ def _dpo(args) -> int:
 def _effect(args) -> int:
     if not _toy(args):
         raise checks.CommandError("effect runs on the toy world: no --model")
-    from ..toy.bolt import format_effect, run_effect
+    from dataclasses import replace
 
-    result = run_effect(args.out, seed=args.seed, progress=not args.quiet,
+    from ..toy.bolt import ToyInstructSpec, format_effect, run_effect
+
+    spec = replace(ToyInstructSpec(), bolt_delimiter_share=args.bolt_delimiter_share,
+                   **({"steps": args.instruct_steps} if args.instruct_steps else {}))
+    result = run_effect(args.out, instruct_spec=spec, seed=args.seed, progress=not args.quiet,
                         dpo_iterations=args.iterations)
     print(format_effect(result))
     print(f"{result['seconds']} s; wrote {Path(args.out) / 'effect.json'}")

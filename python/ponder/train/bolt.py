@@ -134,7 +134,6 @@ class BoltFormat:
             raise TypeError(f"BoltFormat.parse: text must be a str, got {type(text).__name__}")
         body = text.lstrip()
         if not body.startswith(self.thought_open):
-            # A template may end with the first characters of the open delimiter already written.
             return ParsedResponse(reason="no_thought_open")
         body = body[len(self.thought_open):]
         end = body.find(self.thought_close)
