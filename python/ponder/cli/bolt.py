@@ -1,10 +1,10 @@
 """``ponder bolt bootstrap | sft | dpo | effect``: BOLT (long thought bootstrapped from an
 instruct model by in-context examples, then SFT and online DPO).
 
-    ponder bolt bootstrap                       # the toy world: the shipped toy instruct model
+    ponder bolt effect --out bolt-toy           # trains the toy instruct model, runs every stage
+    ponder bolt bootstrap                       # the toy world: ./bolt-toy/instruct
     ponder bolt sft                             # fine-tunes on ./bolt-toy/bootstrap.jsonl
     ponder bolt dpo                             # online DPO from ./bolt-toy/sft
-    ponder bolt effect --out DIR                # everything on the toy world, measured per stage
     ponder bolt bootstrap --model DIR --queries q.jsonl --reward rm:RM_DIR --out run/
     ponder bolt sft --model DIR --data run/bootstrap.jsonl --out run/
     ponder bolt dpo --model run/sft --queries q.jsonl --reward math --out run/
@@ -155,8 +155,8 @@ def _queries(args, default_count: int, offset: int) -> list[dict]:
 
 
 def _model(args, toy_stage: str):
-    """(model, tokenizer): ``--model``, or on the toy world the shipped toy instruct model
-    (bootstrap, sft) or ``OUT/sft`` (dpo)."""
+    """(model, tokenizer): ``--model``, or on the toy world the toy instruct model (bootstrap,
+    sft) or ``OUT/sft`` (dpo)."""
     if args.model is not None:
         checks.check_model(args.model, "--model", (), allow_download=args.allow_download,
                            allow_pickle=args.allow_pickle)
@@ -176,11 +176,15 @@ def _model(args, toy_stage: str):
         from transformers import LlamaForCausalLM
 
         return LlamaForCausalLM.from_pretrained(folder), make_tokenizer(padding_side="left")
+    # The toy instruct model is not shipped (docs/bolt.md): `ponder bolt effect --out OUT`
+    # trains it into OUT/instruct, which is used first.
+    trained = Path(args.out) / "instruct" / "model.safetensors"
     try:
-        return load_toy_model("instruct")
+        return load_toy_model("instruct", weights_dir=args.out if trained.is_file() else None)
     except FileNotFoundError as err:
-        raise checks.CommandError(f"{err}; `ponder bolt effect` trains the toy instruct "
-                                  "model") from err
+        raise checks.CommandError(f"no toy instruct model in {Path(args.out) / 'instruct'}: "
+                                  f"`ponder bolt effect --out {args.out}` trains it (or pass "
+                                  "--model)") from err
 
 
 def _bootstrap(args) -> int:
