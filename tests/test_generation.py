@@ -53,6 +53,9 @@ def test_errors(gen):
         gen.generate(["Q: 1+1=?\n\n"], n=0)
     with pytest.raises(ValueError, match="temperature"):
         gen.generate(["Q: 1+1=?\n\n"], temperature=-1.0)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite temperature"):
+            gen.generate(["Q: 1+1=?\n\n"], temperature=bad)
     with pytest.raises(ValueError, match="batch_size"):
         TransformersGenerator(gen.model, gen.tokenizer, batch_size=0)
 

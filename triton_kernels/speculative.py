@@ -103,7 +103,7 @@ def _race(t_ptr, thr_t, lse_t, d_ptr, thr_d, lse_d, point, u_ptr, seed, roff, in
         w = tl.maximum(p - q, 0.0)
         if HAS_U:
             u = tl.load(u_ptr + offs, mask=mask, other=0.5)
-            e = (-tl.log(u)).to(tl.float32)
+            e = (0.0 - tl.log(u)).to(tl.float32)  # u = 1 gives E = +0, not -0
         else:
             e = -tl.log(_uniform_open(seed, roff + offs))
         key = tl.where(mask & (w > 0.0), w / e, 0.0)

@@ -152,7 +152,7 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
     const int64_t n = std::min(kBlock, vocab - b);
     float e[kBlock];
     if (race_u != nullptr) {
-      for (int64_t i = 0; i < n; ++i) e[i] = static_cast<float>(-std::log(race_u[b + i]));
+      for (int64_t i = 0; i < n; ++i) e[i] = static_cast<float>(0.0 - std::log(race_u[b + i]));  // u = 1: +0, not -0
     } else {
       const uint64_t first = static_cast<uint64_t>(b) / 4;
 #pragma omp simd
@@ -201,7 +201,8 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
     float bm = 0.0f;
 #pragma omp simd reduction(max : bm)
     for (int64_t i = 0; i < n; ++i) {
-      key[i] = key[i] / e[i];
+      // A positive weight over E = +0 is +inf (a certain winner); a zero weight stays 0, never 0/0.
+      key[i] = key[i] > 0.0f ? key[i] / e[i] : 0.0f;
       bm = std::max(bm, key[i]);
     }
     if (bm > best_key) {

@@ -111,9 +111,11 @@ class TextGenerator(Protocol):
         for name, value in (("n", n), ("max_new_tokens", max_new_tokens)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
-        if not (temperature >= 0.0) or not (0.0 < top_p <= 1.0):
-            raise ValueError(f"{where}: need temperature >= 0 and 0 < top_p <= 1, got "
-                             f"{temperature} and {top_p}")
+        # A finite temperature: inf would flatten every distribution to uniform (or NaN logits)
+        # without a word.
+        if not (0.0 <= temperature < float("inf")) or not (0.0 < top_p <= 1.0):
+            raise ValueError(f"{where}: need a finite temperature >= 0 and 0 < top_p <= 1, got "
+                             f"temperature={temperature} and top_p={top_p}")
         if isinstance(stop, str):
             raise TypeError(f"{where}: stop must be a sequence of str (a list of one string "
                             f"for one stop string), got {stop!r}")

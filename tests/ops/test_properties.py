@@ -819,7 +819,7 @@ def accept_tokens_cases(backend: str, *, nonfinite: bool = False):
         temperature = draw(st.one_of(st.sampled_from((0.0, 1.0)), scalars(1e-2, 3.0)))
         top_k = draw(st.sampled_from((None, None, 0, 1, 2, 3, vocab, vocab + 1)))
         top_p = draw(st.sampled_from((None,) * 3 + (0.5, 0.9, 1.0) * 2 + (0.0, 1.5, math.nan)))
-        # A race uniform of exactly 1 has its own (xfailed) test below.
+        # A race uniform of exactly 1 has its own test below.
         uniforms = (draw(uniforms_in_unit_interval((batch, k))),
                     draw(uniforms_in_unit_interval((batch, vocab), one=False)))
         if nonfinite and target.numel():
@@ -876,12 +876,6 @@ def test_accept_tokens_nonfinite_logits(backend):
                  examples=None if backend != "triton" else 6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a race uniform of exactly 1 (allowed: uniforms lie in (0, 1]) gives E = -log(1) = -0.0, so "
-    "w / E = -inf for the one token that should win: the reference then takes another argmax "
-    "(a zero-weight token, NaN = 0 / -0.0 wins torch.argmax), the CPU and Triton kernels return "
-    "-1 as the emitted token; fix in ponder/ops/speculative.py (_race) and both kernels, e.g. "
-    "E = 0.0 - log(u), so that E = +0 and the token wins"))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_accept_tokens_race_uniform_one(backend):
     """Every backend emits the same valid token as the reference, never a masked one, when a

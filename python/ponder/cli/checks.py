@@ -178,7 +178,7 @@ def read_records(path: str, required: tuple[str, ...] = (), arg: str = "--input"
     """The JSON objects of a JSONL file, each checked for ``required`` keys and the types in
     ``kinds`` (key -> type; a bool is never taken for an int); a problem is a
     :class:`CommandError` naming the file and record."""
-    from ..rewards.train import read_jsonl
+    from ..records import read_jsonl
 
     try:
         records = read_jsonl(path)

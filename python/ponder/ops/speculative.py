@@ -198,9 +198,11 @@ def _warped_probs(logits: Tensor, temperature: float, threshold: Tensor | None) 
 
 def _race(weights: Tensor, race_u: Tensor) -> int:
     """An index drawn with probability proportional to ``weights`` (>= 0): argmax w / E, with
-    E = -log u ~ Exp(1). The first index wins ties."""
-    e = (-torch.log(race_u.double())).float()
-    return int(torch.argmax(weights / e))
+    E = -log u ~ Exp(1). The first index wins ties. E is computed as 0 - log u so that u = 1 gives
+    E = +0 and its token (if its weight is positive) wins with key +inf; a zero weight has key 0,
+    never 0 / 0."""
+    e = (0.0 - torch.log(race_u.double())).float()
+    return int(torch.argmax(torch.where(weights > 0, weights / e, 0.0)))
 
 
 def _accept_tokens_core(

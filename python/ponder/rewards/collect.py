@@ -30,13 +30,12 @@ other values is refused rather than mixing two runs in one file.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..records import append_line, read_jsonl, repair_tail
 from ..validation import check_int, check_real
 from .labels import er_prm_label
 from .model import PRMConvention, math_shepherd
@@ -73,25 +72,8 @@ class CollectStats:
     completions: int = 0
 
 
-def _repair_tail(path: Path) -> None:
-    """Cut a partly written last line (no trailing newline) off an append-only JSONL file."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-
-
 def _read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
+    return read_jsonl(path) if path.exists() else []
 
 
 def _check_resume(path: Path, lines: list[dict[str, Any]], params: Mapping[str, Any]) -> None:
@@ -114,12 +96,6 @@ def _prefix_seed(seed: int, key: str) -> int:
     one multiplies it by about 1e6), which must stay within torch's 64-bit seeds."""
     h = hashlib.blake2b(f"{seed};{key}".encode(), digest_size=4)
     return int.from_bytes(h.digest(), "big")
-
-
-def _append(f, record: Mapping[str, Any]) -> None:
-    f.write(json.dumps(record) + "\n")  # one write per line: a kill leaves at most a torn tail
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def _normalise(records: Iterable[Mapping[str, Any]], separator: str) -> list[dict[str, Any]]:
@@ -204,8 +180,8 @@ def collect_rollouts(
     out_path = Path(out_path)
     cache_path = out_path.with_name(out_path.name + ".rollouts.jsonl")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _repair_tail(out_path)
-    _repair_tail(cache_path)
+    repair_tail(out_path)
+    repair_tail(cache_path)
     written = _read_lines(out_path)
     cached = _read_lines(cache_path)
     _check_resume(out_path, written, {**sampling, "eta": eta})
@@ -236,7 +212,7 @@ def collect_rollouts(
                     whole = prompt(rec["question"], rec["steps"])
                     outcomes = [cache[k] for k in keys] + [[int(bool(verifier(rec["reference"],
                                                                                whole)))]]
-                    _append(out_f, {
+                    append_line(out_f, {
                         "id": rec["id"],
                         "text": convention.format(rec["question"], rec["steps"], tokenizer),
                         "value": [er_prm_label(o, eta) for o in outcomes],
@@ -259,7 +235,7 @@ def collect_rollouts(
                 for (rec, _), key, p, comps in zip(pending, keys, prompts, outs):
                     outcomes = [int(bool(verifier(rec["reference"], p + c))) for c in comps]
                     cache[key] = outcomes
-                    _append(cache_f, {"key": key, "outcomes": outcomes, **sampling})
+                    append_line(cache_f, {"key": key, "outcomes": outcomes, **sampling})
                     stats.prefixes_sampled += 1
                     stats.completions += len(comps)
                 pending.clear()

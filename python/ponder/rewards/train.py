@@ -26,16 +26,15 @@ whose tag count differs from its label count, or longer than ``max_length``, is 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..records import read_jsonl
 from ._ops import gather_step_logits
 from .model import PRMConvention, _token_id
 
@@ -43,23 +42,6 @@ __all__ = [  # noqa: F822 (PRMTrainer is built on first access, see __getattr__)
     "PRMDataCollator", "PRMDataset", "PRMTrainer", "prm_loss", "read_jsonl", "soft_label_loss",
     "step_metrics",
 ]
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a JSON Lines file (a ``.json`` file holding a list also works). Blank
-    lines are skipped; a malformed line is an error naming the file and line."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        return list(json.loads(text))
-    out = []
-    for no, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"read_jsonl: {path}:{no} is not valid JSON ({err})") from err
-    return out
 
 
 def soft_label_loss(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
