@@ -230,6 +230,14 @@ CASES = [
     (["prm", "best-of-n", "--input", "{not_toy_question}"], "toy question"),
     (["prm", "best-of-n", "--input", "{string_candidates}", "--output", "{string_candidates}"],
      "--input file"),
+    # ponder bolt
+    (["bolt", "bootstrap", "--queries", "{missing}"], "--queries"),
+    (["bolt", "bootstrap", "--percentile", "101"], "--percentile"),
+    (["bolt", "bootstrap", "--queries", "{good}", "--out", "o"], "'query'"),
+    (["bolt", "bootstrap", "--model", "{folder}", "--queries", "{good}"], "--reward"),
+    (["bolt", "sft", "--data", "{good}", "--out", "o"], "'query'"),
+    (["bolt", "dpo", "--reward", "nope", "--out", "o"], "--reward"),
+    (["bolt", "effect", "--model", "{folder}", "--out", "o"], "toy world"),
     (["prm", "fly"], "invalid choice"),
     # ponder oreo
     (["oreo", "collect", "--k", "0"], "--k"),

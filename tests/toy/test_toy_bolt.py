@@ -66,3 +66,13 @@ def test_instruct_data_holds_out_the_bolt_delimiters():
         q = Problem.from_question(prompt.rsplit("Q: ", 1)[1].split("\n")[0].join(["Q: ", ""]))
         assert verify(q, target)
     assert kinds == {"bare", "direct", "thought"}
+
+
+def test_instruct_data_can_include_the_bolt_delimiters():
+    rng = random.Random(1)
+    problems = make_problems(300, seed=4)
+    spec = ToyInstructSpec(bolt_delimiter_share=1.0)
+    texts = [_instruct_text(rng, problems, spec) for _ in range(100)]
+    thought = [(p, t) for p, t in texts if not t.startswith("Answer: ")]
+    assert thought and all(t.startswith("seek\n") and "\nseen\n" in t for _, t in thought)
+    assert all(TOY_FORMAT.parse(t).ok for _, t in thought)

@@ -250,6 +250,11 @@ def test_bootstrap_resumes_without_duplicates(tmp_path):
     with pytest.raises(ValueError, match="cannot resume .* n=3"):
         bootstrap(list("abcd"), Canned(_table()), _builder(), _reward, samples, n=3,
                   progress=False)
+    other = tmp_path / "notes.jsonl"  # not a file ponder wrote: left alone, with an error
+    other.write_text("a note\n")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        bootstrap(["a"], Canned(_table()), _builder(), _reward, other, n=4, progress=False)
+    assert other.read_text() == "a note\n"
 
 
 def test_bootstrap_checks_reward_output(tmp_path):

@@ -64,6 +64,8 @@ def test_bolt_cli_errors(tiny_folder, tmp_path, capsys):
     assert main(["bolt", "bootstrap", "--model", str(tmp_path), "--queries", q,
                  "--reward", "toy"]) == 2
     assert "not a model folder" in capsys.readouterr().err
+    assert main(["bolt", "bootstrap", "--out", str(tmp_path / "none")]) == 2
+    assert "`ponder bolt effect --out" in capsys.readouterr().err
     assert main(["bolt", "sft", "--out", str(tmp_path / "none")]) == 2
     assert "run `ponder bolt bootstrap" in capsys.readouterr().err
     assert main(["bolt", "dpo", "--out", str(tmp_path / "none")]) == 2

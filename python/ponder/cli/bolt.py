@@ -1,10 +1,10 @@
 """``ponder bolt bootstrap | sft | dpo | effect``: BOLT (long thought bootstrapped from an
 instruct model by in-context examples, then SFT and online DPO).
 
-    ponder bolt bootstrap                       # the toy world: the shipped toy instruct model
+    ponder bolt effect --out bolt-toy           # trains the toy instruct model, runs every stage
+    ponder bolt bootstrap                       # the toy world: ./bolt-toy/instruct
     ponder bolt sft                             # fine-tunes on ./bolt-toy/bootstrap.jsonl
     ponder bolt dpo                             # online DPO from ./bolt-toy/sft
-    ponder bolt effect --out DIR                # everything on the toy world, measured per stage
     ponder bolt bootstrap --model DIR --queries q.jsonl --reward rm:RM_DIR --out run/
     ponder bolt sft --model DIR --data run/bootstrap.jsonl --out run/
     ponder bolt dpo --model run/sft --queries q.jsonl --reward math --out run/
@@ -70,6 +70,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--thought-close", default=None)
     p.add_argument("--solution-open", default=None)
     p.add_argument("--solution-close", default=None)
+    p.add_argument("--instruct-steps", type=checks.int_at_least(1), default=None,
+                   help="effect: training steps of the toy instruct model (800)")
+    p.add_argument("--bolt-delimiter-share", type=checks.real_in(0.0, 1.0), default=0.0,
+                   help="effect: share of the instruct model's thought formats that use the "
+                        "BOLT delimiters (0: held out, the measured default)")
     p.add_argument("--seed", type=checks.seed, default=0)
     p.add_argument("--quiet", action="store_true")
     checks.add_model_flags(p)
@@ -150,8 +155,8 @@ def _queries(args, default_count: int, offset: int) -> list[dict]:
 
 
 def _model(args, toy_stage: str):
-    """(model, tokenizer): ``--model``, or on the toy world the shipped toy instruct model
-    (bootstrap, sft) or ``OUT/sft`` (dpo)."""
+    """(model, tokenizer): ``--model``, or on the toy world the toy instruct model (bootstrap,
+    sft) or ``OUT/sft`` (dpo)."""
     if args.model is not None:
         checks.check_model(args.model, "--model", (), allow_download=args.allow_download,
                            allow_pickle=args.allow_pickle)
@@ -171,11 +176,15 @@ def _model(args, toy_stage: str):
         from transformers import LlamaForCausalLM
 
         return LlamaForCausalLM.from_pretrained(folder), make_tokenizer(padding_side="left")
+    # The toy instruct model is not shipped (docs/bolt.md): `ponder bolt effect --out OUT`
+    # trains it into OUT/instruct, which is used first.
+    trained = Path(args.out) / "instruct" / "model.safetensors"
     try:
-        return load_toy_model("instruct")
+        return load_toy_model("instruct", weights_dir=args.out if trained.is_file() else None)
     except FileNotFoundError as err:
-        raise checks.CommandError(f"{err}; `ponder bolt effect` trains the toy instruct "
-                                  "model") from err
+        raise checks.CommandError(f"no toy instruct model in {Path(args.out) / 'instruct'}: "
+                                  f"`ponder bolt effect --out {args.out}` trains it (or pass "
+                                  "--model)") from err
 
 
 def _bootstrap(args) -> int:
@@ -268,9 +277,13 @@ def _dpo(args) -> int:
 def _effect(args) -> int:
     if not _toy(args):
         raise checks.CommandError("effect runs on the toy world: no --model")
-    from ..toy.bolt import format_effect, run_effect
+    from dataclasses import replace
 
-    result = run_effect(args.out, seed=args.seed, progress=not args.quiet,
+    from ..toy.bolt import ToyInstructSpec, format_effect, run_effect
+
+    spec = replace(ToyInstructSpec(), bolt_delimiter_share=args.bolt_delimiter_share,
+                   **({"steps": args.instruct_steps} if args.instruct_steps else {}))
+    result = run_effect(args.out, instruct_spec=spec, seed=args.seed, progress=not args.quiet,
                         dpo_iterations=args.iterations)
     print(format_effect(result))
     print(f"{result['seconds']} s; wrote {Path(args.out) / 'effect.json'}")

@@ -135,7 +135,10 @@ class ToyInstructSpec:
     ``bare_share`` of the examples are a bare prompt answered directly; the others show 1 or 2
     examples in a format, then the query in the same format: direct answers (``direct_share``
     of them) or a thought between two random delimiter words (3-5 letters, never ``seek`` or
-    ``seen``) with or without checks."""
+    ``seen``) with or without checks. ``bolt_delimiter_share`` of the thought formats use the
+    BOLT delimiters ``seek`` / ``seen`` instead: 0 (the default, what was measured) holds them
+    out, so that following them in context is generalisation; the measured run shows that the
+    model then does not copy delimiter words it has not seen (docs/bolt.md)."""
 
     steps: int = 800
     batch_size: int = 16
@@ -144,6 +147,7 @@ class ToyInstructSpec:
     warmup: float = 0.05
     bare_share: float = 0.3
     direct_share: float = 0.2
+    bolt_delimiter_share: float = 0.0
     max_position_embeddings: int = 512
     n_problems: int = 20_000
     seed: int = 0
@@ -170,6 +174,8 @@ def _instruct_text(rng: random.Random, problems: Sequence[Problem], spec: ToyIns
         a, b = _random_word(rng), _random_word(rng)
         while b == a:
             b = _random_word(rng)
+        if rng.random() < spec.bolt_delimiter_share:
+            a, b = "seek", "seen"
         fmt = BoltFormat(thought_open=f"{a}\n", thought_close=f"\n{b}\n", solution_open="",
                          solution_close="")
         check = rng.random() < 0.5

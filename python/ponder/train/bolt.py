@@ -38,7 +38,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import random
 import warnings
 from collections import Counter
@@ -48,6 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..records import append_line, open_append, read_jsonl, repair_tail
 from ..validation import check_int, check_real
 
 __all__ = [
@@ -134,7 +134,6 @@ class BoltFormat:
             raise TypeError(f"BoltFormat.parse: text must be a str, got {type(text).__name__}")
         body = text.lstrip()
         if not body.startswith(self.thought_open):
-            # A template may end with the first characters of the open delimiter already written.
             return ParsedResponse(reason="no_thought_open")
         body = body[len(self.thought_open):]
         end = body.find(self.thought_close)
@@ -447,27 +446,6 @@ def score(reward: RewardFn, queries: Sequence[str], solutions: Sequence[str],
 # --------------------------------------------------------------------------------------------
 
 
-def _repair_tail(path: Path) -> None:
-    """Cut a partly written last line (a kill during a write) off an append-only JSONL file."""
-    if path.exists():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _append(f, record: Mapping[str, Any]) -> None:
-    f.write(json.dumps(record) + "\n")  # one write a line: a kill leaves at most a torn tail
-    f.flush()
-    os.fsync(f.fileno())
-
-
 def _query_seed(seed: int, key: str) -> int:
     # 32 bits: TransformersGenerator multiplies a seed by about 1e6 and torch seeds are 64-bit.
     return int.from_bytes(hashlib.blake2b(f"{seed};{key}".encode(), digest_size=4).digest(),
@@ -601,8 +579,8 @@ def bootstrap(
                 "seed": seed}
     path = Path(samples_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _repair_tail(path)
-    done_lines = _read_jsonl(path)
+    repair_tail(path)  # a kill during a write leaves a torn last line: cut it before reading
+    done_lines = read_jsonl(path) if path.exists() else []
     for line in done_lines:
         for name, value in sampling.items():
             if line.get(name) != value:
@@ -618,7 +596,7 @@ def bootstrap(
 
         bar = tqdm(total=len(items), initial=stats.skipped, desc="BOLT bootstrap", unit="query")
     try:
-        with open(path, "a") as f:
+        with open_append(path) as f:
             for start in range(0, len(todo), queries_per_call):
                 chunk = todo[start:start + queries_per_call]
                 prompts = [builder(r["query"]) for r in chunk]
@@ -646,7 +624,7 @@ def bootstrap(
                                    [rec["reference"]] * len(good))
                     for s, r in zip(good, scores):
                         s["reward"] = r
-                    _append(f, {**rec, "prompt": prompt, **sampling, "samples": samples})
+                    append_line(f, {**rec, "prompt": prompt, **sampling, "samples": samples})
                     if bar is not None:
                         bar.update(1)
     finally:
@@ -679,7 +657,7 @@ def select_best(
     percentile = check_real(where, "percentile", percentile, nonnegative=True)
     if percentile > 100:
         raise ValueError(f"{where}: percentile must be in [0, 100], got {percentile}")
-    lines = _read_jsonl(Path(samples_path))
+    lines = read_jsonl(samples_path)
     if ids is not None:
         wanted = set(map(str, ids))
         lines = [line for line in lines if line["id"] in wanted]
