@@ -175,3 +175,186 @@ def lm_head_chunk_backward(z, y, lse, alpha, beta, gamma, targets, delta, v0: in
         HAS_T=targets is not None, BLOCK=_block(cols),
     )
 
+
+
+# --------------------------------------------------------------------------------------------
+# Fused kernels: the logits product per tile with tl.dot, the softmax parts in the same kernel
+# (flash-attention style over vocabulary tiles). No logits block is materialised by the
+# forward; the backward writes the block's gradient only (never the logits).
+# --------------------------------------------------------------------------------------------
+
+
+def _tiles() -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_V, BLOCK_H). tl.dot needs every dimension >= 16. The interpreter runs
+    each program in numpy: small tiles there; on a GPU tiles sized for the tensor cores (not
+    tuned: no GPU was at hand)."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return 16, 32, 16
+    return 64, 128, 64
+
+
+@triton.jit
+def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, width, ldh, ldw, inv_t,
+                 HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                 BLOCK_H: tl.constexpr):
+    """The tile ``(h[rows] @ w[cols].T + b[cols]) * inv_t``, ``[BLOCK_N, BLOCK_V]`` float32.
+    rows / cols are int64 index vectors, -1 for lanes past the end (their loads read 0)."""
+    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+    hoffs = tl.arange(0, BLOCK_H)
+    for k0 in range(0, width, BLOCK_H):
+        kin = k0 + hoffs < width
+        ht = tl.load(h_ptr + rows[:, None] * ldh + (k0 + hoffs)[None, :],
+                     mask=(rows[:, None] >= 0) & kin[None, :], other=0.0)
+        wt = tl.load(w_ptr + cols[None, :] * ldw + (k0 + hoffs)[:, None],
+                     mask=(cols[None, :] >= 0) & kin[:, None], other=0.0)
+        acc += tl.dot(ht.to(tl.float32), wt.to(tl.float32), input_precision="ieee")
+    if HAS_B:
+        acc += tl.load(b_ptr + cols, mask=cols >= 0, other=0.0).to(tl.float32)[None, :]
+    return acc * inv_t
+
+
+@triton.jit
+def _fused_forward_kernel(h_ptr, w_ptr, b_ptr, hy_ptr, wy_ptr, by_ptr, t_ptr, m_ptr, s_ptr,
+                          s1_ptr, my_ptr, sy_ptr, tgt_ptr, n, vocab, width, width_y, ldh, ldw,
+                          ldhy, ldwy, inv_t, HAS_B: tl.constexpr, HAS_Y: tl.constexpr,
+                          HAS_BY: tl.constexpr, HAS_S1: tl.constexpr, HAS_T: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One program per tile of BLOCK_N tokens walks the whole vocabulary: per vocabulary tile,
+    the logits tile by tl.dot, then the online log-sum-exp (m, s), s1 (``sum e z``, or
+    ``sum e (z - y)`` with the reference), the reference's own (my, sy) and the target's logit.
+    """
+    pid = tl.program_id(0).to(tl.int64)
+    r = pid * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    rin = r < n
+    rows = tl.where(rin, r, -1)
+    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_N], dtype=tl.float32)
+    s1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    my = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    sy = tl.zeros([BLOCK_N], dtype=tl.float32)
+    tgt = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_T:
+        target = tl.load(t_ptr + r, mask=rin, other=-1)
+    for v0 in range(0, vocab, BLOCK_V):
+        c = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        cin = c < vocab
+        cols = tl.where(cin, c, -1)
+        z = _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, width, ldh, ldw, inv_t, HAS_B,
+                         BLOCK_N, BLOCK_V, BLOCK_H)
+        # Columns past the vocabulary are -inf for the maxima, 0 weight for the sums; their
+        # value is set to 0 in the products (0 * -inf would be NaN).
+        zs = tl.where(cin[None, :], z, 0.0)
+        nm = tl.maximum(m, tl.max(tl.where(cin[None, :], z, float("-inf")), 1))
+        e = tl.where(cin[None, :], tl.exp(zs - nm[:, None]), 0.0)
+        scale = tl.exp(m - nm)
+        s = s * scale + tl.sum(e, 1)
+        if HAS_Y:
+            y = _logits_tile(hy_ptr, wy_ptr, by_ptr, rows, cols, width_y, ldhy, ldwy, inv_t,
+                             HAS_BY, BLOCK_N, BLOCK_V, BLOCK_H)
+            ys = tl.where(cin[None, :], y, 0.0)
+            nmy = tl.maximum(my, tl.max(tl.where(cin[None, :], y, float("-inf")), 1))
+            sy = sy * tl.exp(my - nmy) + tl.sum(
+                tl.where(cin[None, :], tl.exp(ys - nmy[:, None]), 0.0), 1)
+            my = nmy
+            if HAS_S1:
+                s1 = s1 * scale + tl.sum(e * (zs - ys), 1)
+        else:
+            if HAS_S1:
+                s1 = s1 * scale + tl.sum(e * zs, 1)
+        m = nm
+        if HAS_T:
+            hit = (c[None, :] == target[:, None]) & cin[None, :]
+            tgt += tl.sum(tl.where(hit, zs, 0.0), 1)
+    tl.store(m_ptr + r, m, mask=rin)
+    tl.store(s_ptr + r, s, mask=rin)
+    if HAS_S1:
+        tl.store(s1_ptr + r, s1, mask=rin)
+    if HAS_Y:
+        tl.store(my_ptr + r, my, mask=rin)
+        tl.store(sy_ptr + r, sy, mask=rin)
+    if HAS_T:
+        tl.store(tgt_ptr + r, tgt, mask=rin)
+
+
+@triton.jit
+def _fused_backward_kernel(h_ptr, w_ptr, b_ptr, hy_ptr, wy_ptr, by_ptr, dz_ptr, lse_ptr, a_ptr,
+                           be_ptr, g_ptr, t_ptr, d_ptr, n, cols_n, v0, width, width_y, ldh, ldw,
+                           ldhy, ldwy, inv_t, HAS_B: tl.constexpr, HAS_Y: tl.constexpr,
+                           HAS_BY: tl.constexpr, HAS_BETA: tl.constexpr,
+                           HAS_GAMMA: tl.constexpr, HAS_T: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                           BLOCK_H: tl.constexpr):
+    """One program per (token tile, vocabulary tile) of the block ``[n, cols_n]`` (vocabulary
+    ids ``v0 ..``): the logits tile by tl.dot (and the reference's), then the gradient of the
+    logits ``exp(z - lse) (alpha + beta z + gamma y) + delta 1[target]``, written to ``dz``."""
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_v = tl.program_id(1).to(tl.int64)
+    r = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    rin = r < n
+    rows = tl.where(rin, r, -1)
+    lc = pid_v * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
+    cin = lc < cols_n
+    cols = tl.where(cin, v0 + lc, -1)
+    z = _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, width, ldh, ldw, inv_t, HAS_B, BLOCK_N,
+                     BLOCK_V, BLOCK_H)
+    lse = tl.load(lse_ptr + r, mask=rin, other=0.0)
+    coef = tl.load(a_ptr + r, mask=rin, other=0.0)[:, None] + tl.zeros([BLOCK_N, BLOCK_V],
+                                                                      dtype=tl.float32)
+    if HAS_BETA:
+        coef += tl.load(be_ptr + r, mask=rin, other=0.0)[:, None] * z
+    if HAS_GAMMA:
+        y = _logits_tile(hy_ptr, wy_ptr, by_ptr, rows, cols, width_y, ldhy, ldwy, inv_t,
+                         HAS_BY, BLOCK_N, BLOCK_V, BLOCK_H)
+        coef += tl.load(g_ptr + r, mask=rin, other=0.0)[:, None] * y
+    dz = tl.exp(z - lse[:, None]) * coef
+    if HAS_T:
+        target = tl.load(t_ptr + r, mask=rin, other=-1)
+        delta = tl.load(d_ptr + r, mask=rin, other=0.0)
+        dz += tl.where((v0 + lc)[None, :] == target[:, None], delta[:, None], 0.0)
+    tl.store(dz_ptr + r[:, None] * cols_n + lc[None, :], dz, mask=rin[:, None] & cin[None, :])
+
+
+def _ld(t) -> int:
+    # Row stride of a [rows, width] operand (unit column stride is required: the driver passes
+    # contiguous rows and a weight with contiguous rows).
+    return t.stride(0)
+
+
+def lm_head_fused_forward(h, w, b, hy, wy, by, targets, m, s, s1, my, sy, tgt,
+                          inv_t: float) -> None:
+    """The per-token statistics of ``z = (h @ w.T + b) * inv_t`` over the whole vocabulary
+    (and of the reference ``y`` from ``hy, wy, by``): m, s, s1, my, sy, tgt (float32 [n],
+    written). h / hy: [n, H] with unit column stride; w / wy: [V, H] likewise."""
+    n, width = h.shape
+    vocab = w.shape[0]
+    if n == 0:
+        return
+    bn, bv, bh = _tiles()
+    has_y = hy is not None
+    _fused_forward_kernel[(triton.cdiv(n, bn),)](
+        h, w, b, hy, wy, by, targets, m, s, s1, my, sy, tgt, n, vocab, width,
+        hy.shape[1] if has_y else 0, _ld(h), _ld(w), _ld(hy) if has_y else 0,
+        _ld(wy) if has_y else 0, inv_t, HAS_B=b is not None, HAS_Y=has_y,
+        HAS_BY=by is not None, HAS_S1=s1 is not None, HAS_T=targets is not None,
+        BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh)
+
+
+def lm_head_fused_backward(h, w, b, hy, wy, by, dz, v0: int, lse, alpha, beta, gamma, targets,
+                           delta, inv_t: float) -> None:
+    """``dz [n, cols] := exp(z - lse) (alpha + beta z + gamma y) + delta 1[target]`` for the
+    logits block ``z = (h @ w[v0:v0 + cols].T + b) * inv_t`` (and ``y`` likewise from the
+    reference), computed per tile with tl.dot: the block's logits are never stored."""
+    n, cols = dz.shape
+    if n == 0 or cols == 0:
+        return
+    width = h.shape[1]
+    has_y = hy is not None
+    bn, bv, bh = _tiles()
+    _fused_backward_kernel[(triton.cdiv(n, bn), triton.cdiv(cols, bv))](
+        h, w, b, hy, wy, by, dz, lse, alpha, beta, gamma, targets, delta, n, cols, v0, width,
+        hy.shape[1] if has_y else 0, _ld(h), _ld(w), _ld(hy) if has_y else 0,
+        _ld(wy) if has_y else 0, inv_t, HAS_B=b is not None, HAS_Y=has_y,
+        HAS_BY=by is not None, HAS_BETA=beta is not None, HAS_GAMMA=gamma is not None,
+        HAS_T=targets is not None, BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh)

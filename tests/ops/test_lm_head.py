@@ -614,3 +614,277 @@ def test_triton_gpu_matches_reference(dtype):
     kl = L.kl_to_reference(hidden, weight, rh, rw, bias, backend="triton")
     torch.testing.assert_close(kl, L.kl_to_reference_reference(hidden, weight, rh, rw, bias),
                                rtol=1e-3, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# The fused scalar losses (gradient computed in the forward)
+# --------------------------------------------------------------------------------------------
+
+
+def _fused_chunks(backend: str, dtype: torch.dtype, size) -> dict:
+    chunks = _skip_unsupported(backend, dtype, size)
+    # Blocks of whole vocabulary rows: several token blocks; chunk_vocab matters for 16-bit
+    # weights only (the per-block float32 conversion).
+    return {"chunk_tokens": 3 if chunks is SMALL else 64, "chunk_vocab": chunks["chunk_vocab"]}
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_token_logprobs_sum_matches_reference(cpu_backend, case, reduction):
+    size, dtype = case
+    chunks = _fused_chunks(cpu_backend, dtype, size)
+    hidden, weight, bias, targets, mask, *_ = _make(*size, dtype)
+    targets[0] = -100
+    gen = torch.Generator().manual_seed(5)
+    wts = torch.randn(size[0], generator=gen).to(dtype)
+    h, w, b = _leaves(hidden, weight, bias)
+    loss = L.token_logprobs_sum(h, w, targets, wts, b, temperature=0.8, mask=mask,
+                                reduction=reduction, backend=cpu_backend, **chunks)
+    hr, wr, br = _leaves(hidden, weight, bias)
+    per = L.token_logprobs_reference(hr, wr, targets, br, temperature=0.8, mask=mask)
+    ref = (per * wts.to(per.dtype)).sum()
+    kept = (mask & (targets != -100)).sum()
+    if reduction == "mean":
+        ref = ref / kept.clamp(min=1)
+    assert loss.shape == () and loss.dtype == per.dtype
+    torch.testing.assert_close(loss, ref, **_tol(dtype))
+    # Backward with an incoming gradient other than 1 (scaled in place) and with 1.
+    for scale in (2.5, 1.0):
+        h, w, b = _leaves(hidden, weight, bias)
+        loss = L.token_logprobs_sum(h, w, targets, wts, b, temperature=0.8, mask=mask,
+                                    reduction=reduction, backend=cpu_backend, **chunks)
+        ours = _grads(scale * loss, [h, w, b])
+        hr, wr, br = _leaves(hidden, weight, bias)
+        per = L.token_logprobs_reference(hr, wr, targets, br, temperature=0.8, mask=mask)
+        ref = (per * wts.to(per.dtype)).sum() / (kept.clamp(min=1) if reduction == "mean" else 1)
+        want = _grads(scale * ref, [hr, wr, br])
+        for a, r in zip(ours, want, strict=True):
+            assert a.dtype == r.dtype and a.shape == r.shape
+            torch.testing.assert_close(a, r, **_grad_tol(dtype))
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_kl_to_reference_sum_matches_reference(cpu_backend, case):
+    size, dtype = case
+    chunks = _fused_chunks(cpu_backend, dtype, size)
+    hidden, weight, bias, _, mask, rh, rw = _make(*size, dtype, ref_width=5)
+    gen = torch.Generator().manual_seed(6)
+    wts = torch.rand(size[0], generator=gen)
+    rb = torch.randn(size[1], generator=gen).to(dtype)
+    for reduction in ("sum", "mean"):
+        h, w, b = _leaves(hidden, weight, bias)
+        loss = L.kl_to_reference_sum(h, w, rh, rw, wts, b, rb, temperature=1.3, mask=mask,
+                                     reduction=reduction, backend=cpu_backend, **chunks)
+        hr, wr, br = _leaves(hidden, weight, bias)
+        per = L.kl_to_reference_reference(hr, wr, rh, rw, br, rb, temperature=1.3, mask=mask)
+        ref = (per * wts.to(per.dtype)).sum()
+        if reduction == "mean":
+            ref = ref / mask.sum().clamp(min=1)
+        torch.testing.assert_close(loss, ref, **_tol(dtype))
+        ours = _grads(0.5 * loss, [h, w, b])
+        want = _grads(0.5 * ref, [hr, wr, br])
+        for a, r in zip(ours, want, strict=True):
+            torch.testing.assert_close(a, r, **_grad_tol(dtype))
+
+
+def test_fused_losses_default_block_and_frozen_inputs(cpu_backend):
+    """The default block (whole rows, budget-sized), no weights, and gradients asked of some
+    inputs only (a frozen head: hidden only; a frozen body: weight only), or none (no_grad)."""
+    if cpu_backend == "triton":
+        pytest.skip("slow in the interpreter; covered by the sized tests")
+    hidden, weight, bias, targets, mask, rh, rw = _make(9, 301, 16)
+    want_lp = L.token_logprobs_reference(hidden, weight, targets).sum()
+    want_kl = L.kl_to_reference_reference(hidden, weight, rh, rw).sum()
+    with torch.no_grad():
+        h = hidden.clone().requires_grad_(True)
+        got = L.token_logprobs_sum(h, weight, targets, backend=cpu_backend)
+        assert not got.requires_grad
+    torch.testing.assert_close(got, want_lp)
+    h = hidden.clone().requires_grad_(True)
+    kl = L.kl_to_reference_sum(h, weight, rh, rw, backend=cpu_backend)
+    torch.testing.assert_close(kl, want_kl)
+    (gh,) = torch.autograd.grad(kl, [h])
+    hr = hidden.clone().requires_grad_(True)
+    torch.testing.assert_close(
+        gh, torch.autograd.grad(L.kl_to_reference_reference(hr, weight, rh, rw).sum(), [hr])[0])
+    w = weight.clone().requires_grad_(True)
+    lp = L.token_logprobs_sum(hidden, w, targets, backend=cpu_backend)
+    (gw,) = torch.autograd.grad(lp, [w])
+    wr = weight.clone().requires_grad_(True)
+    torch.testing.assert_close(
+        gw, torch.autograd.grad(L.token_logprobs_reference(hidden, wr, targets).sum(), [wr])[0],
+        rtol=2e-4, atol=2e-5)
+
+
+def test_fused_losses_all_masked_and_empty(cpu_backend):
+    hidden, weight, bias, targets, mask, rh, rw = _make(4, 11, 3)
+    none = torch.zeros(4, dtype=torch.bool)
+    for reduction in ("sum", "mean"):
+        h, w = _leaves(hidden, weight)
+        lp = L.token_logprobs_sum(h, w, targets, mask=none, reduction=reduction,
+                                  backend=cpu_backend)
+        kl = L.kl_to_reference_sum(h, w, rh, rw, mask=none, reduction=reduction,
+                                   backend=cpu_backend)
+        assert float(lp.detach()) == 0 and float(kl.detach()) == 0
+        gh, gw = _grads(lp + kl, [h, w])
+        assert bool((gh == 0).all()) and bool((gw == 0).all())
+    h, w = _leaves(hidden[:0], weight)
+    lp = L.token_logprobs_sum(h, w, targets[:0], backend=cpu_backend)
+    assert float(lp.detach()) == 0
+    gh, gw = _grads(lp, [h, w])
+    assert gh.shape == (0, 3) and bool((gw == 0).all())
+
+
+def test_fused_loss_backward_once():
+    """The backward scales the stored gradient in place: a second backward through the same
+    graph is refused (loudly), not silently wrong."""
+    hidden, weight, bias, targets, *_ = _make(3, 7, 4)
+    w = weight.clone().requires_grad_(True)
+    loss = 3.0 * L.token_logprobs_sum(hidden, w, targets, backend="cpu")
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_gradcheck_fused(backend):
+    hidden, weight, bias, targets, mask, rh, rw = _make(4, 9, 3, torch.float64, ref_width=2)
+    mask[1] = False
+    targets[2] = -100
+    wts = torch.tensor([0.5, -1.0, 2.0, 1.5], dtype=torch.float64)
+    kw = {"backend": backend, "chunk_tokens": 2, "chunk_vocab": 4}
+    ids = torch.tensor([[0, 5, 2], [1, 2, 3], [8, 7, 6], [4, 0, 3]])
+    lps = torch.log(torch.tensor([[0.5, 0.2, 0.1], [0.3, 0.3, 0.3], [0.6, 0.3, 0.05],
+                                  [0.2, 0.2, 0.2]], dtype=torch.float64))
+    fns = {
+        "token_logprobs_sum": lambda h, w, b: L.token_logprobs_sum(
+            h, w, targets, wts, b, temperature=0.7, mask=mask, reduction="mean", **kw),
+        "kl_to_reference_sum": lambda h, w, b: L.kl_to_reference_sum(
+            h, w, rh, rw, wts, b, temperature=1.2, mask=mask, **kw),
+        "distill_other_sum": lambda h, w, b: L.topk_distill_loss(
+            h, w, ids, lps, 0.6, True, "sum", bias=b, temperature=0.9, mask=mask, **kw),
+        "distill_other_mean": lambda h, w, b: L.topk_distill_loss(
+            h, w, ids, lps, 0.6, True, "mean", bias=b, temperature=0.9, mask=mask, **kw),
+    }
+    for name, fn in fns.items():
+        args = tuple(t.clone().requires_grad_(True) for t in (hidden, weight, bias))
+        assert torch.autograd.gradcheck(fn, args), name
+
+
+def test_opcheck_fused():
+    from torch.library import opcheck
+
+    hidden, weight, bias, targets, mask, rh, rw = _make(5, 13, 4, ref_width=3)
+    top = L.topk_logprobs_reference(hidden, weight + 0.1, 3)
+    # Negative weights make the log-probability loss positive: opcheck backpropagates
+    # sum(|outputs|), and an incoming gradient of 1 leaves the stored gradients (also outputs
+    # of the op, compared afterwards) unscaled; the public functions return the loss only.
+    wts = -torch.rand(5)
+    h, w, b = (t.clone().requires_grad_(True) for t in (hidden, weight, bias))
+    common = (mask, 0.9, 0.5, -100)
+    cases = [
+        ("logprob", h, w, b, None, None, None, targets, None, None, wts, *common, True, 2, 4,
+         "cpu", True, True, True),
+        ("kl", h, w, None, rh, rw, None, None, None, None, None, *common, False, 2, 4, "cpu",
+         True, False, False),
+        ("distill_other", h, w, b, None, None, None, None, top.ids, top.logprobs, None,
+         *common, False, 0, 4, "cpu", False, True, True),
+    ]
+    for args in cases:
+        opcheck(torch.ops.ponder.lm_head_fused_loss, args)
+
+
+def test_fused_losses_compile_fullgraph():
+    hidden, weight, bias, targets, mask, rh, rw = _make(7, 29, 8)
+
+    def f(h, w, b):
+        return (L.token_logprobs_sum(h, w, targets, None, b, mask=mask, backend="cpu")
+                + 0.1 * L.kl_to_reference_sum(h, w, rh, rw, bias=b, mask=mask,
+                                              reduction="mean", backend="cpu"))
+
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    args = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    want_args = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
+    got, want = compiled(*args), f(*want_args)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    want.backward()
+    for a, b in zip(args, want_args, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize(
+    "fn, call, exc, match",
+    [
+        ("token_logprobs_sum", lambda a: L.token_logprobs_sum(
+            a["hidden"], a["weight"], a["targets"], torch.ones(4)), ValueError,
+         "weights must have shape"),
+        ("token_logprobs_sum", lambda a: L.token_logprobs_sum(
+            a["hidden"], a["weight"], a["targets"], torch.ones(3, dtype=torch.int64)),
+         TypeError, "weights must have dtype"),
+        ("token_logprobs_sum", lambda a: L.token_logprobs_sum(
+            a["hidden"], a["weight"], a["targets"], torch.ones(3, requires_grad=True)),
+         TypeError, "weights requires grad"),
+        ("token_logprobs_sum", lambda a: L.token_logprobs_sum(
+            a["hidden"], a["weight"], a["targets"], reduction="none"), ValueError,
+         "reduction must be one of \\('sum', 'mean'\\)"),
+        ("token_logprobs_sum", lambda a: L.token_logprobs_sum(
+            a["hidden"], a["weight"], torch.tensor([0, 10, 1])), ValueError,
+         "targets\\[1\\] = 10 is outside"),
+        ("token_logprobs_sum", lambda a: L.token_logprobs_sum(
+            a["hidden"], a["weight"], a["targets"], chunk_tokens=0), ValueError,
+         "chunk_tokens must be an integer >= 1"),
+        ("token_logprobs_sum", lambda a: L.token_logprobs_sum(
+            a["hidden"], torch.randn(10, 5), a["targets"]), ValueError, "weight must have shape"),
+        ("kl_to_reference_sum", lambda a: L.kl_to_reference_sum(
+            a["hidden"], a["weight"], a["ref_hidden"][:2], a["ref_weight"]), ValueError,
+         "ref_hidden"),
+        ("kl_to_reference_sum", lambda a: L.kl_to_reference_sum(
+            a["hidden"], a["weight"], a["ref_hidden"], a["ref_weight"], reduction="batchmean"),
+         ValueError, "reduction must be one of"),
+        ("kl_to_reference_sum", lambda a: L.kl_to_reference_sum(
+            a["hidden"], a["weight"], a["ref_hidden"], a["ref_weight"], temperature=-1.0),
+         ValueError, "temperature must be > 0"),
+        ("kl_to_reference_sum", lambda a: L.kl_to_reference_sum(
+            a["hidden"], a["weight"], a["ref_hidden"], a["ref_weight"], backend="nope"),
+         ValueError, "backend"),
+    ],
+)
+def test_fused_loss_errors(fn, call, exc, match):
+    with pytest.raises(exc, match=f"{fn}: .*{match}"):
+        call(_base())
+
+
+def test_triton_tiled_kernels_match_reference(monkeypatch):
+    """The Triton backend's tiled kernels (the logits product per tile with tl.dot, the
+    online softmax fused; the backward's block gradient from the tiles) run for float32 and
+    match the reference, at sizes with partial tiles each way (interpreter: 16 x 32 x 16)."""
+    if not _backend.available_backends()["triton"].available:
+        pytest.skip("triton is not available")
+    calls: list[str] = []
+    module = _backend.triton_kernels("lm_head")
+    for name in ("lm_head_fused_forward", "lm_head_fused_backward", "lm_head_chunk_backward"):
+        def spy(*args, _real=getattr(module, name), _name=name):
+            calls.append(_name.removeprefix("lm_head_"))
+            return _real(*args)
+
+        monkeypatch.setattr(module, name, spy)
+    hidden, weight, bias, targets, mask, rh, rw = _make(19, 77, 21, ref_width=9)
+    kw = {"backend": "triton", "chunk_tokens": 16, "chunk_vocab": 40}
+    h, w, b = _leaves(hidden, weight, bias)
+    lp, ent = L.token_logprobs(h, w, targets, b, temperature=0.8, mask=mask,
+                               with_entropy=True, **kw)
+    kl = L.kl_to_reference(h, w, rh, rw, b, temperature=1.3, mask=mask, **kw)
+    hr, wr, br = _leaves(hidden, weight, bias)
+    rlp, rent = L.token_logprobs_reference(hr, wr, targets, br, temperature=0.8, mask=mask,
+                                           with_entropy=True)
+    rkl = L.kl_to_reference_reference(hr, wr, rh, rw, br, temperature=1.3, mask=mask)
+    for got, want in ((lp, rlp), (ent, rent), (kl, rkl)):
+        torch.testing.assert_close(got, want, rtol=2e-4, atol=2e-4)
+    ours = _grads((lp + 0.5 * ent + 2.0 * kl).sum(), [h, w, b])
+    want = _grads((rlp + 0.5 * rent + 2.0 * rkl).sum(), [hr, wr, br])
+    for a, r in zip(ours, want, strict=True):
+        torch.testing.assert_close(a, r, rtol=2e-4, atol=2e-5)
+    # One forward launch per op; one backward launch per block (2 vocabulary blocks each).
+    assert calls.count("fused_forward") == 2 and calls.count("fused_backward") == 4
+    assert "chunk_backward" not in calls

@@ -48,16 +48,20 @@ from torch import Tensor
 
 from .. import _backend
 from ..validation import check_int, check_real, check_tensor
-from ._common import FLOAT_DTYPES, acc_dtype, call_op, choose_backend, launch_native
+from ._common import (FLOAT_DTYPES, acc_dtype, call_op, choose_backend, launch_native,
+                      refuse_grad)
 
 __all__ = [
     "REDUCTIONS",
     "TopK",
+    "FUSED_BLOCK_ELEMENTS",
     "kl_to_reference",
     "kl_to_reference_reference",
+    "kl_to_reference_sum",
     "log1mexp",
     "token_logprobs",
     "token_logprobs_reference",
+    "token_logprobs_sum",
     "topk_distill_loss",
     "topk_distill_loss_reference",
     "topk_logprobs",
@@ -74,12 +78,16 @@ CHUNK_VOCAB = 4096
 # Every op runs the same two chunk kernels: ``lm_head_chunk_forward`` folds a block of logits
 # into the per-token statistics; ``lm_head_chunk_backward`` (listed under "chunk_backward", the
 # kernel every differentiable op's backward uses) turns a block into its gradient in place.
-_OPS = ("token_logprobs", "kl_to_reference", "topk_logprobs", "topk_distill_loss")
+_OPS = ("token_logprobs", "kl_to_reference", "topk_logprobs", "topk_distill_loss",
+        "token_logprobs_sum", "kl_to_reference_sum")
 KERNELS = _backend.KernelTable(
     "lm_head",
     {
         **{op: {"cpu": "lm_head_chunk_forward", "triton": "lm_head_chunk_forward"} for op in _OPS},
         "chunk_backward": {"cpu": "lm_head_chunk_backward", "triton": "lm_head_chunk_backward"},
+        # Triton only: the logits product per tile (tl.dot) with the softmax parts fused.
+        "fused_forward": {"triton": "lm_head_fused_forward"},
+        "fused_backward": {"triton": "lm_head_fused_backward"},
     },
 )
 
@@ -371,11 +379,17 @@ class _Head(NamedTuple):
     weight: Tensor  # [V, H] any float dtype and strides
     bias: Tensor | None  # [V]
 
-    def block(self, w: Tensor, b: Tensor | None, t0: int, t1: int, inv_t: float) -> Tensor:
+    def block(self, w: Tensor, b: Tensor | None, t0: int, t1: int, inv_t: float,
+              buf: Tensor | None = None) -> Tensor:
         """The contiguous logits block ``[t1 - t0, vc]`` for the weight rows ``w`` (compute
-        dtype) and their bias ``b``, scaled by 1 / temperature."""
+        dtype) and their bias ``b``, scaled by 1 / temperature; written into the flat buffer
+        ``buf`` when given (see :func:`_block_buffer`)."""
         h = self.rows[t0:t1]
-        z = torch.addmm(b, h, w.T) if b is not None else h @ w.T
+        if buf is not None:
+            z = buf[:h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
+            torch.addmm(b, h, w.T, out=z) if b is not None else torch.mm(h, w.T, out=z)
+        else:
+            z = torch.addmm(b, h, w.T) if b is not None else h @ w.T
         if inv_t != 1.0:
             z.mul_(inv_t)
         return z
@@ -387,10 +401,36 @@ class _Head(NamedTuple):
         return w, b
 
 
+def _block_buffer(head: _Head | None, rows: int, cols: int) -> Tensor | None:
+    """One flat buffer for every logits block of a pass, ``rows x cols`` elements. Reused
+    rather than allocated per block: blocks of a few MiB freed and allocated again make the
+    C allocator keep (and count) several of them at once."""
+    if head is None:
+        return None
+    n, vocab = head.rows.shape[0], head.weight.shape[0]
+    return torch.empty(min(rows, n) * min(cols, vocab), dtype=head.rows.dtype,
+                       device=head.rows.device)
+
+
+def _tile_fused(backend: str, head: _Head, ref: _Head | None) -> bool:
+    """Whether the Triton backend runs the tiled kernels (the logits product by tl.dot inside
+    the kernel): float32 math (tl.dot has no float64 on GPUs) and operands with unit column
+    stride; otherwise it runs the block path (a torch product, then the chunk kernels)."""
+    if backend != "triton" or head.rows.dtype != torch.float32:
+        return False
+    heads = (head,) if ref is None else (head, ref)
+    return all(h.rows.stride(1) == 1 and h.weight.stride(1) == 1 and (
+        h.bias is None or h.bias.stride(0) == 1) for h in heads)
+
+
 def _kept_rows(hidden: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """The kept tokens' positions ``[n]`` and their hidden rows ``[n, H]`` in the compute dtype."""
     idx = keep.nonzero().squeeze(1)
-    return idx, hidden.index_select(0, idx).to(acc_dtype(hidden.dtype))
+    acc = acc_dtype(hidden.dtype)
+    if idx.numel() == hidden.shape[0] and hidden.is_contiguous():
+        # Every token kept: the rows are hidden itself (read only), not an N x H copy.
+        return idx, hidden.to(acc)
+    return idx, hidden.index_select(0, idx).to(acc)
 
 
 def _vocab_forward(backend: str, op: str, head: _Head, inv_t: float, chunks: tuple[int, int], *,
@@ -413,15 +453,22 @@ def _vocab_forward(backend: str, op: str, head: _Head, inv_t: float, chunks: tup
     st["tgt"] = vec(0.0) if targets is not None else None
     st["best_vals"] = torch.full((n, k), -math.inf, dtype=acc, device=dev) if k else None
     st["best_ids"] = torch.full((n, k), -1, dtype=torch.int64, device=dev) if k else None
+    if not k and _tile_fused(backend, head, ref):
+        # One launch over the whole vocabulary, the logits never stored.
+        KERNELS.kernel("fused_forward", "triton")(
+            head.rows, head.weight, head.bias, *(ref or (None, None, None)), targets,
+            st["m"], st["s"], st["s1"], st["my"], st["sy"], st["tgt"], inv_t)
+        return {key: value for key, value in st.items() if value is not None}
     ct, cv = chunks
+    zbuf, ybuf = _block_buffer(head, ct, cv), _block_buffer(ref, ct, cv)
     for v0 in range(0, vocab, cv):
         v1 = min(v0 + cv, vocab)
         w, b = head.vocab_slice(v0, v1)
         wr, br = ref.vocab_slice(v0, v1) if ref is not None else (None, None)
         for t0 in range(0, n, ct):
             t1 = min(t0 + ct, n)
-            z = head.block(w, b, t0, t1, inv_t)
-            y = ref.block(wr, br, t0, t1, inv_t) if ref is not None else None
+            z = head.block(w, b, t0, t1, inv_t, zbuf)
+            y = ref.block(wr, br, t0, t1, inv_t, ybuf) if ref is not None else None
             _chunk_forward(backend, op, z, y, _opt(targets, t0, t1),
                            *(_opt(st[key], t0, t1) for key in
                              ("m", "s", "s1", "my", "sy", "tgt", "best_vals", "best_ids")),
@@ -456,10 +503,15 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
     if need_bias and head.bias is not None:
         grad_b = torch.empty(vocab, dtype=head.bias.dtype, device=rows.device)
     ct, cv = chunks
+    tiled = _tile_fused(backend, head, ref)
+    fused_bwd = KERNELS.kernel("fused_backward", "triton") if tiled else None
+    zbuf = _block_buffer(head, ct, cv)
+    ybuf = _block_buffer(ref, ct, cv) if not tiled else None
     for v0 in range(0, vocab, cv):
         v1 = min(v0 + cv, vocab)
         w, b = head.vocab_slice(v0, v1)
-        wr, br = ref.vocab_slice(v0, v1) if ref is not None else (None, None)
+        wr, br = (ref.vocab_slice(v0, v1) if ref is not None and not tiled
+                  else (None, None))
         gw = None
         if grad_w is not None:
             # Accumulate straight into the output where it has the compute dtype (no copy).
@@ -468,10 +520,21 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
         gb = torch.zeros(v1 - v0, dtype=acc, device=rows.device) if grad_b is not None else None
         for t0 in range(0, n, ct):
             t1 = min(t0 + ct, n)
-            z = head.block(w, b, t0, t1, inv_t)
-            y = ref.block(wr, br, t0, t1, inv_t) if ref is not None else None
-            _chunk_backward(backend, z, y, lse[t0:t1], alpha[t0:t1], _opt(beta, t0, t1),
-                            _opt(gamma, t0, t1), _opt(targets, t0, t1), _opt(delta, t0, t1), v0)
+            if tiled:
+                # The block's gradient straight from the tiles (tl.dot): no logits block.
+                z = zbuf[:(t1 - t0) * (v1 - v0)].view(t1 - t0, v1 - v0)
+                fused_bwd(rows[t0:t1], head.weight, head.bias,
+                          *((ref.rows[t0:t1], ref.weight, ref.bias) if ref is not None
+                            else (None, None, None)),
+                          z, v0, lse[t0:t1], alpha[t0:t1], _opt(beta, t0, t1),
+                          _opt(gamma, t0, t1), _opt(targets, t0, t1), _opt(delta, t0, t1),
+                          inv_t)
+            else:
+                z = head.block(w, b, t0, t1, inv_t, zbuf)
+                y = ref.block(wr, br, t0, t1, inv_t, ybuf) if ref is not None else None
+                _chunk_backward(backend, z, y, lse[t0:t1], alpha[t0:t1], _opt(beta, t0, t1),
+                                _opt(gamma, t0, t1), _opt(targets, t0, t1),
+                                _opt(delta, t0, t1), v0)
             grad_rows[t0:t1].addmm_(z, w)
             if gw is not None:
                 gw.addmm_(z.T, rows[t0:t1])
@@ -488,6 +551,8 @@ def _vocab_backward(backend: str, head: _Head, inv_t: float, chunks: tuple[int, 
 
 def _scatter_rows(grad_rows: Tensor, idx: Tensor, hidden: Tensor) -> Tensor:
     """The ``[N, H]`` hidden gradient: the kept rows' gradients at their positions, 0 elsewhere."""
+    if idx.numel() == hidden.shape[0] and grad_rows.is_contiguous():
+        return grad_rows.to(hidden.dtype)  # every token kept: no N x H copy
     out = torch.zeros(hidden.shape, dtype=grad_rows.dtype, device=hidden.device)
     out.index_copy_(0, idx, grad_rows)
     return out.to(hidden.dtype)
@@ -982,6 +1047,274 @@ _distill_op.register_autograd(_distill_backward, setup_context=_distill_setup)
 
 
 # --------------------------------------------------------------------------------------------
+# Scalar losses with the gradient computed in the forward (3 matrix products, as eager)
+# --------------------------------------------------------------------------------------------
+#
+# For a scalar loss sum_i w_i f_i with weights known at the forward, the gradient of the logits
+# is known there too, up to the one scalar the backward brings (d out / d loss). So the forward
+# walks the kept tokens in blocks of whole vocabulary rows ([c, V]: the log-sum-exp needs the
+# whole row before the probabilities exist), and each block's logits are turned in place into
+# their gradient and sent to hidden and weight right away: one product for the logits and two
+# for the gradients, as the eager path, against four for the per-token ops (which must recompute
+# the logits once they know each token's incoming gradient). The backward only scales the
+# stored gradients.
+
+# Elements of one [c, V] block of the fused losses (64 MiB in float32): c = this // V rows
+# (the KL holds two such blocks, policy and reference), unless chunk_tokens is given.
+FUSED_BLOCK_ELEMENTS = 1 << 24
+_FUSED_KINDS = ("logprob", "kl", "distill_other")
+
+
+def _fused_rows(chunk_tokens: int, vocab: int, blocks: int) -> int:
+    """The token rows of one fused block: ``chunk_tokens`` when given (> 0), else the budget."""
+    if chunk_tokens > 0:
+        return chunk_tokens
+    return max(1, FUSED_BLOCK_ELEMENTS // (blocks * max(vocab, 1)))
+
+
+def _full_logits(head: _Head, t0: int, t1: int, inv_t: float, cv: int,
+                 buf: Tensor | None = None) -> Tensor:
+    """The logits of the kept rows ``t0:t1`` over the whole vocabulary, ``[t1 - t0, V]``
+    contiguous, in the compute dtype. A weight in the compute dtype is one product; a 16-bit
+    weight is converted block by block (``cv`` rows), never whole."""
+    h = head.rows[t0:t1]
+    acc = h.dtype
+    vocab = head.weight.shape[0]
+    z = buf[:(t1 - t0) * vocab].view(t1 - t0, vocab) if buf is not None else torch.empty(
+        t1 - t0, vocab, dtype=acc, device=h.device)
+    if head.weight.dtype == acc:
+        b = None if head.bias is None else head.bias.to(acc)
+        torch.addmm(b, h, head.weight.T, out=z) if b is not None else torch.mm(
+            h, head.weight.T, out=z)
+    else:
+        for v0 in range(0, vocab, cv):
+            v1 = min(v0 + cv, vocab)
+            w, b = head.vocab_slice(v0, v1)
+            torch.addmm(b, h, w.T, out=z[:, v0:v1]) if b is not None else torch.mm(
+                h, w.T, out=z[:, v0:v1])
+    if inv_t != 1.0:
+        z.mul_(inv_t)
+    return z
+
+
+def _send_grad(dz: Tensor, head: _Head, t0: int, t1: int, cv: int, grad_rows: Tensor | None,
+               grad_w: Tensor | None, grad_b: Tensor | None) -> None:
+    """Add the gradient of the logits block ``dz [c, V]`` (rows ``t0:t1``) to the kept rows'
+    (``dz @ W``), the weight's (``dz^T @ h``, into a compute-dtype accumulator) and the bias's."""
+    acc = dz.dtype
+    h = head.rows[t0:t1]
+    if head.weight.dtype == acc:
+        if grad_rows is not None:
+            torch.mm(dz, head.weight, out=grad_rows[t0:t1])
+        if grad_w is not None:
+            grad_w.addmm_(dz.T, h)
+    else:
+        vocab = head.weight.shape[0]
+        for v0 in range(0, vocab, cv):
+            v1 = min(v0 + cv, vocab)
+            if grad_rows is not None:
+                grad_rows[t0:t1].addmm_(dz[:, v0:v1], head.weight[v0:v1].to(acc))
+            if grad_w is not None:
+                grad_w[v0:v1].addmm_(dz[:, v0:v1].T, h)
+    if grad_b is not None:
+        grad_b += dz.sum(0)
+
+
+def _fused_loss_impl(
+    kind: str, hidden: Tensor, weight: Tensor, bias: Tensor | None, ref_hidden: Tensor | None,
+    ref_weight: Tensor | None, ref_bias: Tensor | None, targets: Tensor | None,
+    teacher_ids: Tensor | None, teacher_logprobs: Tensor | None, weights: Tensor | None,
+    mask: Tensor | None, temperature: float, temperature_c: float, ignore_index: int,
+    mean: bool, chunk_tokens: int, chunk_vocab: int, backend: str, need_hidden: bool,
+    need_weight: bool, need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``sum_i w_i f_i`` over the kept tokens (``mean``: divided by their count), ``f`` the
+    log-probability of the target (``kind="logprob"``), the KL to the reference (``"kl"``) or
+    FIRST's loss with the other bucket (``"distill_other"``), and, for the inputs flagged
+    ``need_*``, its gradient (else ``[0]`` placeholders): returns ``(loss [], grad_hidden
+    [N, H] like hidden, grad_weight like weight, grad_bias like bias)``."""
+    op = {"logprob": "token_logprobs_sum", "kl": "kl_to_reference_sum",
+          "distill_other": "topk_distill_loss"}[kind]
+    kernel_op = {"logprob": "token_logprobs", "kl": "kl_to_reference",
+                 "distill_other": "topk_distill_loss"}[kind]
+    n = hidden.shape[0]
+    vocab = weight.shape[0]
+    acc = acc_dtype(hidden.dtype)
+    dev = hidden.device
+    keep = _keep(n, dev, mask)
+    if kind == "logprob":
+        keep &= targets != ignore_index
+        _check_targets(op, targets, keep, vocab)
+    if kind == "distill_other":
+        _check_teacher(op, teacher_ids, teacher_logprobs, keep, vocab, True)
+    idx, rows = _kept_rows(hidden, keep)
+    kept = idx.numel()
+    wt = torch.ones(kept, dtype=acc, device=dev) if weights is None else weights[idx].to(acc)
+    if mean:
+        wt = wt / max(kept, 1)
+    inv_t = 1.0 / temperature
+    need_b = need_bias and bias is not None
+    grad_rows = torch.zeros(rows.shape, dtype=acc, device=dev) if need_hidden else None
+    # The weight's gradient accumulates in the compute dtype: in place of the result for a
+    # float32 (float64) weight, in a float32 copy for a 16-bit one.
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=dev) if need_weight else None
+    grad_b = torch.zeros(vocab, dtype=acc, device=dev) if need_b else None
+    any_grad = need_hidden or need_weight or need_b
+    head = _Head(rows, weight, bias)
+    ref = None
+    if kind == "kl":
+        ref = _Head(ref_hidden.index_select(0, idx).to(acc), ref_weight, ref_bias)
+    tg = targets[idx].contiguous() if kind == "logprob" else None
+    ids = a = log_p = None
+    if kind == "distill_other":
+        ids = teacher_ids[idx]
+        a = _student_id_logits(rows, weight, bias, ids, inv_t)
+        log_p = _teacher_log_buckets(teacher_logprobs[idx].to(acc), temperature_c, True)
+    # The KL holds two blocks (policy, reference) of the same rows: halving them would double
+    # the passes over the weights (measured slower), and its eager path holds twice the logits.
+    ct = _fused_rows(chunk_tokens, vocab, 1)
+    cv = chunk_vocab or CHUNK_VOCAB
+    total = torch.zeros((), dtype=acc, device=dev)
+    zbuf, ybuf = _block_buffer(head, ct, vocab), _block_buffer(ref, ct, vocab)
+    for t0 in range(0, kept, ct):
+        t1 = min(t0 + ct, kept)
+        c = t1 - t0
+        z = _full_logits(head, t0, t1, inv_t, cv, zbuf)
+        y = _full_logits(ref, t0, t1, inv_t, cv, ybuf) if ref is not None else None
+        m = torch.full((c,), -math.inf, dtype=acc, device=dev)
+        s = torch.zeros(c, dtype=acc, device=dev)
+        s1 = torch.zeros(c, dtype=acc, device=dev) if kind == "kl" else None
+        my = torch.full((c,), -math.inf, dtype=acc, device=dev) if y is not None else None
+        sy = torch.zeros(c, dtype=acc, device=dev) if y is not None else None
+        tgt = torch.zeros(c, dtype=acc, device=dev) if tg is not None else None
+        _chunk_forward(backend, kernel_op, z, y,
+                       _opt(tg, t0, t1), m, s, s1, my, sy, tgt, None, None, 0)
+        lse = m + torch.log(s)
+        w = wt[t0:t1]
+        beta = gamma = delta = None
+        if kind == "logprob":
+            # d log p_t / dz = 1[t] - p.
+            per = tgt - lse
+            alpha = -w * inv_t
+            delta = w * inv_t
+        elif kind == "kl":
+            # KL = E_p[d] - lse(z) + lse(y), d = z - y; dKL / dz = p (d - E_p[d]).
+            ed = s1 / s
+            per = ed - lse + (my + torch.log(sy))
+            alpha, beta, gamma = -w * ed * inv_t, w * inv_t, -w * inv_t
+        else:
+            per, g_a, g_l = _distill_terms(a[t0:t1], log_p[t0:t1], lse, True)
+            alpha = w * g_l * inv_t
+            coef = g_a * (w * inv_t).unsqueeze(1)  # [c, k]: the sparse part, at the ids
+        total += (w * per).sum()
+        if not any_grad:
+            continue
+        _chunk_backward(backend, z, y, lse.contiguous(), alpha.contiguous(),
+                        None if beta is None else beta.contiguous(),
+                        None if gamma is None else gamma.contiguous(), _opt(tg, t0, t1),
+                        None if delta is None else delta.contiguous(), 0)
+        del y
+        _send_grad(z, head, t0, t1, cv, grad_rows, grad_w, grad_b)
+        if kind == "distill_other":
+            _add_sparse_grads(coef, ids[t0:t1], rows[t0:t1], weight, t0, grad_rows, grad_w,
+                              grad_b)
+    empty = hidden.new_empty(0)
+    gh = _scatter_rows(grad_rows, idx, hidden) if grad_rows is not None else empty
+    gw = grad_w.to(weight.dtype) if grad_w is not None else empty.clone()
+    gb = grad_b.to(bias.dtype) if grad_b is not None else empty.clone()
+    return total, gh, gw, gb
+
+
+def _add_sparse_grads(coef: Tensor, ids: Tensor, rows: Tensor, weight: Tensor, t0: int,
+                      grad_rows: Tensor | None, grad_w: Tensor | None,
+                      grad_b: Tensor | None) -> None:
+    """Add the gradient ``coef [c, k]`` of the logits at the ids ``[c, k]`` (rows ``t0 ..``):
+    ``coef @ W[ids]`` to the rows, ``coef h`` to the weight rows ``ids``, ``coef`` to the bias."""
+    acc = rows.dtype
+    flat = ids.reshape(-1)
+    if grad_rows is not None:
+        w_ids = weight.index_select(0, flat).to(acc).view(*ids.shape, weight.shape[1])
+        grad_rows[t0:t0 + rows.shape[0]] += torch.bmm(coef.unsqueeze(1), w_ids).squeeze(1)
+    if grad_w is not None:
+        grad_w.index_add_(0, flat, (coef.unsqueeze(2) * rows.unsqueeze(1)).reshape(
+            -1, rows.shape[1]))
+    if grad_b is not None:
+        grad_b.index_add_(0, flat, coef.reshape(-1))
+
+
+_fused_loss_op = torch.library.custom_op("ponder::lm_head_fused_loss", _fused_loss_impl,
+                                         mutates_args=())
+
+
+@_fused_loss_op.register_fake
+def _(kind, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, teacher_ids,
+      teacher_logprobs, weights, mask, temperature, temperature_c, ignore_index, mean, ct, cv,
+      be, need_hidden, need_weight, need_bias):
+    acc = acc_dtype(hidden.dtype)
+    gh, gw, gb = _fake_grads(hidden, weight, bias, need_weight, need_bias)
+    if not need_hidden:
+        gh = hidden.new_empty(0)
+    return hidden.new_empty((), dtype=acc), gh, gw, gb
+
+
+def _fused_loss_setup(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:])
+    ctx.mark_non_differentiable(*output[1:])
+    # The gradients are outputs too: without this, autograd would hand the backward a zero
+    # tensor the size of each (a second weight-sized tensor at the peak).
+    ctx.set_materialize_grads(False)
+    ctx.computed = inputs[-3:]  # need_hidden, need_weight, need_bias
+
+
+def _scaled(grad: Tensor, g: Tensor) -> Tensor:
+    """``g * grad``, where ``grad`` is the gradient the forward stored and ``g`` the incoming
+    scalar. In eager mode without a copy: ``grad`` itself when ``g == 1`` (the usual case:
+    ``loss.backward()``), else scaled in place; a copy would hold a second weight-sized tensor
+    at the peak. So a graph through a fused loss is backpropagated once: a second backward
+    (``retain_graph``) is refused by autograd's saved-tensor version check, or, at ``g == 1``,
+    sees the same stored gradient. Under tracing (torch.compile, fake tensors) out of place."""
+    if (torch.compiler.is_compiling() or type(grad) is not torch.Tensor
+            or type(g) is not torch.Tensor or g.requires_grad):
+        return grad * g.to(grad.dtype)
+    if bool(g == 1):
+        return grad
+    return grad.mul_(g.to(grad.dtype))
+
+
+def _fused_loss_backward(ctx, g_loss, _gh, _gw, _gb):
+    gh, gw, gb = ctx.saved_tensors
+    if g_loss is None:  # not materialised: nothing flows back
+        return (None,) * 22
+    need = ctx.needs_input_grad
+    # A gradient the forward was not asked for (its need_* flag off) is a [0] placeholder:
+    # None (zeros) then. The public functions set the flags from requires_grad.
+    return (None, *(_scaled(t, g_loss) if need[i + 1] and ctx.computed[i] else None
+                    for i, t in enumerate((gh, gw, gb))), *(None,) * 18)
+
+
+_fused_loss_op.register_autograd(_fused_loss_backward, setup_context=_fused_loss_setup)
+
+
+def _fused_loss(kind: str, hidden: Tensor, weight: Tensor, bias: Tensor | None, *,
+                ref_hidden=None, ref_weight=None, ref_bias=None, targets=None, teacher_ids=None,
+                teacher_logprobs=None, weights=None, mask=None, temperature=1.0,
+                temperature_c=1.0, ignore_index=-100, mean=False, chunk_tokens=0,
+                chunk_vocab=0, backend="cpu") -> Tensor:
+    """Run the fused loss op: the gradient is computed in the forward for the inputs autograd
+    will want it for (none under no_grad)."""
+    grad_on = torch.is_grad_enabled()
+    need_h = grad_on and hidden.requires_grad
+    need_w = grad_on and weight.requires_grad
+    need_b = grad_on and bias is not None and bias.requires_grad
+    args = (kind, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, targets, teacher_ids,
+            teacher_logprobs, weights, mask, temperature, temperature_c, ignore_index, mean,
+            chunk_tokens, chunk_vocab, backend, need_h, need_w, need_b)
+    if need_h or need_w or need_b:
+        return torch.ops.ponder.lm_head_fused_loss(*args)[0]
+    return call_op(torch.ops.ponder.lm_head_fused_loss, _fused_loss_impl, *args)[0]
+
+
+# --------------------------------------------------------------------------------------------
 # Public API: validate, choose the backend, call the op.
 # --------------------------------------------------------------------------------------------
 
@@ -1216,9 +1549,131 @@ def topk_distill_loss(
         raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     t, ct, cv, name = _check_common(op, hidden, mask, temperature, chunk_tokens, chunk_vocab,
                                     backend)
+    if other_bucket and reduction != "none":
+        # A scalar loss over a vocabulary pass: the gradient is computed in the forward
+        # (3 matrix products instead of 4; see _fused_loss_impl).
+        fused_ct = 0 if chunk_tokens is None else ct
+        return _fused_loss("distill_other", hidden, weight, bias, teacher_ids=teacher_ids,
+                           teacher_logprobs=teacher_logprobs.detach(), mask=mask,
+                           temperature=t, temperature_c=c, mean=reduction == "mean",
+                           chunk_tokens=fused_ct, chunk_vocab=cv, backend=name)
     args = (hidden, weight, bias, teacher_ids, teacher_logprobs.detach(), mask, t, c,
             other_bucket, ct, cv, name)
     per_token = _call(torch.ops.ponder.topk_distill_loss, _distill_impl, args,
                       (hidden, weight, bias))[0]
     keep = _keep(n, hidden.device, mask)
     return _reduce(per_token, keep, reduction)
+
+
+def _check_weights(op: str, weights: object, hidden: Tensor) -> Tensor | None:
+    if weights is None:
+        return None
+    weights = check_tensor(op, "weights", weights, dtype=FLOAT_DTYPES, device=hidden.device,
+                           shape=(hidden.shape[0],))
+    refuse_grad(op, "the per-token weights are data", weights=weights)
+    return weights
+
+
+def _check_reduction(op: str, reduction: object, allowed: tuple[str, ...]) -> str:
+    if reduction not in allowed:
+        raise ValueError(f"{op}: reduction must be one of {allowed}, got {reduction!r}")
+    return reduction
+
+
+def token_logprobs_sum(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    weights: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "sum",
+    chunk_tokens: int | None = None,
+    chunk_vocab: int | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """``sum_i weights_i log pi(target_i)`` over the kept tokens, as one fused scalar loss whose
+    gradient is computed in the forward (3 matrix products, as the eager path; the per-token
+    :func:`token_logprobs` needs 4). ``-token_logprobs_sum(..., reduction="mean")`` is the
+    (fused linear) cross-entropy.
+
+    Args:
+        hidden, weight, targets, bias, temperature, mask, ignore_index, backend: as
+            :func:`token_logprobs`.
+        weights: optional ``[N]`` per-token weights (data: no gradient; 1 when omitted), e.g.
+            advantages or a loss mask in float.
+        reduction: ``"sum"`` over the kept tokens, or ``"mean"``: the sum divided by the number
+            of kept tokens (0 when none is kept).
+        chunk_tokens: token rows per block of whole vocabulary rows ``[chunk_tokens, V]``;
+            default: as many as fit ``FUSED_BLOCK_ELEMENTS`` (64 MiB of float32 logits).
+        chunk_vocab: for 16-bit weights, the weight rows converted to float32 at a time.
+
+    Returns:
+        A scalar, float32 (float64 for float64 hidden), differentiable w.r.t. hidden, weight
+        and bias. The backward scales the gradient stored by the forward in place, so a graph
+        through it can be backpropagated once (no ``retain_graph`` second pass).
+    """
+    op = "token_logprobs_sum"
+    hidden, weight, bias = _check_head(op, hidden, weight, bias)
+    check_tensor(op, "targets", targets, dtype=torch.int64, device=hidden.device,
+                 shape=(hidden.shape[0],))
+    weights = _check_weights(op, weights, hidden)
+    ignore = check_int(op, "ignore_index", ignore_index, minimum=None)
+    red = _check_reduction(op, reduction, ("sum", "mean"))
+    t, _, cv, name = _check_common(op, hidden, mask, temperature, chunk_tokens, chunk_vocab,
+                                   backend)
+    ct = 0 if chunk_tokens is None else check_int(op, "chunk_tokens", chunk_tokens, minimum=1)
+    return _fused_loss("logprob", hidden, weight, bias, targets=targets, weights=weights,
+                       mask=mask, temperature=t, ignore_index=ignore, mean=red == "mean",
+                       chunk_tokens=ct, chunk_vocab=cv, backend=name)
+
+
+def kl_to_reference_sum(
+    hidden: Tensor,
+    weight: Tensor,
+    ref_hidden: Tensor,
+    ref_weight: Tensor,
+    weights: Tensor | None = None,
+    bias: Tensor | None = None,
+    ref_bias: Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    reduction: str = "sum",
+    chunk_tokens: int | None = None,
+    chunk_vocab: int | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """``sum_i weights_i KL(pi_i || pi_ref_i)`` over the kept tokens, as one fused scalar loss
+    whose gradient is computed in the forward (4 matrix products, as the eager path: the policy's
+    and the reference's logits, two for the gradient; the per-token :func:`kl_to_reference`
+    needs 6).
+
+    Args: as :func:`kl_to_reference`, plus ``weights`` (optional ``[N]``, data), ``reduction``
+    (``"sum"`` or ``"mean"`` over the kept tokens) and ``chunk_tokens`` / ``chunk_vocab`` as
+    :func:`token_logprobs_sum` (two blocks of that many rows: the policy's and the
+    reference's). Returns a scalar; gradients to hidden, weight, bias only, computed in the
+    forward (backpropagate once).
+    """
+    op = "kl_to_reference_sum"
+    hidden, weight, bias = _check_head(op, hidden, weight, bias)
+    ref_hidden, ref_weight, ref_bias = _check_head(op, ref_hidden, ref_weight, ref_bias, "ref_",
+                                                   device=hidden.device)
+    if ref_hidden.shape[0] != hidden.shape[0] or ref_weight.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"{op}: ref_hidden / ref_weight must have N = {hidden.shape[0]} rows / V = "
+            f"{weight.shape[0]} rows like hidden / weight, got {tuple(ref_hidden.shape)} / "
+            f"{tuple(ref_weight.shape)}")
+    weights = _check_weights(op, weights, hidden)
+    red = _check_reduction(op, reduction, ("sum", "mean"))
+    t, _, cv, name = _check_common(op, hidden, mask, temperature, chunk_tokens, chunk_vocab,
+                                   backend)
+    ct = 0 if chunk_tokens is None else check_int(op, "chunk_tokens", chunk_tokens, minimum=1)
+    return _fused_loss("kl", hidden, weight, bias, ref_hidden=ref_hidden.detach(),
+                       ref_weight=ref_weight.detach(),
+                       ref_bias=None if ref_bias is None else ref_bias.detach(),
+                       weights=weights, mask=mask, temperature=t, mean=red == "mean",
+                       chunk_tokens=ct, chunk_vocab=cv, backend=name)
