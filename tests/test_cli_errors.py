@@ -256,6 +256,8 @@ CASES = [
     (["first", "train", "--store", "{folder}", "--out", "o"], "--store"),
     (["first", "eval", "--model", "{missing}"], "--model"),
     (["first", "toy", "--steps", "0"], "--steps"),
+    (["first", "toy", "--init", "teacher"], "--init"),
+    (["first", "toy", "--lr", "0"], "--lr"),
     (["first", "fly"], "invalid choice"),
     (["auto-cei", "eval", "--out", "{folder}/no_run"], "holds no Auto-CEI run"),
     (["auto-cei", "run", "--k", "0"], "--k"),

@@ -231,3 +231,24 @@ def test_a_model_with_scaled_logits_is_refused(tmp_path):
     teacher.lm_head.register_forward_hook(lambda module, args, out: 30 * torch.tanh(out / 3))
     with pytest.raises(ValueError, match="not lm_head"):
         extract_topk(teacher, records(2), 5, out_dir=tmp_path / "s", tokenizer=make_tokenizer())
+
+
+def test_wilson_interval_covers_the_proportion_and_narrows_with_n():
+    from ponder.toy.first_world import wilson_interval
+
+    lo, hi = wilson_interval(0, 300)
+    assert lo == pytest.approx(0.0, abs=1e-12) and 0.005 < hi < 0.02  # an empty count still gets a width (not [0, 0])
+    small, large = wilson_interval(15, 30), wilson_interval(150, 300)
+    assert small[0] < 0.5 < small[1] and large[0] < 0.5 < large[1]
+    assert large[1] - large[0] < small[1] - small[0]
+    # the textbook value for 50 / 100: [0.4038, 0.5962]
+    assert wilson_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(5, 4)
+
+
+def test_the_toy_comparison_refuses_an_unknown_init(tmp_path):
+    from ponder.toy.first_world import run_first_effect
+
+    with pytest.raises(ValueError, match="init must be one of"):
+        run_first_effect(tmp_path, steps=1, init="teacher")

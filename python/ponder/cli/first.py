@@ -167,7 +167,8 @@ def _cmd_toy(args) -> int:
 
     results = run_first_effect(args.out, steps=args.steps, batch_size=args.batch_size,
                                seed=args.seed, other_bucket=args.other_bucket,
-                               test_problems=args.toy_problems, progress=not args.quiet)
+                               test_problems=args.toy_problems, init=args.init,
+                               learning_rate=args.lr, progress=not args.quiet)
     print(format_first_table(results))
     return 0
 
@@ -242,5 +243,10 @@ def add_parser(subparsers) -> None:
     y.add_argument("--batch-size", type=checks.positive_int, default=32)
     y.add_argument("--seed", type=checks.seed, default=0)
     y.add_argument("--other-bucket", action="store_true")
+    y.add_argument("--init", choices=("draft", "scratch"), default="draft",
+                   help="students start from the shipped toy draft (a fine-tune, default) or "
+                        "from scratch")
+    y.add_argument("--lr", type=checks.real_in(0.0, low_open=True), default=None,
+                   help="peak learning rate (default 5e-4 from the draft, 2e-3 from scratch)")
     common(y, 300)
     y.set_defaults(func=_cmd_toy)

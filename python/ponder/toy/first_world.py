@@ -46,8 +46,12 @@ from .arithmetic import ANSWER_PREFIX, Problem, verify
 from .models import SPECS, _no_progress_bars, generate_solutions, load_toy_model
 
 __all__ = ["answer_confidences", "evaluate_calibration", "format_first_table", "run_first_effect",
-           "token_metrics", "token_metrics_records"]
+           "token_metrics", "token_metrics_records", "wilson_interval"]
 
+INITS = ("draft", "scratch")
+# Why lower than the draft's own 2e-3: the students start trained; a full-size step would undo
+# much of the draft before the teacher's signal could act.
+FINETUNE_LR = 5e-4
 DEFAULT_COARSE = tuple(round(0.1 * i, 10) for i in range(1, 21))  # 0.1 ... 2.0
 
 
@@ -142,19 +146,23 @@ def run_first_effect(out_dir: str | Path, *, steps: int = 1000, batch_size: int 
                      test_problems: int = 300, modes: Sequence[str] = ("sft", "kd", "topk",
                                                                        "first"),
                      other_bucket: bool = False, coarse: Sequence[float] = DEFAULT_COARSE,
-                     learning_rate: float | None = None,
+                     learning_rate: float | None = None, init: str = "draft",
                      progress: bool = True) -> dict[str, Any]:
     """Train the draft-sized student ``modes`` ways and measure them (module docstring).
 
-    The student has the toy draft's config and hyperparameters (:data:`ponder.toy.SPECS`), is
-    initialised from ``seed`` and sees the first ``steps * batch_size`` training problems once,
-    in the same order, whatever the mode. Writes ``out_dir/results.json``, ``out_dir/results.md``
+    The student has the toy draft's config and hyperparameters (:data:`ponder.toy.SPECS`) and
+    sees the first ``steps * batch_size`` training problems once, in the same order, whatever the
+    mode. ``init="draft"`` (default) starts every student from the shipped toy draft's weights
+    (a fine-tune, peak learning rate :data:`FINETUNE_LR` unless ``learning_rate`` is given);
+    ``init="scratch"`` from the seeded random initialisation (the draft's learning rate). Writes ``out_dir/results.json``, ``out_dir/results.md``
     and the reliability diagrams; returns the results.
     """
     from transformers import LlamaForCausalLM, set_seed
 
     from .train import cpu_training_args, run_trainer
 
+    if init not in INITS:
+        raise ValueError(f"run_first_effect: init must be one of {INITS}, got {init!r}")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"run_first_effect: unknown modes {unknown}; known: {MODES}")
@@ -170,6 +178,7 @@ def run_first_effect(out_dir: str | Path, *, steps: int = 1000, batch_size: int 
     test = parts.test[:test_problems]
     teacher, tokenizer = load_toy_model("target")
     results: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "seed": seed, "k": k,
+                               "init": init,
                                "train_problems": n_train, "test_problems": len(test),
                                "threads": torch.get_num_threads(), "models": {}}
     clock = time.perf_counter()
@@ -192,13 +201,24 @@ def run_first_effect(out_dir: str | Path, *, steps: int = 1000, batch_size: int 
         "mass": train_meta["mass"],
     }
     results["models"]["teacher"] = evaluate_calibration("teacher", teacher, tokenizer, test, out)
+    if init == "draft":  # the common starting point, measured like the students
+        results["models"]["draft (start)"] = evaluate_calibration(
+            "draft", load_toy_model("draft")[0], tokenizer, test, out)
 
     examples = tokenize_records(tokenizer, _records(train))
     store = TopKStore(out / "store-train")
-    lr = spec.learning_rate if learning_rate is None else learning_rate
+    if learning_rate is not None:
+        lr = learning_rate
+    else:
+        lr = FINETUNE_LR if init == "draft" else spec.learning_rate
+    results["learning_rate"] = lr
     for mode in modes:
         set_seed(seed)
-        student = LlamaForCausalLM(spec.llama_config())
+        if init == "draft":
+            student = load_toy_model("draft")[0]
+            student.train()
+        else:
+            student = LlamaForCausalLM(spec.llama_config())
         with tempfile.TemporaryDirectory(prefix="ponder-first-") as scratch, \
                 _no_progress_bars() if not progress else contextlib.nullcontext():
             args = cpu_training_args(scratch, steps=steps, batch_size=batch_size,
@@ -222,14 +242,27 @@ def run_first_effect(out_dir: str | Path, *, steps: int = 1000, batch_size: int 
     return results
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion ``successes / n`` (``n >= 1``)."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval: need 0 <= successes <= n and n >= 1, got "
+                         f"successes={successes}, n={n}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def format_first_table(results: dict[str, Any]) -> str:
     """The markdown table of :func:`run_first_effect`'s results."""
-    lines = ["| model | answer accuracy | answer ECE | answer ECE (mass) | answer Brier | "
+    lines = ["| model | answer accuracy [95% CI] | answer ECE | answer ECE (mass) | answer Brier | "
              "token accuracy | token ECE | token ECE (mass) | token NLL | token Brier |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    n = results["test_problems"]
     for name, m in results["models"].items():
         a, t = m["answer"], m["token"]
-        lines.append(f"| {name} | {a['accuracy']:.1%} | {a['ece']:.3f} | {a['ece_mass']:.3f} | "
+        lo, hi = wilson_interval(round(a["accuracy"] * n), n)
+        lines.append(f"| {name} | {a['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] | {a['ece']:.3f} | {a['ece_mass']:.3f} | "
                      f"{a['brier']:.3f} | {t['accuracy']:.2%} | {t['ece']:.4f} | "
                      f"{t['ece_mass']:.4f} | {t['nll']:.4f} | {t['brier']:.4f} |")
     c = results["calibration"]
