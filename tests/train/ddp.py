@@ -27,8 +27,13 @@ def launch(script: Path, nproc: int, out: Path, *args: str, timeout: float = 600
     """Run ``script`` (a Python file) with ``nproc`` CPU processes and return the JSON it wrote to
     ``out`` (the script gets ``--out OUT`` and ``args``; rank 0 writes). One thread per process so
     that two processes fit two cores. Raises AssertionError with the output when it fails."""
+    import ponder
+
+    # The children import the same ponder as this process (an installed wheel in CI, the source
+    # tree with its built extension here), and the repository root for ``tests.*`` helpers.
+    ponder_home = str(Path(ponder.__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "python"),
+               PYTHONPATH=os.pathsep.join(filter(None, [ponder_home, str(ROOT),
                                                         os.environ.get("PYTHONPATH")])))
     env.pop("CUDA_VISIBLE_DEVICES", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
