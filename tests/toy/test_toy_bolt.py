@@ -48,7 +48,7 @@ def test_toy_examples_and_prompt():
 def test_instruct_data_holds_out_the_bolt_delimiters():
     rng = random.Random(0)
     problems = make_problems(300, seed=4)
-    spec = ToyInstructSpec()
+    spec = ToyInstructSpec(bolt_delimiter_share=0.0)
     kinds = set()
     for _ in range(400):
         prompt, target = _instruct_text(rng, problems, spec)

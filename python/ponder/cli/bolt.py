@@ -72,9 +72,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--solution-close", default=None)
     p.add_argument("--instruct-steps", type=checks.int_at_least(1), default=None,
                    help="effect: training steps of the toy instruct model (800)")
-    p.add_argument("--bolt-delimiter-share", type=checks.real_in(0.0, 1.0), default=0.0,
+    p.add_argument("--bolt-delimiter-share", type=checks.real_in(0.0, 1.0), default=0.3,
                    help="effect: share of the instruct model's thought formats that use the "
-                        "BOLT delimiters (0: held out, the measured default)")
+                        "BOLT delimiters (0.3; 0 holds them out, and then bootstrapping keeps "
+                        "nothing)")
     p.add_argument("--seed", type=checks.seed, default=0)
     p.add_argument("--quiet", action="store_true")
     checks.add_model_flags(p)

@@ -18,9 +18,9 @@
   to answer a bare prompt directly (``"Answer: 41"``, no steps), and to follow a format shown in
   its prompt: trained on prompts with one or two examples in a format drawn from a family
   (delimiter words drawn at random from the toy letters, checks or none, or direct answers)
-  followed by a query answered in the same format. The BOLT delimiters ``seek`` / ``seen`` are
-  never among the training formats: following them in context is generalisation, as it is for a
-  real instruct model shown the paper's examples.
+  followed by a query answered in the same format. 30% of the thought formats use the BOLT
+  delimiters ``seek`` / ``seen``: held out entirely, the model did not copy them from the
+  examples (docs/bolt.md), so bootstrapping tests format following, not generalisation.
 - :func:`run_effect`: the whole method on the toy world, measured after each stage (the
   instruct model, the bootstrapped data, SFT, each DPO iteration): format rate, accuracy, mean
   thought length and reward. ``ponder bolt effect`` runs it.
@@ -136,9 +136,9 @@ class ToyInstructSpec:
     examples in a format, then the query in the same format: direct answers (``direct_share``
     of them) or a thought between two random delimiter words (3-5 letters, never ``seek`` or
     ``seen``) with or without checks. ``bolt_delimiter_share`` of the thought formats use the
-    BOLT delimiters ``seek`` / ``seen`` instead: 0 (the default, what was measured) holds them
-    out, so that following them in context is generalisation; the measured run shows that the
-    model then does not copy delimiter words it has not seen (docs/bolt.md)."""
+    BOLT delimiters ``seek`` / ``seen`` instead (default 0.3, measured in docs/bolt.md). 0 holds
+    them out, so that following them in context would be generalisation; measured, the model
+    then does not copy delimiter words it has not seen and bootstrapping keeps nothing."""
 
     steps: int = 800
     batch_size: int = 16
@@ -147,7 +147,7 @@ class ToyInstructSpec:
     warmup: float = 0.05
     bare_share: float = 0.3
     direct_share: float = 0.2
-    bolt_delimiter_share: float = 0.0
+    bolt_delimiter_share: float = 0.3
     max_position_embeddings: int = 512
     n_problems: int = 20_000
     seed: int = 0
