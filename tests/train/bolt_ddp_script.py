@@ -10,7 +10,8 @@ import tempfile
 import torch
 from ponder.toy import make_tokenizer
 from ponder.train.bolt import BoltFormat, _frozen_copy, dpo_pass, sft
-from transformers import LlamaConfig, LlamaForCausalLM
+
+from tests.tiny import tiny_llama
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", required=True)
@@ -18,11 +19,7 @@ args = parser.parse_args()
 world = int(os.environ.get("WORLD_SIZE", "1"))
 
 tok = make_tokenizer()
-cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
-torch.manual_seed(0)
-model = LlamaForCausalLM(cfg)
+model = tiny_llama(0, vocab=len(tok))
 fmt = BoltFormat(thought_open="seek\n", thought_close="\nseen\n", solution_open="",
                  solution_close="")
 # Every example has the same length, so the per-process token means average to the global one.

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import torch
 
 from ponder.toy import make_problems, make_tokenizer
 from ponder.train.first import tokenize_records
 
+from tests.tiny import tiny_llama
+
 
 def tiny_model(seed: int, hidden: int = 32, vocab: int = 31):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
-                         eos_token_id=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(config).float()
+    return tiny_llama(seed, vocab=vocab, hidden=hidden).float()
 
 
 def records(n: int) -> list[dict[str, str]]:

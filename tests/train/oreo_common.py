@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import torch
 
 from ponder.toy.tokenizer import make_tokenizer
 
+from tests.tiny import tiny_llama
+
 
 def tiny_policy(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=31, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg)
+    return tiny_llama(seed, vocab=31, hidden=16, layers=2, max_positions=64)
 
 
 def tiny_rows(n: int = 16):

@@ -309,12 +309,15 @@ def test_expert_data_follows_the_reward(tmp_path):
 
 
 def test_sft_trains_on_completions_only(tmp_path):
-    model, tok = _tiny_policy()
     import torch
 
+    from ponder.train.sft import sft_trainer
+
+    model, tok = _tiny_policy()
+
     prompt, completion = "Q: 1+2=?\n\n", "1+2=3\n\nAnswer: 3"
-    trainer = ac.sft_trainer(model, tok, [(prompt, completion)], output_dir=tmp_path,
-                             learning_rate=1e-2)
+    trainer = sft_trainer(model, tok, [{"prompt": prompt, "completion": completion}], tmp_path,
+                          learning_rate=1e-2, batch_size=16)
     row = trainer.train_dataset[0]
     # <bos> + prompt carry no loss (label -100); the completion and the <eos> TRL appends do
     n_prompt = 1 + len(prompt)  # one token a character

@@ -19,6 +19,8 @@ from ponder.train.bolt import (
     select_best,
 )
 
+from tests.tiny import tiny_llama
+
 F = DEFAULT_FORMAT
 
 
@@ -133,14 +135,11 @@ def test_verifier_reward():
 
 def test_sequence_classifier_reward_batches_and_truncates():
     from ponder.toy import make_tokenizer
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     tok = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                      num_labels=2, pad_token_id=0, max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(cfg).eval()
+    model = tiny_llama(0, vocab=len(tok), hidden=16, max_positions=64, num_labels=2,
+                       cls=LlamaForSequenceClassification).eval()
     queries = ["Q: 1+2=?", "Q: 12+34-5=?", "Q: 3=?"]
     sols = ["Answer: 3", "Answer: 41", "Answer: 3 " * 10]
     one = SequenceClassifierReward(model, tok, batch_size=1, head=1)(queries, sols)
@@ -298,15 +297,9 @@ def test_preference_pairs_best_vs_worst():
 def tiny_lm(seed=0, hidden=32):
     """A one-layer Llama over the toy character tokenizer, random init (seeded)."""
     from ponder.toy import make_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                      max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
-                      eos_token_id=2)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg), tok
+    return tiny_llama(seed, vocab=len(tok), hidden=hidden), tok
 
 
 TOY_FMT = BoltFormat(thought_open="seek\n", thought_close="\nseen\n", solution_open="",

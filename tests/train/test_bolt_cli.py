@@ -3,23 +3,18 @@
 import json
 
 import pytest
-import torch
 from ponder.cli import main
+
+from tests.tiny import tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     from ponder.toy import make_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny")
     tok = make_tokenizer(padding_side="left")
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                      max_position_embeddings=1024, pad_token_id=0, bos_token_id=1,
-                      eos_token_id=2)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tiny_llama(0, vocab=len(tok), hidden=16, max_positions=1024).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 

@@ -25,20 +25,19 @@ This module knows nothing of the toy world: a task is anything with the :class:`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 import shutil
 import statistics
-import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..validation import check_int, check_probability, check_real
+from .sft import LoraSettings, run_trainer, sft_trainer
 
 __all__ = [
     "DEFAULT_REFUSAL_PHRASES",
@@ -47,6 +46,7 @@ __all__ = [
     "AutoCEIConfig",
     "CurriculumInit",
     "HillClimb",
+    "LoraSettings",
     "Task",
     "auto_cei_reward",
     "blank_line_steps",
@@ -58,7 +58,6 @@ __all__ = [
     "refusal_tuning_example",
     "resample_examples",
     "sft",
-    "sft_trainer",
     "summarize",
 ]
 
@@ -382,86 +381,24 @@ class Task(Protocol):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """A fresh LoRA adapter for each SFT (merged into the weights afterwards)."""
-
-    r: int = 128
-    alpha: int = 64
-    dropout: float = 0.05
-    target_modules: str | tuple[str, ...] = "all-linear"
-
-
-@contextlib.contextmanager
-def _quiet_datasets():
-    import datasets
-
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was:
-            datasets.enable_progress_bars()
-
-
-def sft_trainer(model, tokenizer, examples: Sequence[tuple[str, str]], *,
-                output_dir: str | Path, learning_rate: float, epochs: float = 1.0,
-                batch_size: int = 16, lora: LoraSettings | None = None, seed: int = 0,
-                max_length: int = 1024):
-    """TRL's ``SFTTrainer`` on ``(prompt, completion)`` pairs, the loss on the completion only
-    (the ``labels`` of its ``train_dataset`` rows are -100 over the prompt; TRL appends the
-    end-of-sequence token to each completion); with ``lora``, a fresh peft adapter on
-    ``model``. Cosine schedule, no warm-up, nothing saved or logged."""
-    from datasets import Dataset
-    from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
-
-    if not examples:
-        raise ValueError("sft_trainer: examples is empty")
-    peft_config = None
-    if lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=(lora.target_modules if isinstance(
-                                     lora.target_modules, str) else list(lora.target_modules)),
-                                 task_type="CAUSAL_LM")
-    data = Dataset.from_list([{"prompt": p, "completion": c} for p, c in examples])
-    args = SFTConfig(
-        output_dir=str(output_dir), per_device_train_batch_size=batch_size,
-        num_train_epochs=epochs, learning_rate=learning_rate, lr_scheduler_type="cosine",
-        warmup_steps=0, seed=seed, report_to=[], save_strategy="no",
-        logging_strategy="no", disable_tqdm=True, use_cpu=not _on_cuda(model),
-        dataloader_num_workers=0, max_length=max_length, completion_only_loss=True,
-        activation_checkpointing=False,
-    )
-    with _quiet_datasets(), warnings.catch_warnings():
-        # peft reads transformers' deprecated is_gradient_checkpointing: not ours to fix
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
-                                category=FutureWarning)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data,
-                             processing_class=tokenizer, peft_config=peft_config)
-    trainer.remove_callback(PrinterCallback)  # no metrics dict printed per SFT
-    return trainer
-
-
 def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, learning_rate: float,
         epochs: float = 1.0, batch_size: int = 16, lora: LoraSettings | None = None,
         seed: int = 0, max_length: int = 1024):
-    """Train with :func:`sft_trainer` (in a temporary folder) and return the trained model, in
-    eval mode with its KV cache on; a LoRA adapter is merged into the weights. No examples: the
-    model as it is."""
+    """One round's SFT on ``(prompt, completion)`` pairs (:func:`ponder.train.sft.sft_trainer`:
+    TRL, the loss on the completion only; cosine schedule, no warm-up, in a temporary folder,
+    nothing saved) and return the trained model, in eval mode with its KV cache on; a LoRA
+    adapter is merged into the weights. No examples: the model as it is."""
     import tempfile
 
     if not examples:
         return model
     side = tokenizer.padding_side
+    rows = [{"prompt": p, "completion": c} for p, c in examples]
     with tempfile.TemporaryDirectory(prefix="ponder-sft-") as out:
-        trainer = sft_trainer(model, tokenizer, examples, output_dir=out,
-                              learning_rate=learning_rate, epochs=epochs, batch_size=batch_size,
-                              lora=lora, seed=seed, max_length=max_length)
-        trainer.train()
+        trainer = sft_trainer(model, tokenizer, rows, out, learning_rate=learning_rate,
+                              epochs=epochs, batch_size=batch_size, lora=lora, seed=seed,
+                              max_length=max_length, lr_scheduler_type="cosine")
+        run_trainer(trainer)
         trained = trainer.model
     tokenizer.padding_side = side
     if lora is not None:
@@ -469,10 +406,6 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, learning_rate:
     trained.config.use_cache = True  # the Trainer turns it off; generation wants the KV cache
     trained.eval()
     return trained
-
-
-def _on_cuda(model) -> bool:
-    return next(model.parameters()).device.type == "cuda"
 
 
 # --------------------------------------------------------------------------------------------
@@ -850,7 +783,7 @@ class AutoCEI:
         """Everything not done yet (``init`` first); returns the state (``state["best"]``:
         the best model by validation ``f``)."""
         self.init()
-        cfg, task = self.config, self.task
+        cfg = self.config
         while True:
             climb = HillClimb.from_dict(self.state["climb"])
             c1 = climb.propose()

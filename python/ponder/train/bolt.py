@@ -33,13 +33,11 @@ The thought and the solution are written between delimiters::
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import math
 import random
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,6 +47,7 @@ from typing import Any
 
 from ..records import append_line, open_append, read_jsonl, repair_tail
 from ..validation import check_int, check_real
+from .sft import quiet, run_trainer, sft_trainer, trl_args
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -731,61 +730,6 @@ def _prompt_completion(tokenizer, query: str, response: str, template: str) -> d
     return {"prompt": template.format(query=query), "completion": response}
 
 
-def _trl_common(output_dir, *, learning_rate, batch_size, epochs, max_steps, seed, progress,
-                gradient_accumulation_steps, extra) -> dict[str, Any]:
-    import torch
-
-    cpu = not torch.cuda.is_available()
-    # TRL turns on activation checkpointing and bf16 by default; off here (fp32 on a CPU; small
-    # models), and ``args`` can turn them back on. The old name is set to None so that
-    # transformers does not warn about it.
-    return dict(output_dir=str(output_dir), learning_rate=learning_rate,
-                gradient_checkpointing=None, activation_checkpointing=False,
-                bf16=False if cpu else None,
-                per_device_train_batch_size=batch_size, num_train_epochs=epochs,
-                max_steps=max_steps, gradient_accumulation_steps=gradient_accumulation_steps,
-                seed=seed, data_seed=seed, report_to="none", save_strategy="no",
-                disable_tqdm=not progress, logging_steps=1,
-                use_cpu=cpu, dataloader_num_workers=0,
-                **dict(extra or {}))
-
-
-@contextlib.contextmanager
-def _quiet(progress: bool):
-    """Without ``progress``: no datasets bars (TRL's tokenising passes) and no transformers
-    bars (saving weights) while inside."""
-    if progress:
-        yield
-        return
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    was = datasets.is_progress_bar_enabled()
-    hf_was = hf_logging.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            datasets.enable_progress_bars()
-        if hf_was:
-            hf_logging.enable_progress_bar()
-
-
-def _train(trainer, progress: bool) -> None:
-    from transformers.trainer_callback import PrinterCallback
-
-    if not progress:  # without tqdm the Trainer prints every log dict instead
-        trainer.remove_callback(PrinterCallback)
-    with warnings.catch_warnings():
-        # TRL 1.16's DPOTrainer reads model.is_gradient_checkpointing, which transformers 5.2x
-        # deprecates: a warning about TRL's code, not the caller's (nothing to act on).
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                category=FutureWarning)
-        trainer.train()
-
-
 def sft(
     model,
     tokenizer,
@@ -815,22 +759,17 @@ def sft(
     ``output_dir`` (safetensors) when ``save``. Returns the trainer (its ``state.log_history``
     has the losses).
     """
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     if not records:
         raise ValueError("sft: records is empty (did every query fail the filters?)")
     rows = [_prompt_completion(tokenizer, r["query"], fmt.render(r["thought"], r["solution"]),
                                prompt_template) for r in records]
-    config = SFTConfig(**_trl_common(
-        output_dir, learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
-        max_steps=max_steps, seed=seed, progress=progress,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        extra={"completion_only_loss": True, "max_length": max_length, **dict(args or {})}))
-    with _quiet(progress):
-        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer)
-        _train(trainer, progress)
+    trainer = sft_trainer(model, tokenizer, rows, output_dir, learning_rate=learning_rate,
+                          batch_size=batch_size, epochs=epochs, max_length=max_length,
+                          progress=progress, max_steps=max_steps, seed=seed,
+                          gradient_accumulation_steps=gradient_accumulation_steps,
+                          **dict(args or {}))
+    with quiet(progress):
+        run_trainer(trainer, progress)
         if save:
             trainer.save_model(str(output_dir))
     return trainer
@@ -907,15 +846,15 @@ def dpo_pass(
         else:
             rows.append({"prompt": prompt_template.format(query=p["query"]),
                          "chosen": p["chosen"], "rejected": p["rejected"]})
-    config = DPOConfig(**_trl_common(
-        output_dir, learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
+    config = DPOConfig(**trl_args(
+        model, output_dir, learning_rate=learning_rate, batch_size=batch_size, epochs=epochs,
         max_steps=max_steps, seed=seed, progress=progress,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        extra={"beta": beta, "max_length": max_length, **dict(args or {})}))
-    with _quiet(progress):
+        gradient_accumulation_steps=gradient_accumulation_steps, beta=beta,
+        max_length=max_length, **dict(args or {})))
+    with quiet(progress):
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=config,
                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-        _train(trainer, progress)
+        run_trainer(trainer, progress)
     return trainer
 
 
@@ -1027,7 +966,7 @@ def online_dpo(
         if on_iteration is not None:
             on_iteration(result, model)
     if save:
-        with _quiet(progress):
+        with quiet(progress):
             model.save_pretrained(str(output_dir))
             tokenizer.save_pretrained(str(output_dir))
     return history
