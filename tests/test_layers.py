@@ -14,7 +14,7 @@ PACKAGE = ROOT / "python" / "ponder"
 # package's __init__ (ops and the backend report); "__main__" is ``python -m ponder``.
 LAYERS = [
     {"_C", "_cuda", "triton_kernels", "_backend", "validation"},
-    {"ops", "generation", "openai_generation", "records", "ponder"},
+    {"ops", "generation", "openai_generation", "records", "figures", "ponder"},
     {"kv", "samplers", "rewards"},
     {"decoding"},
     {"train", "mathhay"},

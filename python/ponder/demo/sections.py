@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..figures import pyplot, save
 from .report import Section, Table
 
 __all__ = ["SECTIONS", "Context"]
@@ -247,10 +248,7 @@ def _think_retrieval(ctx: Context):
                           "recent 32")
     images = []
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot("the ThinK retrieval figure")
     except ImportError:  # matplotlib is optional
         return table, accuracy, images
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -263,11 +261,7 @@ def _think_retrieval(ctx: Context):
     ax.set_ylabel("lookup accuracy (%)")
     ax.set_ylim(-5, 105)
     ax.legend(frameon=False)
-    fig.tight_layout()
-    path = ctx.out / "think_retrieval.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    images.append(path)
+    images.append(save(fig, ctx.out / "think_retrieval.png", dpi=120))
     return table, accuracy, images
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..figures import pyplot, save
 from ..generation import TextGenerator
 from .haystack import BudgetTooSmall, build_haystack, check_placement, parse_prompt
 from .qc import consistent, independent_answer
@@ -280,11 +281,7 @@ def accuracy_table(records: Iterable[Mapping[str, Any]], *, field: str = "correc
 def heatmap(records: Iterable[Mapping[str, Any]], path: str | os.PathLike, *,
             field: str = "correct", title: str = "MathHay accuracy") -> Path:
     """A PNG heatmap of accuracy, placement (rows) x budget (columns), over all task types."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("heatmap")
     records = [r for r in records if r.get(field) is not None]
     budgets = sorted({r["budget"] for r in records})
     placements = list(dict.fromkeys(_fmt_placement(r["placement"]) for r in records))
@@ -308,9 +305,4 @@ def heatmap(records: Iterable[Mapping[str, Any]], path: str | os.PathLike, *,
                         color="white" if grid[i][j] < 60 else "black")
     fig.colorbar(im, ax=ax, label="accuracy %")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ._core import Sampler
 from .diffusion import DDPM, RTK_MALA, RTK_ULD
 from .langevin import MALA, ULA
+from ..figures import pyplot, save
 from .metrics import mmd_rbf, tv_histogram
 from .sps import SPS_MALA, SPS_SGLD
 from .targets import GaussianMixture
@@ -211,11 +212,7 @@ def _best_runs(rows: list[Row]) -> dict[tuple[int, str], list[Row]]:
 
 def plot(sps_rows: list[Row], rtk_rows: list[Row], out: Path) -> list[Path]:
     """sps.png (MMD vs gradient calls, best setting per sampler) and rtk.png (MMD vs NFE)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("samplers.experiments.plot")
     paths = []
     if sps_rows:
         dims = sorted({r.dim for r in sps_rows})
@@ -231,10 +228,7 @@ def plot(sps_rows: list[Row], rtk_rows: list[Row], out: Path) -> list[Path]:
             ax.set(xlabel="gradient calls per chain", ylabel="MMD^2 (RBF, bw sqrt(d))", yscale="log",
                    title=f"mixture, d = {dim}")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "sps.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(fig, out / "sps.png", dpi=110))
     if rtk_rows:
         dims = sorted({r.dim for r in rtk_rows})
         fig, axes = plt.subplots(1, len(dims), figsize=(4.5 * len(dims), 3.6), squeeze=False)
@@ -249,10 +243,7 @@ def plot(sps_rows: list[Row], rtk_rows: list[Row], out: Path) -> list[Path]:
             ax.set(xlabel="score evaluations (NFE)", ylabel="MMD^2 (RBF, bw sqrt(d))", xscale="log",
                    yscale="log", title=f"mixture, d = {dim}")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "rtk.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save(fig, out / "rtk.png", dpi=110))
     return paths
 
 

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..figures import pyplot, save
 from ..validation import check_int, check_real
 
 __all__ = [
@@ -207,14 +208,7 @@ def reliability_diagram(confidence, correct, path: str | Path, *, n_bins: int = 
     the bin counts) as a PNG to ``path``; returns the path. Needs matplotlib (imported here)."""
     bins = reliability_bins(confidence, correct, n_bins, binning)
     ece = expected_calibration_error(confidence, correct, n_bins, binning)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError("reliability_diagram needs matplotlib: pip install 'ponder[plot]'") \
-            from err
+    plt = pyplot("reliability_diagram")
     filled = (bins.count > 0).numpy()
     conf = bins.confidence.numpy()[filled]
     acc = bins.accuracy.numpy()[filled]
@@ -234,12 +228,7 @@ def reliability_diagram(confidence, correct, path: str | Path, *, n_bins: int = 
     bottom.set_yscale("log")
     bottom.set_xlabel("confidence")
     bottom.set_ylabel("count")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def topk_confidence(teacher_logprobs, temperature_c: float = 1.0) -> Tensor:
