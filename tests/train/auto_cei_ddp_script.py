@@ -2,9 +2,6 @@
 steps of the SFT Auto-CEI runs (ponder.train.sft: TRL's SFTTrainer, completion-only loss) on a fixed global batch of 4, then
 write the losses and a parameter digest (rank 0)."""
 
-import argparse
-import json
-import os
 import tempfile
 
 import torch
@@ -12,11 +9,10 @@ from ponder.toy import make_tokenizer
 from ponder.train.sft import run_trainer, sft_trainer
 
 from tests.tiny import tiny_llama
+from tests.train.ddp import digest, script_args, world_size, write_result
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--out", required=True)
-args = parser.parse_args()
-world = int(os.environ.get("WORLD_SIZE", "1"))
+args = script_args()
+world = world_size()
 
 tok = make_tokenizer()
 model = tiny_llama(0, vocab=len(tok))
@@ -33,8 +29,4 @@ with tempfile.TemporaryDirectory() as scratch:
     trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     run_trainer(trainer)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-if int(os.environ.get("RANK", "0")) == 0:
-    params = torch.cat([p.detach().flatten() for p in model.parameters()])
-    with open(args.out, "w") as f:
-        json.dump({"world": world, "losses": losses, "init": init, "digest": params[::97].tolist(),
-                   "norm": float(params.norm())}, f)
+write_result(args.out, {"world": world, "losses": losses, "init": init, **digest(model)})

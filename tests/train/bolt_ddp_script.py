@@ -2,21 +2,16 @@
 steps of BOLT's SFT and of one DPO pass on a fixed global batch of 4, then write the losses and a
 parameter digest (rank 0)."""
 
-import argparse
-import json
-import os
 import tempfile
 
-import torch
 from ponder.toy import make_tokenizer
 from ponder.train.bolt import BoltFormat, _frozen_copy, dpo_pass, sft
 
 from tests.tiny import tiny_llama
+from tests.train.ddp import digest, script_args, world_size, write_result
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--out", required=True)
-args = parser.parse_args()
-world = int(os.environ.get("WORLD_SIZE", "1"))
+args = script_args()
+world = world_size()
 
 tok = make_tokenizer()
 model = tiny_llama(0, vocab=len(tok))
@@ -36,8 +31,4 @@ with tempfile.TemporaryDirectory() as scratch:
     dp = dpo_pass(model, ref, tok, pairs, f"{scratch}/dpo", prompt_template="{query}\n\n",
                   learning_rate=1e-2, batch_size=per_device, max_steps=3, progress=False)
     dpo_losses = [h["loss"] for h in dp.state.log_history if "loss" in h]
-if int(os.environ.get("RANK", "0")) == 0:
-    params = torch.cat([p.detach().flatten() for p in model.parameters()])
-    with open(args.out, "w") as f:
-        json.dump({"world": world, "sft": sft_losses, "dpo": dpo_losses,
-                   "digest": params[::97].tolist(), "norm": float(params.norm())}, f)
+write_result(args.out, {"world": world, "sft": sft_losses, "dpo": dpo_losses, **digest(model)})

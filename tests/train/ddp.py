@@ -43,3 +43,36 @@ def launch(script: Path, nproc: int, out: Path, *args: str, timeout: float = 600
                           cwd=str(ROOT))
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     return json.loads(out.read_text())
+
+
+# ----------------------------------------------------------------- inside the launched scripts
+
+
+def script_args(*required: str):
+    """The launched script's command line: ``--out`` and the ``required`` options (names without
+    dashes), all required strings."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    for name in ("out", *required):
+        parser.add_argument(f"--{name}", required=True)
+    return parser.parse_args()
+
+
+def world_size() -> int:
+    """The number of processes this script runs in (1 outside torch.distributed.run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def write_result(out: str | Path, result: dict) -> None:
+    """Rank 0 writes ``result`` as JSON to ``out``; the other ranks write nothing."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(out).write_text(json.dumps(result))
+
+
+def digest(model) -> dict:
+    """Every 97th parameter value (in ``parameters()`` order) and the norm of all of them."""
+    import torch
+
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return {"digest": params[::97].tolist(), "norm": float(params.norm())}

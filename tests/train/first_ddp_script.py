@@ -3,9 +3,6 @@ on a fixed global batch of 8 examples (8 / world size per process), written as J
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
+from tests.train.ddp import script_args, world_size, write_result  # noqa: E402
 from tests.train.first_tiny import examples, tiny_model  # noqa: E402
 
 
@@ -42,14 +40,8 @@ def train_and_digest(store: str, world: int = 1) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--store", required=True)
-    args = parser.parse_args()
-    result = train_and_digest(args.store, int(os.environ.get("WORLD_SIZE", "1")))
-    if int(os.environ.get("RANK", "0")) == 0:
-        Path(args.out).write_text(json.dumps(result))
-
+    args = script_args("store")
+    write_result(args.out, train_and_digest(args.store, world_size()))
 
 if __name__ == "__main__":
     main()
