@@ -62,8 +62,9 @@ __device__ __forceinline__ void merge_into(float& m, float& l, float* acc, float
   m = mx;
 }
 
-// At least 4 blocks (16 warps) per SM: decoding is a stream over K and V that needs many loads
-// in flight. (Unbounded, the compiler kept both query tiles in 228 registers: 2 blocks per SM.)
+// At least 3 blocks (12 warps) per SM, at most 168 registers a thread: decoding is a stream over
+// K and V that needs many loads in flight. (Unbounded, the compiler used 228 registers: 2 blocks
+// per SM; 4 blocks spilled the accumulators. Untuned: no GPU has run it yet.)
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3)
 attend_chunks(AttnArgs a, const T* __restrict__ q, const T* __restrict__ kp,
