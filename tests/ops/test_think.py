@@ -615,3 +615,13 @@ def test_prechecked_equals_the_checked_op(cpu_backend):
     got = T.pruned_decode_attention_prechecked(q, k_pruned, idx, k_recent, v, scale=0.3,
                                                    starts=starts, backend=name)
     torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_cuda_split_depends_on_shapes_and_bounds_the_workspace():
+    """The CUDA kernel's key chunks: 256 keys for decode; doubled for a long prefill so that the
+    partials stay within the budget; the workspace holds every partial (m, l and Dv outputs)."""
+    assert T._cuda_split(8, 4, 16384, 128) == (256, 8 * 64 * 4 * 130)
+    assert T._cuda_split(1, 1, 1, 8) == (256, 1 * 1 * 1 * 10)
+    chunk, floats = T._cuda_split(1, 4096, 17024, 64)
+    assert chunk == 512 and floats == 4096 * 66 * -(-17024 // 512)
+    assert floats <= T._CUDA_PARTIAL_BUDGET
