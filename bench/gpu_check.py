@@ -57,7 +57,7 @@ def run(cmd: list[str], log: Path, limit: float, env: dict | None = None) -> tup
     with log.open("w") as out:
         try:
             proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=limit, env=env)
+                                  timeout=limit, env=env, check=False)
             status = proc.returncode
         except subprocess.TimeoutExpired:
             out.write(f"\n[gpu_check] stopped after {limit:.0f} s\n")
@@ -76,7 +76,7 @@ def environment() -> dict:
            "torch_cuda": torch.version.cuda, "host": platform.node()}
     try:
         q = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=10)
+                           capture_output=True, text=True, timeout=10, check=False)
         env["commit"] = q.stdout.strip() or None
     except OSError:
         env["commit"] = None
@@ -95,10 +95,10 @@ def environment() -> dict:
         env["device"] = "none (CPU only)"
     if shutil.which("nvidia-smi"):
         q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=30, check=False)
         env["driver"] = q.stdout.strip().splitlines()[0] if q.stdout.strip() else None
     if shutil.which("nvcc"):
-        q = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, timeout=30)
+        q = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, timeout=30, check=False)
         env["nvcc"] = q.stdout.strip().splitlines()[-1] if q.stdout else None
     return env
 
@@ -401,15 +401,16 @@ def report(out: Path, summary: dict) -> str:
                 "python", "commit"):
         lines.append(f"| {key} | {env.get(key)} |")
     lines += ["", f"Build: {b.get('method')}, status {b.get('status')}, {b.get('seconds')} s.",
-              "", f"Tests (`pytest -m gpu`): {t.get('counts')}, status {t.get('status')}, "
-              f"{t.get('seconds')} s{' (stopped by the time limit)' if t.get('timed_out') else ''}."]
+              "", (f"Tests (`pytest -m gpu`): {t.get('counts')}, status {t.get('status')}, "
+                   f"{t.get('seconds')} s"
+                   f"{' (stopped by the time limit)' if t.get('timed_out') else ''}.")]
     for name in t.get("failures", []):
         lines.append(f"- FAILED {name}")
-    lines += ["", f"Benchmarks on {bench.get('device')}: copy bandwidth "
-              f"{bench.get('copy_GBps')} GB/s (read + write), measured in the same run. Times "
-              "are medians of CUDA-event timings with the L2 cache flushed before each call; "
-              "think uses the prechecked entry point (the public op's time is in the JSON), the "
-              "others the public op (its argument checks included).", "",
+    lines += ["", (f"Benchmarks on {bench.get('device')}: copy bandwidth "
+                   f"{bench.get('copy_GBps')} GB/s (read + write), measured in the same run. "
+                   "Times are medians of CUDA-event timings with the L2 cache flushed before "
+                   "each call; think uses the prechecked entry point (the public op's time is in "
+                   "the JSON), the others the public op (its argument checks included)."), "",
               "| family | case | backend | us | GB/s | of copy | vs baseline | verdict |",
               "|---|---|---|---:|---:|---:|---:|---|"]
     for r in bench.get("rows", []):

@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import numpy as np
-import ponder
 import pytest
 import scipy.stats
 import torch
@@ -534,8 +533,8 @@ def test_gpu_sampling_reproduces_target(gpu_backend):
         else:
             tokens, dl = torch.tensor([[0, 3]]).expand(n, k).contiguous(), None
         tl = target.expand(n, k + 1, v).contiguous().cuda()
-        out, acc = S.accept_tokens(tokens.cuda(), tl, dl, temperature, top_k, top_p,
-                                   generator=2024, backend=gpu_backend)
+        out, _ = S.accept_tokens(tokens.cuda(), tl, dl, temperature, top_k, top_p,
+                                 generator=2024, backend=gpu_backend)
         p = warped(target[0], temperature, top_k, top_p)
         assert chi_square_p(out[:, 0].cpu().numpy(), p) > P_VALUE
 
