@@ -35,3 +35,15 @@ def restore_threads():
     threads = torch.get_num_threads()
     yield threads
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=("cuda", "triton"))
+def gpu_backend(request) -> str:
+    """Each GPU backend (the CUDA C++ kernels, then Triton) on a CUDA device, in turn; skipped
+    without a GPU or where that backend is not built. For tests marked ``gpu``."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    status = ponder.available_backends()[request.param]
+    if not (status.available and "cuda" in status.devices):
+        pytest.skip(f"backend {request.param!r} is not available: {status.reason}")
+    return request.param

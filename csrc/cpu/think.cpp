@@ -481,7 +481,7 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
         for (int64_t c = 0; c < chunks; ++c) {
           const int64_t p = (bh * chunks + c) * R + r;
           if (part_m[p] == kNegInf) continue;
-          const float w = part_m[p] == mx ? 1.0f : think::exp2_neg(part_m[p] - mx);
+          const float w = think::merge_weight(part_m[p], mx);
           total += w * part_l[p];
           const float* ap = part_acc.data() + p * a.dv;
           for (int64_t d = 0; d < a.dv; ++d) o[d] += w * ap[d];
@@ -491,7 +491,7 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
       if (total != 0.0f) {  // (a NaN total passes: NaN inputs give a NaN output)
         const float inv = 1.0f / total;
         for (int64_t d = 0; d < a.dv; ++d) store(orow[d], o[d] * inv);
-        lse[row] = (mx + std::log2(total)) * think::kLn2;
+        lse[row] = think::lse_natural(mx, total);
       } else {  // no visible key: zero output, lse = -inf (the reference's convention)
         for (int64_t d = 0; d < a.dv; ++d) store(orow[d], 0.0f);
         lse[row] = kNegInf;
@@ -613,8 +613,7 @@ void think_channel_scores(uintptr_t out, int64_t out_numel, uintptr_t q_window,
             const double x = load(qh[w * dim + j]);
             qs += x * x;
           }
-          const double q_term = qs / double(group * window), k_term = ks / double(length);
-          o[bh * dim + j] = static_cast<float>(q_term * k_term);
+          o[bh * dim + j] = think::channel_score(qs, group * window, ks, length);
         }
       }
     }

@@ -12,6 +12,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <initializer_list>
 #include <sstream>
 #include <stdexcept>
 
@@ -32,10 +33,46 @@ __device__ __forceinline__ void store(double& d, double x) { d = x; }
 __device__ __forceinline__ void store(__half& d, float x) { d = __float2half_rn(x); }
 __device__ __forceinline__ void store(__nv_bfloat16& d, float x) { d = __float2bfloat16_rn(x); }
 
-// f(T{}) with T the CUDA storage type of dtype code `dtype` (ponder/dtype.h).
-template <class F>
+// f(T{}) with T the CUDA storage type of dtype code `dtype` (ponder/dtype.h). With
+// kWithDouble = false (kernels that compute in float only) fp64 is a ValueError naming `op`.
+template <bool kWithDouble = true, class F>
 void dispatch_dtype(int dtype, const char* op, F&& f) {
-  dispatch_storage<__half, __nv_bfloat16>(dtype, op, f);
+  dispatch_storage<__half, __nv_bfloat16, kWithDouble>(dtype, op, f);
+}
+
+// Whether a strided tensor's rows all start on a 16-byte boundary: its address and every stride
+// (in elements of `bytes` bytes) are multiples of 16 bytes. Such rows are read with 16-byte loads.
+inline bool aligned16(uintptr_t address, int64_t bytes, std::initializer_list<int64_t> strides) {
+  if (address % 16 != 0) return false;
+  for (const int64_t s : strides) {
+    if ((s * bytes) % 16 != 0) return false;
+  }
+  return true;
+}
+
+// Eight consecutive values row[c0 .. c0 + 8) as float, zeros at and past n. `vec`: the row
+// starts on a 16-byte boundary (aligned16), so a full group of 16-bit values is one 16-byte load
+// and a full group of floats two (c0 is a multiple of 8).
+template <class T>
+__device__ __forceinline__ void load8(const T* row, int64_t c0, int64_t n, bool vec,
+                                      float out[8]) {
+  static_assert(sizeof(T) == 2 || sizeof(T) == 4, "load8 reads 16-bit or 32-bit storage");
+  if (vec && c0 + 8 <= n) {
+    if constexpr (sizeof(T) == 2) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(row + c0);
+      const T* h = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) out[e] = load(h[e]);
+    } else {
+      const float4 a = *reinterpret_cast<const float4*>(row + c0);
+      const float4 b = *reinterpret_cast<const float4*>(row + c0 + 4);
+      out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+      out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) out[e] = c0 + e < n ? static_cast<float>(load(row[c0 + e])) : 0.0f;
 }
 
 // A CUDA runtime error as std::runtime_error (RuntimeError in Python), naming the op and the call.
@@ -80,13 +117,15 @@ inline void check_launch(const char* op) {
 
 // Steps 2-5 for a launcher whose arguments are valid: with `device` current, kernel(T{}, stream)
 // launches the kernel for storage type T on torch's stream. Nothing is launched without work.
-template <class Kernel>
+// kWithDouble = false: the op computes in float only and refuses fp64 (before any CUDA call).
+template <bool kWithDouble = true, class Kernel>
 void launch(const char* op, int device, uintptr_t stream, int dtype, int64_t work,
             Kernel&& kernel) {
+  if constexpr (!kWithDouble) dispatch_dtype<false>(dtype, op, [](auto) {});  // validate only
   DeviceGuard guard(device, op);
   if (work == 0) return;
   const cudaStream_t s = stream_from(stream);
-  dispatch_dtype(dtype, op, [&](auto tag) { kernel(tag, s); });
+  dispatch_dtype<kWithDouble>(dtype, op, [&](auto tag) { kernel(tag, s); });
   check_launch(op);
 }
 

@@ -15,7 +15,7 @@ import functools
 import importlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -186,10 +186,15 @@ class KernelTable:
     ``ops[op][backend]`` is the attribute that runs ``op`` in the backend's module: ``ponder._C``
     for ``cpu``, ``ponder._cuda`` for ``cuda``, ``ponder.triton_kernels.<family>`` for ``triton``.
     The ``torch`` reference runs every op and is not listed.
+
+    ``cuda_default[op]`` names the backend tried first on CUDA tensors when none is forced (by
+    default ``cuda``, then ``triton``): where both have a kernel, the faster one on the GPU
+    benchmark (bench/gpu_check.py), recorded next to the table with its figure.
     """
 
     family: str
     ops: Mapping[str, Mapping[str, str]]
+    cuda_default: Mapping[str, str] = field(default_factory=dict)
 
     def backends(self, op: str) -> tuple[str, ...]:
         """The backends with a kernel for ``op``, ``torch`` last."""
@@ -238,7 +243,8 @@ def resolve(
     """The backend that runs ``op`` of the family ``kernels`` on ``device`` tensors.
 
     ``backend`` (the op's argument) beats ``PONDER_BACKEND``, which beats the device's default: on
-    CPU ``cpu``; on CUDA ``cuda``, else ``triton``, among the backends with a kernel for ``op``.
+    CPU ``cpu``; on CUDA ``kernels.cuda_default[op]`` where the table names one, else ``cuda``,
+    else ``triton``, among the backends with a kernel for ``op``.
     The result always has a kernel and runs here.
 
     Raises:
@@ -249,7 +255,11 @@ def resolve(
     """
     forced = backend if backend is not None else (os.environ.get("PONDER_BACKEND") or None)
     if forced is None:
-        for name in _PREFERENCE.get(device.type, ()):
+        order = _PREFERENCE.get(device.type, ())
+        first = kernels.cuda_default.get(op) if device.type == "cuda" else None
+        if first is not None:
+            order = (first, *(name for name in order if name != first))
+        for name in order:
             if not _why_not(kernels, op, name, device):
                 return name
         if device.type not in _PREFERENCE:

@@ -15,6 +15,7 @@ and reports one JSON line per case; a crash is then a failed test that names the
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import importlib.machinery
 import importlib.util
@@ -188,9 +189,32 @@ SPECS: dict[str, Spec] = {
         lambda s: [s["n"], 0, 0.5, 10.0, 7],
     ),
 }
-# ponder._cuda exports the Langevin launchers with the same buffers (device index and stream in
-# place of the thread count).
-CUDA_OPS = ["ula_step", "mala_propose", "proximal_step", "uld_step", "mala_accept"]
+# ponder._cuda's launchers take the CPU launchers' buffers (the device index and the stream in
+# place of the thread count); ThinK attention and accept_tokens add a workspace, and attention
+# its chunk length, and refuses head dims above 256.
+_CHUNK = 4  # keys per CUDA attention chunk in these calls
+_ATTN = SPECS["think_pruned_decode_attention"]
+_ACCEPT = SPECS["accept_tokens"]
+CUDA_SPECS: dict[str, Spec] = {
+    **{op: SPECS[op] for op in ("ula_step", "mala_propose", "proximal_step", "uld_step",
+                                "mala_accept", "prm_steps", "think_channel_scores",
+                                "accept_steps")},
+    "think_pruned_decode_attention": dataclasses.replace(
+        _ATTN,
+        buffers=[*_ATTN.buffers, Buf("workspace", "f4", lambda s: [
+            s["B"], s["Hkv"], max(1, -(-(s["Lp"] + s["Lr"]) // _CHUNK)),
+            s["Hq"] // s["Hkv"] * s["S"], s["Dv"] + 2])],
+        scalars=lambda s: [*_ATTN.scalars(s), _CHUNK],
+        precheck=lambda s, present: (_ATTN.precheck(s, present) and s["D"] <= 256
+                                     and s["Dv"] <= 256),
+    ),
+    "accept_tokens": dataclasses.replace(
+        _ACCEPT,
+        buffers=[*_ACCEPT.buffers,
+                 Buf("workspace", "i8", lambda s: [s["B"], 2 * s["K"] + 1, 2])],
+    ),
+}
+CUDA_OPS = list(CUDA_SPECS)
 
 
 def _reach(shape: list[int], strides: list[int] | None) -> int | str:
@@ -300,7 +324,7 @@ def _allocate(spec: Spec) -> dict:
 def child_main(path: str, launcher: str, cpu: bool) -> None:
     module = _load_extension(path)
     fn = getattr(module, launcher)
-    spec = SPECS[launcher]
+    spec = SPECS[launcher] if cpu else CUDA_SPECS[launcher]
     arrays = _allocate(spec)
     for name, sizes, claims, threads in _cases(spec, cpu):
         if not cpu and _expected(spec, sizes, claims, threads)[0] == "ok":
@@ -347,7 +371,7 @@ def test_raw_launcher_refuses_false_sizes(extension, launcher):
     if path is None:
         pytest.skip(f"ponder.{extension} is not built")
     cpu = extension == "_C"
-    spec = SPECS[launcher]
+    spec = SPECS[launcher] if cpu else CUDA_SPECS[launcher]
     expected = {name: _expected(spec, sizes, claims, threads)
                 for name, sizes, claims, threads in _cases(spec, cpu)}
     if cpu and launcher == "ula_step":

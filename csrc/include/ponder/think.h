@@ -1,7 +1,10 @@
-// Framework-free math of ponder.ops.think (ThinK decode attention): a branch-free exp2 that
-// vectorises, and the merge of online-softmax partials.
+// Framework-free math of ponder.ops.think, shared by the CPU launchers (cpu/think.cpp) and the
+// CUDA kernels (cuda/think.cu): a branch-free exp2 that vectorises, the online-softmax update of
+// one key, the merge of online-softmax partials and its final normalisation, and the channel
+// score's last step.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -32,9 +35,54 @@ PONDER_HD float exp2_neg(float x) {
   p = p * f + 6.9314718055994531e-1f;
   p = p * f + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+#if defined(__CUDA_ARCH__)
+  const float scale = __int_as_float(bits);
+#else
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
+#endif
   return p * scale;
+}
+
+// The weight of a partial (max m, base 2) when partials are merged under the overall max mx:
+// 2^(m - mx), exactly 1 for the partial that holds the max. m must be > -inf (a partial that saw
+// no key is skipped by the caller). A poisoned partial (m = +inf, NaN sum) gets weight 1, so the
+// merged sum is NaN, as torch gives for NaN inputs.
+PONDER_HD float merge_weight(float m, float mx) { return m == mx ? 1.0f : exp2_neg(m - mx); }
+
+// The natural-log log-sum-exp of a merged row: max mx (base 2) and sum total of 2^(s - mx).
+PONDER_HD float lse_natural(float mx, float total) { return (mx + log2f(total)) * kLn2; }
+
+// One key with base-2 score s joins a row's online softmax (max m, sum l): returns alpha, the
+// factor the row's accumulated output must be multiplied by, and sets p, the key's weight. A
+// masked key (s = -inf) changes nothing. A NaN score poisons the row for good (m = +inf, l and
+// alpha NaN: the output becomes NaN, as in torch); later keys then leave it as it is.
+PONDER_HD float online_update(float& m, float& l, float s, float& p) {
+  const float inf = __builtin_huge_valf();
+  if (s != s) {
+    m = inf;
+    l = s;
+    p = 0.0f;
+    return s;
+  }
+  if (s == -inf || m == inf) {
+    p = 0.0f;
+    return 1.0f;
+  }
+  const float m_new = m > s ? m : s;
+  const float alpha = m == -inf ? 0.0f : exp2_neg(m - m_new);
+  p = exp2_neg(s - m_new);
+  l = l * alpha + p;
+  m = m_new;
+  return alpha;
+}
+
+// The ThinK channel score from its two sums of squares: mean of q^2 over the q_count query values
+// of the group times mean of k^2 over the k_count keys, rounded to float once.
+PONDER_HD float channel_score(double q_squares, int64_t q_count, double k_squares,
+                              int64_t k_count) {
+  const double q_term = q_squares / double(q_count), k_term = k_squares / double(k_count);
+  return static_cast<float>(q_term * k_term);
 }
 
 }  // namespace think

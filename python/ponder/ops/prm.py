@@ -56,11 +56,17 @@ __all__ = [
 ]
 
 KINDS = ("two_label", "value")
-# One fused kernel serves both ops (logits and/or the aggregates). No hand-written CUDA C++
-# kernel: Triton is the GPU backend.
+# One fused kernel serves both ops (logits and/or the aggregates). On CUDA tensors the default is
+# Triton, PROVISIONALLY: the CUDA C++ kernel is compiled but has never run, and neither has been
+# timed on a GPU (bench/gpu_check.py measures both, issue 23); a measured run picks the faster one
+# and records its figure here.
 KERNELS = _backend.KernelTable(
     "prm",
-    {op: {"cpu": "prm_steps", "triton": "prm_steps"} for op in ("score_steps", "step_logits")},
+    {
+        op: {"cpu": "prm_steps", "cuda": "prm_steps", "triton": "prm_steps"}
+        for op in ("score_steps", "step_logits")
+    },
+    cuda_default={"score_steps": "triton", "step_logits": "triton"},
 )
 
 
@@ -551,7 +557,7 @@ def score_steps(
         bias: optional ``[2]`` (two labels) or scalar / ``[]`` / ``[1]`` (value head).
         kind: ``"two_label"`` or ``"value"``; default from ``head.dim()`` (2 or 1).
         lengths: optional ``[B]`` int64 valid lengths; steps must then be ``< lengths[b]``.
-        backend: ``"cpu"``, ``"triton"`` or ``"torch"``; default by device.
+        backend: ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``; default by device.
 
     Returns:
         :class:`StepScores`: ``scores [B, S]`` (NaN at padding), ``min``, ``last``, ``product``,

@@ -53,10 +53,13 @@ __all__ = [
 
 LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 OMEGAS = ("binary", "constant", "clipping", "sigmoid")
-# No hand-written CUDA C++ kernel: Triton is the GPU backend of both ops.
+# On CUDA tensors the default is Triton, PROVISIONALLY: the CUDA C++ kernels are compiled but
+# have never run, and neither has been timed on a GPU (bench/gpu_check.py measures both, issue
+# 23); a measured run picks the faster one per op and records its figure here.
 KERNELS = _backend.KernelTable(
     "speculative",
-    {op: {"cpu": op, "triton": op} for op in ("accept_tokens", "accept_steps")},
+    {op: {"cpu": op, "cuda": op, "triton": op} for op in ("accept_tokens", "accept_steps")},
+    cuda_default={"accept_tokens": "triton", "accept_steps": "triton"},
 )
 # Rows of [rows, V] processed at once when computing top-k / top-p thresholds: bounds the
 # temporaries to [_THRESHOLD_CHUNK, V] instead of [B, K, V].
@@ -401,10 +404,12 @@ def _accept_tokens_impl(
             tokens, counts, *tensors, temperature, per_row_seeds
         )
     else:
+        if backend == "cuda":  # per-row statistics (log-sum-exp, argmax, contract): 16 bytes a row
+            tensors.append(torch.empty(2 * batch * (2 * k + 1), dtype=torch.int64, device=device))
         code = _backend.DTYPE_CODES[target_logits.dtype]
         launch_native(
-            backend, KERNELS.kernel("accept_tokens", backend), [tokens, counts, *tensors], batch, k, vocab, code,
-            temperature, int(per_row_seeds),
+            backend, KERNELS.kernel("accept_tokens", backend), [tokens, counts, *tensors], batch,
+            k, vocab, code, temperature, int(per_row_seeds),
         )
     _raise_for_counts("accept_tokens", counts, k, target_logits, draft_logits, temperature)
     return tokens, counts
@@ -532,7 +537,7 @@ def accept_tokens(
             int64 tensor of per-row seeds.
         uniforms: optional ``(accept [B, K], race [B, V])`` float uniforms in (0, 1] for an exact
             result (``accept[b, j]`` tests position j; ``race[b]`` draws row b's final token).
-        backend: ``"cpu"``, ``"triton"`` or ``"torch"``; default by device.
+        backend: ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``; default by device.
 
     Outputs are integers, so no gradient flows: logits that require grad are read as values,
     alike on every backend.

@@ -70,18 +70,43 @@ __all__ = [
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int64, torch.int32)
 
-# No hand-written CUDA C++ kernel: Triton is ThinK's GPU backend. select_channels and
-# compact_keys are plain torch (a top-k and a gather) and take no backend.
+# select_channels and compact_keys are plain torch (a top-k and a gather) and take no backend.
+# On CUDA tensors both ops have a CUDA C++ and a Triton kernel. The default there is Triton,
+# PROVISIONALLY: neither has been timed on a GPU yet (the CUDA kernels are compiled but have never
+# run; bench/gpu_check.py measures both, issue 23), so the default stays what it was until a
+# measured run picks the faster one per op and records its figure here.
 KERNELS = _backend.KernelTable(
     "think",
     {
-        "channel_scores": {"cpu": "think_channel_scores", "triton": "channel_scores"},
+        "channel_scores": {
+            "cpu": "think_channel_scores",
+            "cuda": "think_channel_scores",
+            "triton": "channel_scores",
+        },
         "pruned_decode_attention": {
             "cpu": "think_pruned_decode_attention",
+            "cuda": "think_pruned_decode_attention",
             "triton": "pruned_decode_attention",
         },
     },
+    cuda_default={"channel_scores": "triton", "pruned_decode_attention": "triton"},
 )
+
+# The CUDA kernel's split of the keys (csrc/cuda/think.cu): chunks of _CUDA_CHUNK_KEYS keys,
+# doubled while the partials would exceed _CUDA_PARTIAL_BUDGET floats (a long chunked prefill).
+# It depends on the shapes only, so the results do not depend on the GPU.
+_CUDA_CHUNK_KEYS = 256
+_CUDA_PARTIAL_BUDGET = 16 << 20
+
+
+def _cuda_split(heads: int, rows: int, length: int, dv: int) -> tuple[int, int]:
+    """``(chunk_keys, workspace floats)`` for the CUDA kernel: ``heads = B * Hkv`` KV heads of
+    ``rows = Hq / Hkv * S`` query rows over ``length = Lp + Lr`` keys."""
+    chunk = _CUDA_CHUNK_KEYS
+    while chunk < length and heads * rows * (dv + 2) * -(-length // chunk) > _CUDA_PARTIAL_BUDGET:
+        chunk *= 2
+    chunks = max(1, -(-length // chunk))
+    return chunk, heads * chunks * rows * (dv + 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,13 +314,19 @@ def _pruned_decode_attention_impl(
         hkv, lp, t_kept = k_pruned.shape[1], k_pruned.shape[2], k_pruned.shape[3]
         lr, dim = k_recent.shape[2], k_recent.shape[3]
         code = _backend.DTYPE_CODES[q.dtype]
+        buffers = [out, lse, q, k_pruned, idx, k_recent, v, starts, lengths]
+        extra: tuple = ()
+        if backend == "cuda":  # split-K partials live in a workspace torch allocates
+            chunk, floats = _cuda_split(batch * hkv, (hq // hkv) * s_len, lp + lr, dv)
+            buffers.append(torch.empty(floats, dtype=torch.float32, device=q.device))
+            extra = (chunk,)
         launch_native(
             backend,
             KERNELS.kernel("pruned_decode_attention", backend),
-            [out, lse, q, k_pruned, idx, k_recent, v, starts, lengths],
+            buffers,
             batch, hq, hkv, s_len, lp, lr, dim, t_kept, dv,
             *k_pruned.stride()[:3], *k_recent.stride()[:3], *v.stride()[:3],
-            code, scale,
+            code, scale, *extra,
         )
     return out, lse
 
@@ -365,7 +396,7 @@ def channel_scores(q_window: Tensor, k: Tensor, *, backend: str | None = None) -
     Args:
         q_window: ``[B, Hq, W, D]`` the last ``W >= 1`` queries (after RoPE), float32/16, bfloat16.
         k: ``[B, Hkv, L, D]`` keys after RoPE, ``L >= 1``, same dtype and device; ``Hq % Hkv == 0``.
-        backend: ``"cpu"``, ``"triton"`` or ``"torch"``; default by device.
+        backend: ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``; default by device.
 
     Returns:
         float32 ``[B, Hkv, D]``.
@@ -471,7 +502,7 @@ def pruned_decode_attention(
         return_lse: also return the float32 ``[B, Hq, S]`` log-sum-exp of the scaled logits
             (``-inf`` for a query that sees nothing), for merging partial attentions.
         starts: optional int ``[B]``, ``0 <= starts[b]``: first valid key (left padding).
-        backend: ``"cpu"``, ``"triton"`` or ``"torch"``; default by device.
+        backend: ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"torch"``; default by device.
 
     Returns:
         ``out [B, Hq, S, Dv]`` in q's dtype (contiguous), and ``lse`` if ``return_lse``.
