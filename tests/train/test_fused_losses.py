@@ -11,11 +11,21 @@ import torch
 
 pytest.importorskip("transformers")
 
-from ponder.ops.lm_head import kl_to_reference, token_logprobs  # noqa: E402
-from ponder.train.oreo import (OREOCollator, OREOConfig, OREOModels, ValueModel,  # noqa: E402
-                               _batch_terms, _oreo_forward, kl_token_weights, loss_counts,
-                               oreo_losses, rows_to_dataset)
-from tests.train.oreo_common import tiny_policy, tiny_rows, tokenizer  # noqa: E402
+from ponder.ops.lm_head import kl_to_reference, token_logprobs
+from ponder.train.oreo import (
+    OREOCollator,
+    OREOConfig,
+    OREOModels,
+    ValueModel,
+    _batch_terms,
+    _oreo_forward,
+    kl_token_weights,
+    loss_counts,
+    oreo_losses,
+    rows_to_dataset,
+)
+
+from tests.train.oreo_common import tiny_policy, tiny_rows, tokenizer
 
 NL = 4  # the toy tokenizer's "\n"
 
@@ -33,7 +43,7 @@ def _oreo_setup():
 
 @pytest.mark.parametrize("averaging", ["token", "sequence"])
 def test_oreo_fused_kl_matches_the_per_token_path(averaging, monkeypatch):
-    import ponder.train.oreo as oreo
+    from ponder.train import oreo
 
     calls = []
     for name in ("kl_to_reference", "kl_to_reference_sum"):
@@ -119,10 +129,9 @@ def test_oreo_per_token_kl_of_the_models_is_the_op():
 
 
 def test_first_sft_fused_matches_the_per_token_sum(tmp_path, monkeypatch):
-    from transformers import TrainingArguments
-
-    import ponder.train.first as first
+    from ponder.train import first
     from ponder.train.first import FIRSTTrainer, hidden_states_and_head
+    from transformers import TrainingArguments
 
     calls = []
     op = first.token_logprobs_sum
