@@ -22,7 +22,7 @@ prompt is prefilled once per problem; after each step the kept beams' keys and v
 out of the step's batch, and the next step feeds each beam's last token only. The value model's
 caches are carried too when it has a transformers ``backbone`` and a bias-free ``head``
 (``ponder.train.oreo.ValueModel``): a candidate's value is read after feeding only its new
-tokens to its beam's cache (the first step reads the whole sequences). ``reuse_cache=False``
+tokens to its beam's cache (the prompts are read once). ``reuse_cache=False``
 recomputes every prefix at every step; both give the same result at a fixed seed, up to the
 rounding of the logits and values.
 
@@ -445,10 +445,15 @@ def value_beam_search(
             done = e or len(r) + len(x) >= max_new_tokens
             cands.append((p, resp, done, e, row, j))
         if backbone is not None:
-            # the value model continues each beam's carried cache with the new tokens (the
-            # first step reads the whole sequences, and keeps their caches)
-            items = [(None, heads[p] + resp, 0.0) if first else
-                     (jobs[j][3], resp[len(jobs[j][1]):], jobs[j][4])
+            if first:  # the value model reads each prompt once: it is the first beams' prefix
+                heads_sc = _score_carried(value_model, backbone,
+                                          [(None, heads[p], 0.0) for p, *_ in jobs], pad,
+                                          batch_size)
+                jobs = [(p, r, kv, sc.kv(), sc.value)
+                        for (p, r, kv, _, _), sc in zip(jobs, heads_sc)]
+                del heads_sc
+            # the value model continues each beam's carried cache with the new tokens
+            items = [(jobs[j][3], resp[len(jobs[j][1]):], jobs[j][4])
                      for p, resp, _, _, _, j in cands]
             scored = _score_carried(value_model, backbone, items, pad, batch_size)
         else:
