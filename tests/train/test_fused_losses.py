@@ -159,3 +159,34 @@ def test_first_sft_fused_matches_the_per_token_sum(tmp_path, monkeypatch):
     assert float(per_token.detach()) > 1.0
     for k, p in model.named_parameters():
         torch.testing.assert_close(g_fused[k], p.grad, rtol=1e-4, atol=1e-7, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["sft", "first"])
+def test_first_chunk_tokens_changes_the_blocks_not_the_loss(tmp_path, mode):
+    from ponder.toy import make_tokenizer
+    from ponder.train.first import FIRSTTrainer, extract_topk
+    from transformers import TrainingArguments
+
+    from tests.train.first_tiny import examples, records, tiny_model
+
+    store = tmp_path / "store"
+    if mode == "first":
+        extract_topk(tiny_model(seed=1), records(4), 5, out_dir=store, tokenizer=make_tokenizer())
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), max_steps=1, report_to="none",
+                             use_cpu=True, per_device_train_batch_size=4, disable_tqdm=True,
+                             remove_unused_columns=False)
+    out = {}
+    for chunk in (None, 3):
+        model = tiny_model(seed=0)
+        kw = {"store": store, "temperature_c": 0.7, "other_bucket": True} if mode == "first" \
+            else {}
+        trainer = FIRSTTrainer(model, args, examples(4), mode=mode, chunk_tokens=chunk, **kw)
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        loss = trainer._token_loss_sum(model, batch)
+        loss.backward()
+        out[chunk] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(out[3][0], out[None][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(out[3][1], out[None][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # summation order
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        FIRSTTrainer(tiny_model(seed=0), args, examples(4), mode="sft", chunk_tokens=0)
