@@ -6,8 +6,11 @@ reference, both losses (token level, exact KL), one backward, the critic's AdamW
 actor's AdamW step. The implementations differ only in how the per-token quantities are
 computed from the last hidden states:
 
-  ponder   ponder.ops.lm_head.token_logprobs (policy, reference) and kl_to_reference: chunked,
-           never [tokens, vocab];
+  ponder   the trainer's step: ponder.ops.lm_head.token_logprobs (policy, reference) and the
+           fused scalar kl_to_reference_sum for the KL term (gradient computed in the forward):
+           chunked, never [tokens, vocab];
+  ponder-per-token  the same with OREOConfig(fused=False): the per-token kl_to_reference
+           (6 matrix products for the KL against the fused loss's 4);
   eager    what the original code does: full logits, log_softmax for the policy and the reference
            (and the policy's softmax for the exact KL), gather.
 
@@ -17,7 +20,8 @@ reset through /proc/self/clear_refs just before) minus the resident set before i
 
 Run:  python bench/oreo_step.py                 (the issue's size: needs ~30 GB, run it alone)
       python bench/oreo_step.py --layers 1 --hidden 256 --vocab 32000 --seq 256   (smaller)
-Not run in this change (the machine was shared); no numbers are claimed from it.
+      --impls eager,ponder,ponder-per-token   (the rows, in this order; the first is the baseline)
+Measured figures and their commands: docs/oreo.md, "Benchmark".
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+
+IMPLS = ("eager", "ponder", "ponder-per-token")
 
 
 def _kib(field: str) -> int:
@@ -75,7 +82,7 @@ def _child(a) -> None:
     models = OREOModels(policy, ValueModel.from_policy(policy))
     opt_a = torch.optim.AdamW(models.policy.parameters(), lr=5e-6, betas=(0.9, 0.95))
     opt_c = torch.optim.AdamW(models.value.parameters(), lr=5e-6, betas=(0.9, 0.95))
-    oreo = OREOConfig(kl="exact")
+    oreo = OREOConfig(kl="exact", fused=a.impl != "ponder-per-token")
 
     def batch(b, n):
         ids = torch.randint(3, a.vocab, (b, n))
@@ -85,7 +92,7 @@ def _child(a) -> None:
                 "reward": (torch.arange(b) % 2).float()}
 
     def step(inputs):
-        if a.impl == "ponder":
+        if a.impl.startswith("ponder"):
             out = _oreo_forward(models, ref, inputs, oreo)
         else:
             ids, att = inputs["input_ids"], inputs["attention_mask"]
@@ -123,17 +130,24 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--impl", choices=("ponder", "eager"), default=None)
+    ap.add_argument("--impl", choices=IMPLS, default=None)
+    ap.add_argument("--impls", default="eager,ponder",
+                    help="comma-separated rows, the first is the baseline (default eager,ponder)")
     a = ap.parse_args()
     if a.impl is not None:
         _child(a)
         return
     rows = []
-    for impl in ("eager", "ponder"):
+    impls = a.impls.split(",")
+    bad = [i for i in impls if i not in IMPLS]
+    if bad:
+        ap.error(f"--impls: unknown {bad}; choose from {IMPLS}")
+    for impl in impls:
         cmd = [sys.executable, __file__, "--impl", impl] + [
             f"--{k}={getattr(a, k)}" for k in ("layers", "hidden", "vocab", "batch", "seq")]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     eager = rows[0]
     print(f"OREO step, {a.layers} layers, hidden {a.hidden}, vocab {a.vocab}, batch {a.batch} x "
           f"{a.seq}, fp32, torch threads {__import__('torch').get_num_threads()}")

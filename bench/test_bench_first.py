@@ -10,7 +10,11 @@ the step that depends on the vocabulary; the transformer body is the same in eve
   first          ``ponder.ops.lm_head.topk_distill_loss`` on the stored teacher top-5 (c = 0.5):
                  k dot products per token, no vocabulary pass;
   first-other    the same with the other bucket (one pass over the vocabulary, forward and
-                 backward, in chunks).
+                 backward, in chunks: the fused scalar loss, blocks of 110 token rows at
+                 V = 151936);
+  first-other-512  the same in blocks of 512 token rows (``chunk_tokens=512``: fewer passes over
+                 the head, a larger logits block). Not in the default rows
+                 (``FIRST_BENCH_IMPLS=eager-kd,first,first-other,first-other-512``).
 
 Measured as bench/test_bench_lm_head.py does (a fresh process per row, one warm-up call at a tiny
 size, one timed call; peak extra memory = the VmHWM rise minus the gradients returned).
@@ -34,7 +38,10 @@ from test_bench_lm_head import _status_kib  # noqa: E402  (the same VmHWM reader
 
 N = int(os.environ.get("FIRST_BENCH_N", "2048"))
 HIDDEN, VOCAB, K = 1536, int(os.environ.get("FIRST_BENCH_V", "151936")), 5
-IMPLS = ("eager-kd", "first", "first-other")
+ALL_IMPLS = ("eager-kd", "first", "first-other", "first-other-512")
+IMPLS = tuple(os.environ.get("FIRST_BENCH_IMPLS", "eager-kd,first,first-other").split(","))
+if any(i not in ALL_IMPLS for i in IMPLS):
+    raise ValueError(f"FIRST_BENCH_IMPLS: choose from {ALL_IMPLS}, got {IMPLS}")
 GROUP = f"first: N={N} H={HIDDEN} V={VOCAB}, fp32, forward + backward"
 
 
@@ -61,7 +68,9 @@ def _run(impl: str, hidden, weight, t_hidden, t_weight, ids, lps):
     else:
         from ponder.ops.lm_head import topk_distill_loss
 
-        loss = topk_distill_loss(h, w, ids, lps, 0.5, impl == "first-other")
+        chunk = 512 if impl == "first-other-512" else None
+        loss = topk_distill_loss(h, w, ids, lps, 0.5, impl.startswith("first-other"),
+                                 chunk_tokens=chunk)
     loss.backward()
     return loss.detach(), h.grad, w.grad
 
@@ -102,7 +111,9 @@ def test_first_step(benchmark, impl):
 
 
 def _table(rows: list[dict]) -> str:
-    eager = next(r for r in rows if r["impl"] == "eager-kd")
+    eager = next((r for r in rows if r["impl"] == "eager-kd"), None)
+    if eager is None:  # no baseline row in this run: times and memory only
+        eager = {"seconds": float("nan"), "peak_extra_bytes": float("nan")}
     lines = ["| implementation | time (fwd + bwd) | vs eager KD | peak extra memory | "
              "fraction of eager's |", "|---|---|---|---|---|"]
     for r in rows:

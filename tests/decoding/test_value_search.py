@@ -88,3 +88,72 @@ def test_errors():
         vs.value_beam_search(policy, fake, tok, "Q")
     with pytest.raises(ValueError, match="n must"):
         vs.value_best_of_n(policy, fake, tok, ["Q"], n=0)
+
+
+def test_beam_search_with_carried_caches_equals_recomputing_the_prefixes():
+    tok, _, fake, _ = _setup()
+    # float64: the carried keys and values equal the recomputed ones far below any sampling
+    # boundary, so the seeded draws are the same
+    policy = tiny_policy(3).double().eval()
+    prompts = ["Q: 1+2=?\n\n", "Q: 3*4=?\n\n", "Q: 5-1=?\n\n"]
+    kw = {"beam_width": 3, "max_steps": 4, "step_delimiter": "\n", "max_step_tokens": 5,
+          "max_new_tokens": 16, "seed": 7, "batch_size": 7}  # several batches per step
+    a = vs.value_beam_search(policy, fake, tok, prompts, reuse_cache=True, **kw)
+    b = vs.value_beam_search(policy, fake, tok, prompts, reuse_cache=False, **kw)
+    assert a.ids == b.ids and a.values == b.values and a.finished == b.finished
+    assert a.sampled_tokens == b.sampled_tokens
+    assert max(len(x) for x in a.ids) > 5  # more than one step was taken
+    with pytest.raises(TypeError, match="reuse_cache"):
+        vs.value_beam_search(policy, fake, tok, prompts, reuse_cache=1)
+
+
+def test_carried_keys_and_values_are_those_of_a_fresh_prefill():
+    tok = make_tokenizer()
+    policy = tiny_policy(3).double().eval()
+    prompts = [tok("Q: 1+2=?\n\n")["input_ids"], tok("Q: 13*4=?\n\n")["input_ids"]]
+    gen = torch.Generator().manual_seed(0)
+    kw = {"eos": 2, "pad": 0, "delimiter": [4], "temperature": 1.0, "top_p": None,
+          "generator": gen, "batch_size": 256, "reuse": True}
+    rows = vs._sample_steps(policy, [vs._Source(p) for p in prompts], [2, 3],
+                            max_tokens=[4, 4], **kw)
+    # a second step from the carried caches of two rows (different lengths: left padding)
+    src = [vs._Source(prompts[0] + rows[0].new, rows[0].kv()),
+           vs._Source(prompts[1] + rows[4].new, rows[4].kv())]
+    rows2 = vs._sample_steps(policy, src, [1, 2], max_tokens=[4, 4], **kw)
+    for seq, row in ((prompts[0] + rows[0].new, rows[0]), (prompts[1] + rows[4].new, rows[4]),
+                     (src[1].ids + rows2[2].new, rows2[2])):
+        kv = row.kv()
+        assert kv is not None and kv[0][0].shape[1] == len(seq) - 1
+        with torch.no_grad():
+            out = policy(input_ids=torch.tensor([seq[:-1]]), use_cache=True)
+        for (k, v), layer in zip(kv, out.past_key_values.layers):
+            torch.testing.assert_close(k, layer.keys[0], rtol=1e-9, atol=1e-10)
+            torch.testing.assert_close(v, layer.values[0], rtol=1e-9, atol=1e-10)
+
+
+def test_carried_value_caches_give_the_values_of_the_full_sequences():
+    tok = make_tokenizer()
+    policy = tiny_policy(3).double().eval()
+    value = ValueModel.from_policy(tiny_policy(4)).double().eval()
+    torch.nn.init.normal_(value.head.weight, generator=torch.Generator().manual_seed(2))
+    assert vs._value_backbone(value) is not None
+    prompts = ["Q: 1+2=?\n\n", "Q: 3*4=?\n\n", "Q: 25-1=?\n\n"]
+    kw = {"beam_width": 3, "max_steps": 4, "step_delimiter": "\n", "max_step_tokens": 5,
+          "max_new_tokens": 16, "seed": 3, "batch_size": 7}
+    a = vs.value_beam_search(policy, value, tok, prompts, reuse_cache=True, **kw)
+    b = vs.value_beam_search(policy, value, tok, prompts, reuse_cache=False, **kw)
+    assert a.ids == b.ids and a.finished == b.finished
+    assert a.values == pytest.approx(b.values, rel=1e-9, abs=1e-12)
+    assert max(len(x) for x in a.ids) > 5
+    # the values of the chosen responses, read from the full sequences
+    heads = [tok(p)["input_ids"] for p in prompts]
+    full = vs.score_values(value, [h + r for h, r in zip(heads, a.ids)], 0)
+    assert a.values == pytest.approx(full, rel=1e-9, abs=1e-12)
+    # carried: beam caches + new tokens, one candidate with no new token (its beam's value)
+    seqs = [heads[0] + [5, 6], heads[1] + [7]]
+    first = vs._score_carried(value, value.backbone, [(None, s, 0.0) for s in seqs], 0, 256)
+    more = [(first[0].kv(), [8, 9, 4], 0.0), (first[1].kv(), [], first[1].value)]
+    got = vs._score_carried(value, value.backbone, more, 0, 256)
+    want = vs.score_values(value, [seqs[0] + [8, 9, 4], seqs[1]], 0)
+    assert [g.value for g in got] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert got[0].kv()[0][0].shape[1] == len(seqs[0]) + 3

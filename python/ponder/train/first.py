@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..ops.lm_head import token_logprobs, topk_distill_loss, topk_logprobs
+from ..ops.lm_head import token_logprobs_sum, topk_distill_loss, topk_logprobs
 from ..rewards.train import read_jsonl  # JSONL records, for callers of this module
 from ..validation import check_int, check_real
 from .calibration import calibrate_temperature, summarise
@@ -480,6 +480,10 @@ class FIRSTTrainer(_trainer_base()):
         other_bucket: add the "other" bucket to the top-k loss.
         teacher: the teacher model for ``"kd"``.
         tokenizer: checked against the store's tokenizer fingerprint when given.
+        chunk_tokens: token rows per block of the fused losses that pass over the vocabulary
+            (``"sft"``, and the top-k modes with ``other_bucket``); None: the op's default
+            (64 MiB of float32 logits per block, 110 rows at V = 151936). Larger blocks read the
+            head fewer times for more memory (docs/first.md, "Benchmark").
 
     The loss of a micro-batch is its sum over response tokens divided by the response tokens of
     the whole optimiser step (all accumulation micro-batches, all processes, counted before the
@@ -492,7 +496,8 @@ class FIRSTTrainer(_trainer_base()):
 
     def __init__(self, model=None, args=None, train_dataset=None, *, mode: str = "first",
                  store: TopKStore | str | Path | None = None, temperature_c: float | None = None,
-                 other_bucket: bool = False, teacher=None, tokenizer=None, **kwargs):
+                 other_bucket: bool = False, teacher=None, tokenizer=None,
+                 chunk_tokens: int | None = None, **kwargs):
         fn = "FIRSTTrainer"
         if mode not in MODES:
             raise ValueError(f"{fn}: mode must be one of {MODES}, got {mode!r}")
@@ -530,7 +535,10 @@ class FIRSTTrainer(_trainer_base()):
                 raise ValueError(f"{fn}: vocabulary mismatch: the teacher has {t_vocab} tokens, "
                                  f"the student {vocab}")
         self.mode, self.store, self.temperature_c = mode, store, c
+        if chunk_tokens is not None:
+            chunk_tokens = check_int(fn, "chunk_tokens", chunk_tokens, minimum=1)
         self.other_bucket, self.teacher = other_bucket, teacher
+        self.chunk_tokens = chunk_tokens
         self._step_tokens: float | None = None
         if train_dataset is not None and not isinstance(train_dataset, _Indexed):
             train_dataset = _Indexed(list(train_dataset))
@@ -564,14 +572,18 @@ class FIRSTTrainer(_trainer_base()):
         rows = hidden[:, :-1][resp]
         targets = labels[:, 1:][resp]
         if self.mode == "sft":
-            return -token_logprobs(rows, weight, targets, bias).sum()
+            # A plain sum of log-probabilities: the fused scalar loss (gradient computed in the
+            # forward, 3 matrix products, against 4 for the per-token op then a sum).
+            return -token_logprobs_sum(rows, weight, targets, bias=bias,
+                                       chunk_tokens=self.chunk_tokens)
         if self.mode in ("first", "topk"):
             t_ids, t_lp = inputs["teacher_ids"], inputs["teacher_logprobs"]
             if t_ids.shape[0] != rows.shape[0]:
                 raise ValueError(f"{fn}: {rows.shape[0]} response tokens but {t_ids.shape[0]} "
                                  "teacher rows")
             return topk_distill_loss(rows, weight, t_ids, t_lp, self.temperature_c,
-                                     self.other_bucket, "sum", bias=bias)
+                                     self.other_bucket, "sum", bias=bias,
+                                     chunk_tokens=self.chunk_tokens)
         # "kd": the eager full-vocabulary baseline, both [T, V] logits materialised.
         with torch.no_grad():
             t_logits = self.teacher(input_ids=inputs["input_ids"],

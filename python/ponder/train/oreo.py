@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..ops.lm_head import kl_to_reference, token_logprobs
+from ..ops.lm_head import kl_to_reference, kl_to_reference_sum, token_logprobs
 
 __all__ = [
     "LEVELS",
@@ -58,6 +58,7 @@ __all__ = [
     "collect",
     "encode_example",
     "k3_kl",
+    "kl_token_weights",
     "load_value_model",
     "loss_counts",
     "oreo_losses",
@@ -99,6 +100,14 @@ class OREOConfig:
         Where the value loss is taken: ``"starts"`` (the states where an action starts: every
         response token at token level, each step's first token at step level; the MDP's states)
         or ``"all"`` (every response token, whatever the level).
+    fused : bool
+        With ``kl="exact"``: compute the KL term, a weighted sum of per-token KLs with weights
+        known before the forward, with the fused scalar loss
+        :func:`ponder.ops.lm_head.kl_to_reference_sum` (its gradient computed in the forward:
+        4 matrix products against the per-token op's 6). ``False``: the per-token
+        :func:`ponder.ops.lm_head.kl_to_reference`, then the sum (the same loss and gradients
+        up to rounding). The policy's log-probabilities always use the per-token op (see
+        docs/oreo.md, "Which fused ops").
     """
 
     beta: float = 0.03
@@ -110,6 +119,7 @@ class OREOConfig:
     reward_shift: float = 0.0
     averaging: str = "token"
     value_states: str = "starts"
+    fused: bool = True
 
     def __post_init__(self):
         if self.level not in LEVELS:
@@ -122,6 +132,8 @@ class OREOConfig:
         if self.value_states not in ("starts", "all"):
             raise ValueError(f"OREOConfig: value_states must be 'starts' or 'all', got "
                              f"{self.value_states!r}")
+        if not isinstance(self.fused, bool):
+            raise TypeError(f"OREOConfig: fused must be a bool, got {type(self.fused).__name__}")
         self.step_delimiter = tuple(int(t) for t in self.step_delimiter)
         if self.level == "step" and not self.step_delimiter:
             raise ValueError("OREOConfig: level='step' needs step_delimiter, the token ids that "
@@ -224,6 +236,24 @@ def _reduce(term: Tensor, where: Tensor, config: OREOConfig, count: Tensor | flo
     return seq_mean.sum() / max(float(n_seq), 1.0)
 
 
+def kl_token_weights(mask: Tensor, config: OREOConfig,
+                     normalizer: Tensor | Sequence[float] | None = None) -> Tensor:
+    """``[B, T]`` float32 weights ``w`` with ``sum(w * kl)`` equal to the KL loss that
+    :func:`oreo_losses` takes from a per-token ``kl`` (``config.averaging``, the global
+    ``normalizer`` of :func:`loss_counts`; default this batch's): ``mask / n_kl`` for token
+    averaging, ``mask / (tokens of the row * n_seq)`` for sequence averaging. They are the
+    ``weights`` of :func:`ponder.ops.lm_head.kl_to_reference_sum`, known before the forward."""
+    mask = mask.bool()
+    if normalizer is None:
+        normalizer = loss_counts(mask, mask, config)
+    n_kl, n_seq = float(normalizer[2]), float(normalizer[3])
+    m = mask.float()
+    if config.averaging == "token":
+        return m / max(n_kl, 1.0)
+    per = mask.sum(1, keepdim=True).clamp_min(1).float()
+    return m / (per * max(n_seq, 1.0))
+
+
 def oreo_losses(
     logp: Tensor,
     ref_logp: Tensor,
@@ -234,6 +264,7 @@ def oreo_losses(
     config: OREOConfig,
     *,
     kl: Tensor | None = None,
+    kl_loss: Tensor | None = None,
     normalizer: Tensor | Sequence[float] | None = None,
 ) -> OREOLosses:
     """OREO's value and policy losses on one batch, ``[B, T]`` tensors aligned on the tokens.
@@ -247,6 +278,9 @@ def oreo_losses(
         starts: ``[B, T]`` bool, the tokens where an action starts (:func:`action_starts`).
         config: :class:`OREOConfig`.
         kl: ``[B, T]`` the exact KL per token when ``config.kl == "exact"`` (with gradient).
+        kl_loss: instead of ``kl``, the KL term already reduced: a scalar equal to
+            ``sum(kl_token_weights(mask, config, normalizer) * kl)``, e.g. from the fused
+            :func:`ponder.ops.lm_head.kl_to_reference_sum` with those weights.
         normalizer: the global batch's :func:`loss_counts` (default: this batch's).
 
     Returns:
@@ -288,14 +322,25 @@ def oreo_losses(
     policy_loss = _reduce(policy_term, starts, config, n_policy, n_seq)
 
     if config.kl == "exact":
-        if kl is None:
-            raise ValueError("oreo_losses: config.kl == 'exact' needs kl, the per-token exact KL")
-        kl_term = kl.to(values.dtype)
-    elif config.kl == "k3":
-        kl_term = k3_kl(logp.to(values.dtype), ref_logp.detach().to(values.dtype))
+        if (kl is None) == (kl_loss is None):
+            raise ValueError("oreo_losses: config.kl == 'exact' needs kl (the per-token exact KL "
+                             "[B, T]) or kl_loss (the reduced KL, a scalar): exactly one of them")
+        if kl_loss is not None:
+            if kl_loss.dim() != 0:
+                raise ValueError(f"oreo_losses: kl_loss must be a scalar, got shape "
+                                 f"{tuple(kl_loss.shape)}")
+            kl_loss = kl_loss.to(values.dtype)
+        else:
+            kl_loss = _reduce(kl.to(values.dtype), mask, config, n_kl, n_seq)
     else:
-        kl_term = torch.zeros_like(r)
-    kl_loss = _reduce(kl_term, mask, config, n_kl, n_seq)
+        if kl_loss is not None:
+            raise ValueError(f"oreo_losses: kl_loss is for config.kl == 'exact', not "
+                             f"{config.kl!r}")
+        if config.kl == "k3":
+            kl_term = k3_kl(logp.to(values.dtype), ref_logp.detach().to(values.dtype))
+        else:
+            kl_term = torch.zeros_like(r)
+        kl_loss = _reduce(kl_term, mask, config, n_kl, n_seq)
     return OREOLosses(value=value_loss, policy=policy_loss + config.alpha * kl_loss,
                       kl=kl_loss.detach(), values=values.detach())
 
@@ -393,12 +438,15 @@ class OREOModels(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
                 targets: Tensor | None = None, mask: Tensor | None = None,
-                ref_hidden: Tensor | None = None, ref_head: tuple | None = None):
+                ref_hidden: Tensor | None = None, ref_head: tuple | None = None,
+                kl_weights: Tensor | None = None):
         """Without ``targets``: ``(hidden [B, L, H], values [B, L])``. With ``targets [B, L-1]``
-        and ``mask [B, L-1]``: ``(logp [B, L-1], kl [B, L-1] or None, values [B, L])``, the fused
-        LM-head ops applied here, inside the forward, so that data-parallel wrappers see every
-        use of the LM head (``ref_hidden [B, L-1, H_ref]`` and ``ref_head = (weight, bias)`` give
-        the exact KL)."""
+        and ``mask [B, L-1]``: ``(logp [B, L-1], kl, values [B, L])``, the fused LM-head ops
+        applied here, inside the forward, so that data-parallel wrappers see every use of the LM
+        head. ``ref_hidden [B, L-1, H_ref]`` and ``ref_head = (weight, bias)`` give the exact
+        KL: ``kl`` is ``[B, L-1]`` per token, or, with ``kl_weights [B, L-1]``
+        (:func:`kl_token_weights`), the scalar ``sum(kl_weights * KL)`` from the fused
+        :func:`ponder.ops.lm_head.kl_to_reference_sum`; None without ``ref_hidden``."""
         h = self.policy.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                       use_cache=False).last_hidden_state
         v = self.value(input_ids, attention_mask)
@@ -412,8 +460,12 @@ class OREOModels(nn.Module):
         kl = None
         if ref_hidden is not None:
             rh = ref_hidden.reshape(-1, ref_hidden.shape[-1])
-            kl = kl_to_reference(flat, w, rh, ref_head[0], b, ref_head[1],
-                                 mask=fmask).view(B, L - 1)
+            if kl_weights is not None:
+                kl = kl_to_reference_sum(flat, w, rh, ref_head[0], kl_weights.reshape(-1), b,
+                                         ref_head[1], mask=fmask)
+            else:
+                kl = kl_to_reference(flat, w, rh, ref_head[0], b, ref_head[1],
+                                     mask=fmask).view(B, L - 1)
         return logp, kl, v
 
 
@@ -508,11 +560,17 @@ def _oreo_forward(models: nn.Module, ref: nn.Module,
         ref_logp = token_logprobs(ref_hidden.reshape(-1, ref_hidden.shape[-1]), rw,
                                   targets.reshape(-1), rb, mask=flat_mask).view(B, T)
     exact = config.kl == "exact"
+    fused = exact and config.fused
+    # The KL term is a weighted sum of per-token KLs whose weights depend only on the mask and
+    # the counts: the fused scalar loss fits. The policy's log-probabilities stay per token:
+    # the policy loss squares a sum of them, so its per-token gradient depends on their values.
+    kl_w = kl_token_weights(mask, config, normalizer) if fused else None
     logp, kl, values = models(ids, att, targets=targets, mask=mask,
                               ref_hidden=ref_hidden if exact else None,
-                              ref_head=(rw, rb) if exact else None)
+                              ref_head=(rw, rb) if exact else None, kl_weights=kl_w)
     return oreo_losses(logp, ref_logp, values[:, :-1].float(), inputs["reward"], mask, starts,
-                       config, kl=kl, normalizer=normalizer)
+                       config, kl=None if fused else kl, kl_loss=kl if fused else None,
+                       normalizer=normalizer)
 
 
 def _transformers_trainer():
