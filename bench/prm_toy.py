@@ -175,23 +175,28 @@ def _apply_head(model, feats):
 
 
 def _curves(values_by_rule, correct):
-    """rule -> {N: (mean, half-width of the 95% interval)}, disjoint groups of the samples."""
-    import statistics
-
-    out = {}
+    """``(curves, per_problem)``: rule -> {N: (mean, half-width of the 95% interval)} over
+    disjoint groups of the samples, and rule -> {N: per-problem accuracies}."""
+    out, per = {}, {}
     p_count = len(correct)
     for rule, pick in values_by_rule.items():
-        out[rule] = {}
+        out[rule], per[rule] = {}, {}
         for n in NS:
             per_problem = []
             for p in range(p_count):
                 groups = range(0, len(correct[p]), n)
                 per_problem.append(sum(correct[p][g + pick(p, g, n)] for g in groups)
                                    / len(groups))
-            mean = sum(per_problem) / p_count
-            half = 1.96 * statistics.pstdev(per_problem) / math.sqrt(p_count)
-            out[rule][n] = (mean, half)
-    return out
+            out[rule][n] = _mean_ci(per_problem)
+            per[rule][n] = per_problem
+    return out, per
+
+
+def _mean_ci(values):
+    import statistics
+
+    return (sum(values) / len(values),
+            1.96 * statistics.pstdev(values) / math.sqrt(len(values)))
 
 
 def best_of_n(args) -> None:
@@ -240,16 +245,27 @@ def best_of_n(args) -> None:
     for name in heads:
         rules[f"PRM {name}, min"] = prm_rule(name, "min")
         rules[f"PRM {name}, last"] = prm_rule(name, "last")
-    curves = _curves(rules, correct)
+    curves, per_problem = _curves(rules, correct)
+    # paired over problems: each PRM rule minus majority vote at each N
+    paired = {rule: {n: _mean_ci([a - b for a, b in zip(per_problem[rule][n],
+                                                          per_problem["majority vote"][n])])
+                     for n in NS}
+              for rule in rules if rule.startswith("PRM") or rule.startswith("target")}
     recipes = {n: json.loads((out / "heads" / n / "recipe.json").read_text()) for n in heads}
     (out / "best_of_n.json").write_text(json.dumps(
         {"problems": len(problems), "samples": per, "ns": NS, "curves": curves,
+         "minus_majority": paired,
          "recipes": recipes, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
         indent=1))
     lines = ["| rule | " + " | ".join(f"N={n}" for n in NS) + " |",
              "|---|" + "---|" * len(NS)]
     for rule, c in curves.items():
         lines.append(f"| {rule} | " + " | ".join(f"{100 * c[n][0]:.1f} ± {100 * c[n][1]:.1f}"
+                                                 for n in NS) + " |")
+    lines += ["", "Paired difference to majority vote (points, 95% interval over problems):", "",
+              "| rule | " + " | ".join(f"N={n}" for n in NS) + " |", "|---|" + "---|" * len(NS)]
+    for rule, c in paired.items():
+        lines.append(f"| {rule} | " + " | ".join(f"{100 * c[n][0]:+.1f} ± {100 * c[n][1]:.1f}"
                                                  for n in NS) + " |")
     table = "\n".join(lines)
     (out / "best_of_n.md").write_text(table + "\n")
