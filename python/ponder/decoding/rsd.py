@@ -34,7 +34,7 @@ from ..ops.speculative import OMEGAS, accept_steps
 from ._models import (
     check_pair,
     check_tokenizers,
-    crop_cache,
+    crop_cache,  # noqa: F401  (re-exported for step generators that carry caches)
     forward_cached,
     left_pad,
     model_device,
@@ -111,28 +111,55 @@ def _generate_steps(
 class _CarriedCache:
     """One model's KV cache carried across the steps of a batch of problems.
 
-    The cache is batched over every problem of the batch (finished ones included) and only
-    grows at its end: a forward appends one column per row, masked (attention mask 0) for the
-    rows it does not concern. ``fed[i]`` tokens of problem ``i``'s prefix are in the cache, in
-    order, at unmasked columns; the prefix's last token is never fed ahead of time, so a step
-    always starts by feeding at least one token (whose logits start the step). A discarded step
-    is removed by masking its columns (:meth:`commit`), and trailing columns masked in every row
-    are cropped off the cache.
+    The cache holds every problem of the batch (finished ones included) and only grows at its
+    end. A step runs on the rows it concerns only: their rows of the cache are taken out, the
+    step appends columns to them, and they are put back, the other rows getting masked
+    (attention mask 0) columns. ``fed[i]`` tokens of problem ``i``'s prefix are in the cache,
+    in order, at unmasked columns; the prefix's last token is never fed ahead of time, so a
+    step always starts by feeding at least one token (whose logits start the step). A discarded
+    step is removed by masking its columns (:meth:`commit`), and trailing columns masked in
+    every row are cropped off the cache.
     """
 
     def __init__(self, model, rows: int, pad_id: int):
         self.model = model
         self.device = model_device(model)
         self.pad_id = pad_id
-        self.cache = None
+        self.layers: list[tuple[Tensor, Tensor]] | None = None  # per layer (keys, values)
         self.mask = torch.zeros((rows, 0), dtype=torch.long, device=self.device)
         self.fed = [0] * rows
         self.step_cols: dict[int, list[int]] = {}
 
-    def _forward(self, ids: Tensor, mask_new: Tensor, pos: Tensor) -> Tensor:
-        self.mask = torch.cat([self.mask, mask_new], 1)
-        logits, self.cache = forward_cached(self.model, ids, self.mask, pos, self.cache, 1)
-        return logits[:, -1]
+    def _take(self, index: Tensor):
+        """A transformers cache holding rows ``index`` (None before the first step)."""
+        if self.layers is None:
+            return None
+        from transformers import DynamicCache
+
+        return DynamicCache([(k[index], v[index]) for k, v in self.layers])
+
+    def _put(self, index: Tensor, cache, mask: Tensor) -> None:
+        """Write rows ``index`` back (``cache``, ``mask``); the other rows get masked columns."""
+        rows, width = self.mask.shape[0], mask.shape[1]
+        grow = width - self.mask.shape[1]
+        full = torch.zeros((rows, width), dtype=self.mask.dtype, device=self.device)
+        full[:, :self.mask.shape[1]] = self.mask
+        full[index] = mask
+        self.mask = full
+        layers = []
+        for li, layer in enumerate(cache.layers):
+            new_k, new_v = layer.keys, layer.values
+            if self.layers is None:
+                k = new_k.new_zeros((rows, *new_k.shape[1:]))
+                v = new_v.new_zeros((rows, *new_v.shape[1:]))
+            else:
+                old_k, old_v = self.layers[li]
+                pad = (*old_k.shape[:2], grow, old_k.shape[3])
+                k = torch.cat([old_k, old_k.new_zeros(pad)], 2)
+                v = torch.cat([old_v, old_v.new_zeros(pad)], 2)
+            k[index], v[index] = new_k, new_v
+            layers.append((k, v))
+        self.layers = layers
 
     @torch.inference_mode()
     def generate(self, tokenizer, rows: Sequence[int], prefixes: Sequence[Sequence[int]], *,
@@ -141,28 +168,30 @@ class _CarriedCache:
                  ) -> tuple[list[list[int]], list[bool]]:
         """:func:`_generate_steps` for batch rows ``rows`` (whose prefixes are ``prefixes``),
         reading and extending the carried cache; the same draws at the same seed."""
-        n_all = self.mask.shape[0]
         eos = tokenizer.eos_token_id
+        n = len(rows)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        cache = self._take(index)
+        mask = self.mask[index]
         # catch up: each row's tokens not in the cache yet, right-aligned in one block
         missing = [list(p[self.fed[i]:]) for i, p in zip(rows, prefixes)]
         width = max(len(m) for m in missing)
-        ids = torch.full((n_all, width), self.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((n_all, width), dtype=torch.long, device=self.device)
-        pos = torch.zeros((n_all, width), dtype=torch.long, device=self.device)
-        for i, m in zip(rows, missing):
-            ids[i, width - len(m):] = torch.as_tensor(m, dtype=torch.long)
-            mask[i, width - len(m):] = 1
-            pos[i, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
+        block = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        pos = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        for j, (i, m) in enumerate(zip(rows, missing)):
+            ids[j, width - len(m):] = torch.as_tensor(m, dtype=torch.long)
+            block[j, width - len(m):] = 1
+            pos[j, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
             self.fed[i] += len(m)
-        logits = self._forward(ids, mask, pos)
-        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
-        n = len(rows)
+        mask = torch.cat([mask, block], 1)
+        logits, cache = forward_cached(self.model, ids, mask, pos, cache, 1)
         new: list[list[int]] = [[] for _ in range(n)]
         ended_eos = [False] * n
         active = [max_tokens[j] > 0 for j in range(n)]
         self.step_cols = {i: [] for i in rows}
         while any(active):
-            tok = sample(logits[index].float(), temperature, top_k, top_p, generator)
+            tok = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)
             for j in range(n):
                 if not active[j]:
                     continue
@@ -176,17 +205,17 @@ class _CarriedCache:
                 break
             # feed the new token of the rows that go on (a finished row's last token is fed
             # at its next step, if the step is kept)
-            col = self.mask.shape[1]
-            ids = torch.full((n_all, 1), self.pad_id, dtype=torch.long, device=self.device)
-            mask = torch.zeros((n_all, 1), dtype=torch.long, device=self.device)
-            pos = torch.zeros((n_all, 1), dtype=torch.long, device=self.device)
+            col = mask.shape[1]
+            go = torch.tensor(active, dtype=torch.long, device=self.device)[:, None]
+            step_pos = torch.tensor([self.fed[i] + len(new[j]) - 1 for j, i in enumerate(rows)],
+                                    dtype=torch.long, device=self.device)[:, None]
             for j, i in enumerate(rows):
                 if active[j]:
-                    ids[i, 0] = int(tok[j])
-                    mask[i, 0] = 1
-                    pos[i, 0] = self.fed[i] + len(new[j]) - 1
                     self.step_cols[i].append(col)
-            logits = self._forward(ids, mask, pos)
+            mask = torch.cat([mask, go], 1)
+            logits, cache = forward_cached(self.model, tok[:, None], mask, step_pos * go, cache,
+                                           1)
+        self._put(index, cache, mask)
         return new, ended_eos
 
     @torch.inference_mode()
@@ -201,9 +230,9 @@ class _CarriedCache:
         self.step_cols = {}
         used = self.mask.any(0).nonzero()
         keep = int(used[-1]) + 1 if len(used) else 0
-        if self.cache is not None and keep < self.mask.shape[1]:
-            crop_cache(self.cache, keep)
+        if self.layers is not None and keep < self.mask.shape[1]:
             self.mask = self.mask[:, :keep]
+            self.layers = [(k[:, :, :keep], v[:, :, :keep]) for k, v in self.layers]
 
 
 def _question_text(problem) -> str:
