@@ -61,7 +61,7 @@ def collect(args) -> None:
                     if steps:
                         f.write(json.dumps({"id": f"{i}.{j}", "question": p.question,
                                             "steps": steps}) + "\n")
-    records = [json.loads(line) for line in open(sols_path)]
+    records = [json.loads(line) for line in sols_path.read_text().splitlines()]
     t0 = time.perf_counter()
     stats = collect_rollouts(records, gen, ToyVerifier(), out / "er.jsonl", n=args.rollouts,
                              eta=2.0, convention=toy_convention(), tokenizer=make_tokenizer(),
@@ -73,7 +73,7 @@ def collect(args) -> None:
 def _records(out: Path, eta: float):
     from ponder.rewards import er_prm_label
 
-    rows = [json.loads(line) for line in open(out / "er.jsonl")]
+    rows = [json.loads(line) for line in (out / "er.jsonl").read_text().splitlines()]
     return [{"question": r["question"], "steps": r["steps"],
              "value": [er_prm_label(o, eta) for o in r["outcomes"]]} for r in rows]
 
@@ -250,7 +250,7 @@ def best_of_n(args) -> None:
     paired = {rule: {n: _mean_ci([a - b for a, b in zip(per_problem[rule][n],
                                                           per_problem["majority vote"][n])])
                      for n in NS}
-              for rule in rules if rule.startswith("PRM") or rule.startswith("target")}
+              for rule in rules if rule.startswith(("PRM", "target"))}
     recipes = {n: json.loads((out / "heads" / n / "recipe.json").read_text()) for n in heads}
     (out / "best_of_n.json").write_text(json.dumps(
         {"problems": len(problems), "samples": per, "ns": NS, "curves": curves,

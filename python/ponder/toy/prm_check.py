@@ -39,10 +39,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..rewards import ProcessRewardModel
+
 __all__ = [
     "FEATURES",
+    "CheckPRM",
     "LogProbFeatures",
     "StepCheckPRM",
+    "as_prm",
     "build_check_prm",
     "check_convention",
     "load_check_prm",
@@ -251,8 +255,6 @@ def load_check_prm(folder: str | Path, *, weights_dir: str | Path | None = None,
     weights by default)."""
     from safetensors.torch import load_file
 
-    from ..rewards import ProcessRewardModel
-
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "head.safetensors").is_file():
         raise FileNotFoundError(f"load_check_prm: {folder} has no config.json + head.safetensors")
@@ -270,28 +272,17 @@ def load_check_prm(folder: str | Path, *, weights_dir: str | Path | None = None,
     return as_prm(model, tok, batch_size=batch_size)
 
 
-def as_prm(model: StepCheckPRM, tok, *, batch_size: int = 64):
+class CheckPRM(ProcessRewardModel):
+    """The :class:`ponder.rewards.ProcessRewardModel` of a :class:`StepCheckPRM`: reads the value
+    head from the model at each call (so that training shows)."""
+
+    def head_and_bias(self):
+        lin = self.model.head
+        return lin.weight.reshape(-1), lin.bias.reshape(())
+
+
+def as_prm(model: StepCheckPRM, tok, *, batch_size: int = 64) -> CheckPRM:
     """A :class:`ponder.rewards.ProcessRewardModel` scoring with ``model``'s current head."""
-    from ..rewards import ProcessRewardModel
-
-    return _CheckPRM(model, tok, check_convention(), batch_size=batch_size)
-
-
-def _make_check_prm_class():
-    from ..rewards import ProcessRewardModel
-
-    class CheckPRM(ProcessRewardModel):
-        """Reads the value head from the model each time (so that training shows)."""
-
-        def head_and_bias(self):
-            lin = self.model.head
-            return lin.weight.reshape(-1), lin.bias.reshape(())
-
-    return CheckPRM
-
-
-def _CheckPRM(model, tok, convention, *, batch_size):
-    cls = _make_check_prm_class()
     lin = model.head
-    return cls(model, tok, convention, head=lin.weight.reshape(-1), bias=lin.bias.reshape(()),
-               batch_size=batch_size)
+    return CheckPRM(model, tok, check_convention(), head=lin.weight.reshape(-1),
+                    bias=lin.bias.reshape(()), batch_size=batch_size)
