@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def prm():
-    return load_toy_prm()
+    return load_toy_prm(kind="lm")  # the first toy PRM (the step-check one: test_prm_check.py)
 
 
 @pytest.fixture(scope="module")

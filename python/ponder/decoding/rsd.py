@@ -9,8 +9,10 @@ draft-only generation and ``delta=+inf`` target-only; neither calls the PRM (nor
 draft).
 
 Text is kept as token ids, so the target continues exactly the tokens the draft wrote (the two
-must share a tokenizer). Each step is generated with a fresh KV cache over the prefix (prefill
-is batched): caches are not carried across steps in this version.
+must share a tokenizer). The draft's and the target's KV caches are carried across steps
+(``carry_cache=True``, :class:`_CarriedCache`): each model reads only the tokens written since
+it last ran (the other model's steps), and a discarded draft step is masked out of the draft's
+cache and cropped off its end. The PRM re-reads each prefix (it is a ``StepScorer`` over text).
 
 FLOPs follow the paper's estimate, ~2 x parameters per generated token per model (the draft's
 discarded tokens included) plus 2 x PRM parameters per token of each scored step; prefill of the
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
 from ..ops.speculative import OMEGAS, accept_steps
 from ._models import (
@@ -105,6 +108,133 @@ def _generate_steps(
     return new, ended_eos
 
 
+class _CarriedCache:
+    """One model's KV cache carried across the steps of a batch of problems.
+
+    The cache holds every problem of the batch (finished ones included) and only grows at its
+    end. A step runs on the rows it concerns only: their rows of the cache are taken out, the
+    step appends columns to them, and they are put back, the other rows getting masked
+    (attention mask 0) columns. ``fed[i]`` tokens of problem ``i``'s prefix are in the cache,
+    in order, at unmasked columns; the prefix's last token is never fed ahead of time, so a
+    step always starts by feeding at least one token (whose logits start the step). A discarded
+    step is removed by masking its columns (:meth:`commit`), and trailing columns masked in
+    every row are cropped off the cache.
+    """
+
+    def __init__(self, model, rows: int, pad_id: int):
+        self.model = model
+        self.device = model_device(model)
+        self.pad_id = pad_id
+        self.layers: list[tuple[Tensor, Tensor]] | None = None  # per layer (keys, values)
+        self.mask = torch.zeros((rows, 0), dtype=torch.long, device=self.device)
+        self.fed = [0] * rows
+        self.step_cols: dict[int, list[int]] = {}
+
+    def _take(self, index: Tensor):
+        """A transformers cache holding rows ``index`` (None before the first step)."""
+        if self.layers is None:
+            return None
+        from transformers import DynamicCache
+
+        return DynamicCache([(k[index], v[index]) for k, v in self.layers])
+
+    def _put(self, index: Tensor, cache, mask: Tensor) -> None:
+        """Write rows ``index`` back (``cache``, ``mask``); the other rows get masked columns."""
+        rows, width = self.mask.shape[0], mask.shape[1]
+        grow = width - self.mask.shape[1]
+        full = torch.zeros((rows, width), dtype=self.mask.dtype, device=self.device)
+        full[:, :self.mask.shape[1]] = self.mask
+        full[index] = mask
+        self.mask = full
+        layers = []
+        for li, layer in enumerate(cache.layers):
+            new_k, new_v = layer.keys, layer.values
+            if self.layers is None:
+                k = new_k.new_zeros((rows, *new_k.shape[1:]))
+                v = new_v.new_zeros((rows, *new_v.shape[1:]))
+            else:
+                old_k, old_v = self.layers[li]
+                pad = (*old_k.shape[:2], grow, old_k.shape[3])
+                k = torch.cat([old_k, old_k.new_zeros(pad)], 2)
+                v = torch.cat([old_v, old_v.new_zeros(pad)], 2)
+            k[index], v[index] = new_k, new_v
+            layers.append((k, v))
+        self.layers = layers
+
+    @torch.inference_mode()
+    def generate(self, tokenizer, rows: Sequence[int], prefixes: Sequence[Sequence[int]], *,
+                 delimiter: str, max_tokens: Sequence[int], temperature: float,
+                 top_k: int | None, top_p: float | None, generator: torch.Generator | None
+                 ) -> tuple[list[list[int]], list[bool]]:
+        """:func:`_generate_steps` for batch rows ``rows`` (whose prefixes are ``prefixes``),
+        reading and extending the carried cache; the same draws at the same seed."""
+        eos = tokenizer.eos_token_id
+        n = len(rows)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        cache = self._take(index)
+        mask = self.mask[index]
+        # catch up: each row's tokens not in the cache yet, right-aligned in one block
+        missing = [list(p[self.fed[i]:]) for i, p in zip(rows, prefixes)]
+        width = max(len(m) for m in missing)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
+        block = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        pos = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        for j, (i, m) in enumerate(zip(rows, missing)):
+            ids[j, width - len(m):] = torch.as_tensor(m, dtype=torch.long)
+            block[j, width - len(m):] = 1
+            pos[j, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
+            self.fed[i] += len(m)
+        mask = torch.cat([mask, block], 1)
+        logits, cache = forward_cached(self.model, ids, mask, pos, cache, 1)
+        new: list[list[int]] = [[] for _ in range(n)]
+        ended_eos = [False] * n
+        active = [max_tokens[j] > 0 for j in range(n)]
+        self.step_cols = {i: [] for i in rows}
+        while any(active):
+            tok = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)
+            for j in range(n):
+                if not active[j]:
+                    continue
+                t = int(tok[j])
+                new[j].append(t)
+                if t == eos:
+                    ended_eos[j], active[j] = True, False
+                elif len(new[j]) >= max_tokens[j] or tokenizer.decode(new[j]).endswith(delimiter):
+                    active[j] = False
+            if not any(active):
+                break
+            # feed the new token of the rows that go on (a finished row's last token is fed
+            # at its next step, if the step is kept)
+            col = mask.shape[1]
+            go = torch.tensor(active, dtype=torch.long, device=self.device)[:, None]
+            step_pos = torch.tensor([self.fed[i] + len(new[j]) - 1 for j, i in enumerate(rows)],
+                                    dtype=torch.long, device=self.device)[:, None]
+            for j, i in enumerate(rows):
+                if active[j]:
+                    self.step_cols[i].append(col)
+            mask = torch.cat([mask, go], 1)
+            logits, cache = forward_cached(self.model, tok[:, None], mask, step_pos * go, cache,
+                                           1)
+        self._put(index, cache, mask)
+        return new, ended_eos
+
+    @torch.inference_mode()
+    def commit(self, kept: dict[int, bool]) -> None:
+        """After a step: rows whose step is kept count its fed tokens as prefix; the others'
+        step columns are masked out, and columns masked in every row are cropped off the end."""
+        for i, cols in self.step_cols.items():
+            if kept.get(i, False):
+                self.fed[i] += len(cols)
+            elif cols:
+                self.mask[i, cols] = 0
+        self.step_cols = {}
+        used = self.mask.any(0).nonzero()
+        keep = int(used[-1]) + 1 if len(used) else 0
+        if self.layers is not None and keep < self.mask.shape[1]:
+            self.mask = self.mask[:, :keep]
+            self.layers = [(k[:, :, :keep], v[:, :, :keep]) for k, v in self.layers]
+
+
 def _question_text(problem) -> str:
     return problem if isinstance(problem, str) else problem.prompt
 
@@ -130,6 +260,7 @@ def rsd_generate(
     verifier: Callable[[object, str], bool] | None = None,
     prm_parameters: int | None = None,
     generator: torch.Generator | int | None = None,
+    carry_cache: bool = True,
 ) -> RSDResult:
     """Reward-guided speculative decoding over a batch of problems.
 
@@ -148,6 +279,10 @@ def rsd_generate(
         prm_parameters: the PRM's parameter count for the FLOP estimate (default: its
             ``model``'s parameters if it has one, else 0).
         generator: seed for sampling and non-binary omega.
+        carry_cache: carry the draft's and the target's KV caches across steps (a discarded
+            draft step is masked out and cropped); False re-reads every prefix at every step
+            (the first version). Both give the same tokens at the same seed (up to float
+            rounding in attention).
 
     Returns:
         :class:`RSDResult`. ``stats``: ``problems``, ``draft_steps`` / ``target_steps`` (steps
@@ -196,6 +331,9 @@ def rsd_generate(
         steps: list[list[tuple[str, str]]] = [[] for _ in batch]
         step_ids: list[list[list[int]]] = [[] for _ in batch]
         done = [False] * len(batch)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        d_cache = _CarriedCache(draft, len(batch), pad) if carry_cache else None
+        t_cache = _CarriedCache(target, len(batch), pad) if carry_cache else None
         while not all(done):
             live = [i for i in range(len(batch)) if not done[i]]
             caps = [min(max_step_tokens, max_new_tokens - written[i]) for i in live]
@@ -203,8 +341,12 @@ def rsd_generate(
             d_new: list[list[int]] = [[] for _ in live]
             d_eos = [False] * len(live)
             if not target_only:
-                d_new, d_eos = _generate_steps(
-                    draft, tokenizer, [prefix[i] for i in live], max_tokens=caps, **gen_kw)
+                if d_cache is not None:
+                    d_new, d_eos = d_cache.generate(tokenizer, live, [prefix[i] for i in live],
+                                                    max_tokens=caps, **gen_kw)
+                else:
+                    d_new, d_eos = _generate_steps(
+                        draft, tokenizer, [prefix[i] for i in live], max_tokens=caps, **gen_kw)
                 stats["draft_tokens"] += sum(map(len, d_new))
                 stats["proposed_draft_steps"] += len(live)
                 if draft_only:
@@ -220,13 +362,19 @@ def rsd_generate(
                                           generator=int(torch.randint(0, 2**62, (),
                                                                       generator=draw)))
                     keep = acc.tolist()
+            if d_cache is not None and not target_only:
+                d_cache.commit({i: bool(keep[j]) for j, i in enumerate(live)})
             redo = [i for j, i in enumerate(live) if not keep[j]]
             t_new, t_eos = [], []
             if redo:
-                t_new, t_eos = _generate_steps(
-                    target, tokenizer, [prefix[i] for i in redo],
-                    max_tokens=[min(max_step_tokens, max_new_tokens - written[i]) for i in redo],
-                    **gen_kw)
+                t_caps = [min(max_step_tokens, max_new_tokens - written[i]) for i in redo]
+                if t_cache is not None:
+                    t_new, t_eos = t_cache.generate(tokenizer, redo, [prefix[i] for i in redo],
+                                                    max_tokens=t_caps, **gen_kw)
+                    t_cache.commit({i: True for i in redo})
+                else:
+                    t_new, t_eos = _generate_steps(target, tokenizer, [prefix[i] for i in redo],
+                                                   max_tokens=t_caps, **gen_kw)
                 stats["target_tokens"] += sum(map(len, t_new))
             by_target = dict(zip(redo, zip(t_new, t_eos)))
             for j, i in enumerate(live):

@@ -290,9 +290,11 @@ def prm_section(ctx: Context) -> Section:
                  f"{_pct(bon.get('first', float('nan')))} for the first sample")]
     return Section(
         "prm", "Process reward model: judging steps and best-of-N",
-        intro="ponder.toy.load_toy_prm() is a ponder.rewards.ProcessRewardModel trained by "
-              "ponder's PRMTrainer on the toy world; it scores every step from the hidden states "
-              "at the step tags only (ponder.ops.prm.score_steps), never the full vocabulary.",
+        intro="ponder.toy.load_toy_prm() is a ponder.rewards.ProcessRewardModel whose small "
+              "head (152 parameters, trained by ponder's PRMTrainer on ER-PRM rollouts of the "
+              "toy draft) reads the frozen toy target's token log-probabilities of each step: it "
+              "checks the arithmetic of the step it scores (ponder.ops.prm.score_steps at the "
+              "step tags).",
         tables=[judge, Table(["selection rule", "accuracy"], rows,
                              caption=f"best-of-{samples} over {n} test problems, draft samples at "
                                      "temperature 1")],
@@ -330,7 +332,7 @@ def rsd_section(ctx: Context) -> Section:
     table = Table(["run", "accuracy", "steps by the target", "FLOPs vs target only",
                    "same, PRM cost left out"], rows,
                   caption=f"{n} test problems, greedy; FLOPs estimated as 2 x parameters per "
-                          "token per model (the toy PRM is larger than the target)")
+                          "token per model (the toy PRM costs one target forward per token)")
     best = max((k for k in stats if k.startswith("RSD, toy PRM")),
                key=lambda k: stats[k]["accuracy"])
     st = stats[best]
@@ -340,7 +342,8 @@ def rsd_section(ctx: Context) -> Section:
          f"{(st['flops'] - st['flops_prm']) / ref:.2f} of the target-only FLOPs without the PRM's "
          f"cost, {st['flops'] / ref:.2f} with it"),
         ("FLOPs are only saved when scoring a step costs much less than writing it: the paper's "
-         "PRMs are small next to their targets, the toy PRM is larger than the toy target"),
+         "PRMs are small next to their targets, while the toy PRM reads the toy target itself "
+         "(one target forward per scored token)"),
     ]
     return Section(
         "rsd", "RSD: reward-guided speculative decoding",

@@ -185,15 +185,34 @@ def make_prm_records(problems: Sequence[Problem], *, samples: int = 2,
     return records
 
 
+CHECK_PRM_NAMES = {"check": "prm-check", "check-draft": "prm-check-draft"}
+
+
 def load_toy_prm(*, weights_dir: str | Path | None = None, batch_size: int = 64,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, kind: str = "check"):
     """The shipped toy PRM as a ready :class:`ponder.rewards.ProcessRewardModel` (offline).
 
     ``prm.score(questions, steps)`` takes toy questions (``"Q: 12+34-5=?"``, or the prompt with
     its trailing blank line) and step lists (``["12+34=46", "46-5=41", "Answer: 41"]``).
+
+    ``kind="check"`` (the default): the step-checking PRM of :mod:`ponder.toy.prm_check` (a
+    learned head on the frozen toy target's token log-probs, ``weights/prm-check``);
+    ``kind="check-draft"``: the same head on the toy draft's log-probs (``weights/
+    prm-check-draft``: a quarter of the cost, a weaker judge); ``kind="lm"``: the first toy PRM
+    (the fine-tuned target with two extra layers, ``weights/prm``), which judges steps better
+    than chance but does not help best-of-N.
     """
     from ..rewards import ProcessRewardModel, toy_convention
 
+    if kind not in ("check", "check-draft", "lm"):
+        raise ValueError(f"load_toy_prm: kind must be 'check', 'check-draft' or 'lm', got "
+                         f"{kind!r}")
+    if kind != "lm":
+        from .prm_check import load_check_prm
+
+        folder = (default_weights_dir() if weights_dir is None else Path(weights_dir))
+        return load_check_prm(folder / CHECK_PRM_NAMES[kind], weights_dir=weights_dir,
+                              batch_size=batch_size)
     model, tok = load_toy_model(PRM_SPEC.name, weights_dir=weights_dir, dtype=dtype)
     return ProcessRewardModel(model, tok, toy_convention(), batch_size=batch_size)
 
