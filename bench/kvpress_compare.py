@@ -112,9 +112,8 @@ def kvpress_side(model_dir: str, ids: torch.Tensor, token: int, ratio: float,
 def ponder_side(model_dir: str, ids: torch.Tensor, token: int, ratio: float, window: int,
                 recent: int) -> dict:
     import transformers
-    from transformers import AutoModelForCausalLM
-
     from ponder.kv import ThinKCache, apply_think, cache_nbytes
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     apply_think(model, prune_ratio=ratio, window=window, recent=recent)
@@ -178,7 +177,7 @@ def main(argv=None) -> int:
             cmd = [args.kvpress_python, str(Path(__file__).resolve()), "--kvpress-side", work,
                    str(out), "--ratio", str(args.ratio), "--window", str(args.window),
                    "--token", str(args.token)]
-            run = subprocess.run(cmd, capture_output=True, text=True)
+            run = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if run.returncode != 0:
                 print(f"the kvpress side failed ({' '.join(cmd[:2])}):\n{run.stderr[-3000:]}",
                       file=sys.stderr)

@@ -51,7 +51,11 @@ from torch import Tensor
 from .. import _backend
 from ..validation import check_int, check_probability, check_tensor
 from ._common import (
-    buffer_args, call_op, choose_backend, launch_native, register_reference_backward,
+    buffer_args,
+    call_op,
+    choose_backend,
+    launch_native,
+    register_reference_backward,
 )
 
 __all__ = [
@@ -587,7 +591,7 @@ class PrunedDecodePlan:
     ``torch.compile``): use :func:`pruned_decode_attention` there.
     """
 
-    __slots__ = ("buffers", "backend", "dtype", "_kernel", "_args", "_dims", "_strides", "_lse")
+    __slots__ = ("_args", "_dims", "_kernel", "_lse", "_strides", "backend", "buffers", "dtype")
 
     def __init__(self, q: Tensor, k_pruned_buf: Tensor, idx: Tensor, k_recent_buf: Tensor,
                  v_buf: Tensor, starts: Tensor | None, backend: str) -> None:
