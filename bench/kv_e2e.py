@@ -3,6 +3,8 @@
     python bench/kv_e2e.py                       # 8K and 32K context, fp32, the table below
     python bench/kv_e2e.py --context 8192 --steps 16 --dtype bfloat16
     python bench/kv_e2e.py --generate --context 4096 --steps 16   # real prefill + generate
+    python bench/kv_e2e.py --generate --model demo --context 1024 2048 --steps 32 --ratios 0.4 \
+        --rounds 5                               # ponder demo's small Llama, rounds in turn
 
 The model: a LlamaForCausalLM from a config (no download), hidden 1024, 8 layers, 8 query heads,
 2 KV heads (GQA 4:1), head_dim 128, MLP 2816, vocabulary 32000: 155M parameters (620 MB fp32).
@@ -24,7 +26,14 @@ Cache bytes are :func:`ponder.kv.cache_nbytes` after the decode steps (storages 
 
 ``--generate`` runs the real thing instead: ``model.generate`` on a random prompt of the context
 length (prefill, ThinK's scoring and pruning, ``--steps`` greedy tokens), timing each forward with
-a logits processor; decode = the forwards after the first.
+a logits processor; decode = the median gap between the forwards after the first. With
+``--rounds N`` every cache runs one ``generate`` per round, in turn, and each row is the median
+over the rounds.
+
+``--model demo`` swaps the 155M model for ``ponder demo``'s ThinK speed model (4 layers, hidden
+512, 8 query / 2 KV heads of dim 64, 31-token vocabulary: 8.9M parameters). On a model that
+small the weights are read in about a millisecond, so ThinK's per-step costs (cache
+bookkeeping, the kernel launch) weigh most there: the case where ThinK must not be slower.
 """
 
 from __future__ import annotations
@@ -45,15 +54,26 @@ CONFIG = {
     "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 65536,
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
 }
+# ``--model demo``: the random-init Llama of ``ponder demo``'s ThinK speed table (4 layers,
+# hidden 512, 8 query / 2 KV heads of dim 64, the toy tokenizer's 31 tokens: 8.9M parameters).
+# A small model is where ThinK's per-step overhead shows: its weights take ~1 ms a step to read,
+# so attention and the cache bookkeeping are a large part of a step.
+DEMO_CONFIG = {
+    "vocab_size": 31, "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 4,
+    "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 65536,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+}
+MODELS = {"llama-155m": CONFIG, "demo": DEMO_CONFIG}
 WINDOW = 32
 RECENT = 32
 
 
-def build_model(dtype: torch.dtype):
+def build_model(dtype: torch.dtype, name: str = "llama-155m"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**CONFIG)).to(dtype).eval()
+    model = LlamaForCausalLM(LlamaConfig(**MODELS[name])).to(dtype).eval()
+    model.generation_config.update(eos_token_id=None)  # decode exactly the steps asked
     model.set_attn_implementation("sdpa")
     return model
 
@@ -107,7 +127,7 @@ def generate_row(model, context: int, steps: int) -> tuple[float, float, int]:
     from ponder.kv.measure import DecodeClock
     from transformers import LogitsProcessorList
 
-    ids = torch.randint(3, CONFIG["vocab_size"], (1, context),
+    ids = torch.randint(3, model.config.vocab_size, (1, context),
                         generator=torch.Generator().manual_seed(2))
     clock = DecodeClock()
     start = time.perf_counter()
@@ -119,38 +139,48 @@ def generate_row(model, context: int, steps: int) -> tuple[float, float, int]:
     return clock.times[0] - start, statistics.median(gaps), cache_nbytes(out.cache)
 
 
-def run_generate(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> list[dict]:
+def run_generate(contexts, steps: int, dtype: torch.dtype, ratios, backend, model_name: str,
+                 rounds: int) -> list[dict]:
+    """Per context, ``rounds`` rounds of one ``generate`` per cache (dense, then each ratio,
+    in turn: the machine's load falls on all alike); each row the median over the rounds."""
     from ponder.kv import apply_think, remove_think
 
-    model = build_model(dtype)
+    model = build_model(dtype, model_name)
     rows = []
     for context in contexts:
-        dense_s = dense_bytes = None
-        for ratio in [None, *ratios]:
-            if ratio is None:
-                remove_think(model)
-            else:
-                apply_think(model, prune_ratio=ratio, window=WINDOW, recent=RECENT,
-                            backend=backend)
-            prefill, s, nbytes = generate_row(model, context, steps)
-            impl = "dense (DynamicCache + SDPA)" if ratio is None else f"ThinK lambda={ratio}"
-            rows.append({"context": context, "impl": impl, "s_per_token": s, "bytes": nbytes,
-                         "prefill_s": prefill})
-            if ratio is None:
-                dense_s, dense_bytes = s, nbytes
-            print(_fmt(rows[-1], dense_bytes, dense_s) + f" {prefill:8.1f} |", flush=True)
-            gc.collect()
+        impls = [None, *ratios]
+        runs: list[list[tuple[float, float, int]]] = [[] for _ in impls]
+        for _ in range(rounds):
+            for i, ratio in enumerate(impls):
+                if ratio is None:
+                    remove_think(model)
+                else:
+                    apply_think(model, prune_ratio=ratio, window=WINDOW, recent=RECENT,
+                                backend=backend)
+                runs[i].append(generate_row(model, context, steps))
+                gc.collect()
         remove_think(model)
+        dense_s = statistics.median(r[1] for r in runs[0])
+        dense_bytes = runs[0][0][2]
+        for ratio, got in zip(impls, runs):
+            impl = "dense (DynamicCache + SDPA)" if ratio is None else f"ThinK lambda={ratio}"
+            prefill = statistics.median(r[0] for r in got)
+            rows.append({"context": context, "impl": impl,
+                         "s_per_token": statistics.median(r[1] for r in got),
+                         "bytes": got[0][2], "prefill_s": prefill,
+                         "rounds_s_per_token": [r[1] for r in got]})
+            print(_fmt(rows[-1], dense_bytes, dense_s) + f" {prefill:8.2f} |", flush=True)
     return rows
 
 
-def run(contexts, steps: int, dtype: torch.dtype, ratios, backend) -> list[dict]:
+def run(contexts, steps: int, dtype: torch.dtype, ratios, backend,
+        model_name: str = "llama-155m") -> list[dict]:
     """Per context: every cache built first, then ``steps + 1`` rounds of one decode step per
     cache, in turn (so the load of the shared machine falls on all of them alike); the median
     step of each cache, the first round left out (warm-up)."""
     from ponder.kv import apply_think, cache_nbytes
 
-    model = build_model(dtype)
+    model = build_model(dtype, model_name)
     # With a DynamicCache ponder's attention is transformers' SDPA: one patched model serves
     # every row, each ThinK cache carrying its own settings.
     apply_think(model, window=WINDOW, recent=RECENT, backend=backend)
@@ -199,18 +229,24 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--generate", action="store_true",
                    help="real prefill + model.generate instead of a synthetic cache")
+    p.add_argument("--model", choices=sorted(MODELS), default="llama-155m",
+                   help="llama-155m (default) or demo: ponder demo's 4-layer Llama")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="--generate: rounds of one generate per cache in turn (median)")
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or 'cpu'}"
           f", torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
-          f"batch 1, {args.steps} decode steps, backend {args.backend or 'default'}")
+          f"batch 1, {args.steps} decode steps, backend {args.backend or 'default'}, "
+          f"model {args.model}" + (f", {args.rounds} rounds" if args.generate else ""))
     if args.generate:
         print(HEADER.replace("speed vs dense |", "speed vs dense | prefill s |", 1)
               .replace("---:|\"", "---:|---:|\"") + "---:|")
-        rows = run_generate(args.context, args.steps, dtype, args.ratios, args.backend)
+        rows = run_generate(args.context, args.steps, dtype, args.ratios, args.backend,
+                            args.model, args.rounds)
     else:
         print(HEADER)
-        rows = run(args.context, args.steps, dtype, args.ratios, args.backend)
+        rows = run(args.context, args.steps, dtype, args.ratios, args.backend, args.model)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

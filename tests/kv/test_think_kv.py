@@ -15,6 +15,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from ponder import kv
+from ponder.kv import cache as kv_cache
 from ponder.kv._compat import cache_kwarg, output_cache
 from ponder.ops.think import kept_channels
 
@@ -204,6 +205,32 @@ def test_step_by_step_forward_and_multi_token_chunks():
     for i in range(3):
         torch.testing.assert_close(out[:, i], step_logits[2 + i], atol=1e-5, rtol=1e-5)
     assert one.get_seq_length() == chunk.get_seq_length() == 35
+
+
+def test_decode_follows_the_stores_when_they_grow(monkeypatch):
+    """Without a capacity hint the full-width stores grow (new tensors) during decode: each
+    step's kernel plan must follow them, so the logits equal those of a cache sized up front."""
+    monkeypatch.setattr(kv_cache, "_GROW_MIN", 0)  # grow by 1.5x only: several regrowths
+    m = kv.apply_think(_model("llama"), prune_ratio=0.4, window=8, recent=4)
+    ids, _ = _batch(batch=1, length=30, pads=(0,))
+    nxt = torch.randint(3, VOCAB, (1, 12), generator=torch.Generator().manual_seed(6))
+    grown = kv.ThinKCache(kv.think_settings(m))
+    sized = kv.ThinKCache(kv.think_settings(m), max_cache_len=42)
+    buffers = set()
+    with torch.inference_mode():  # the per-step fast path (no autograd)
+        _step(m, ids, grown)
+        _step(m, ids, sized)
+    for i in range(12):
+        with torch.inference_mode():
+            a = _step(m, nxt[:, i:i + 1], grown).logits
+            b = _step(m, nxt[:, i:i + 1], sized).logits
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        layer = grown.layers[0]
+        buffers.add(id(layer.k_recent_buf))
+        assert layer._plan.holds(layer.k_pruned_buf, layer.idx, layer.k_recent_buf, layer.v_buf,
+                                 layer.starts)
+    assert len(buffers) >= 3  # the store was replaced at least twice along the way
+    assert grown.layers[0].k_recent_buf.shape[2] >= 16
 
 
 def test_fold_chunks_store_like_single_steps():

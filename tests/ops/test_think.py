@@ -629,3 +629,29 @@ def test_cuda_split_depends_on_shapes_and_bounds_the_workspace():
     chunk, floats = T._cuda_split(1, 4096, 17024, 64)
     assert chunk == 512 and floats == 4096 * 66 * -(-17024 // 512)
     assert floats <= T._CUDA_PARTIAL_BUDGET
+
+def test_decode_plan_equals_the_checked_op(cpu_backend):
+    """PrunedDecodePlan (the kernel bound to preallocated stores, ponder.kv's per-step path)
+    attends over the used prefix of each store exactly as the public op does on views of them,
+    at every fill level of a decode loop, and refuses a query of another dtype."""
+    g = torch.Generator().manual_seed(4)
+    batch, hkv, dim, cap = 2, 2, 16, 48
+    k_pruned_buf = torch.randn(batch, hkv, cap, 10, generator=g)
+    idx = torch.stack([torch.randperm(dim, generator=g)[:10].sort().values
+                       for _ in range(batch * hkv)]).reshape(batch, hkv, 10)
+    k_recent_buf = torch.randn(batch, hkv, cap, dim, generator=g)
+    v_buf = torch.randn(batch, hkv, 2 * cap, dim, generator=g)
+    starts = torch.tensor([0, 3])
+    q = torch.randn(batch, 4, 1, dim, generator=g)
+    name = T.pruned_decode_attention_backend(q, cpu_backend)
+    plan = T.PrunedDecodePlan(q, k_pruned_buf, idx, k_recent_buf, v_buf, starts, name)
+    assert plan.holds(k_pruned_buf, idx, k_recent_buf, v_buf, starts)
+    assert not plan.holds(k_pruned_buf, idx, k_recent_buf.clone(), v_buf, starts)
+    for n_pruned, n_recent in [(32, 1), (32, 7), (40, 0), (0, 5), (3, 48)]:
+        want = T.pruned_decode_attention(
+            q, k_pruned_buf[:, :, :n_pruned], idx, k_recent_buf[:, :, :n_recent],
+            v_buf[:, :, :n_pruned + n_recent], scale=0.3, starts=starts, backend=cpu_backend)
+        got = plan(q, n_pruned, n_recent, 0.3)
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    with pytest.raises(TypeError, match="q is torch.float64"):
+        plan(q.double(), 32, 1, 0.3)

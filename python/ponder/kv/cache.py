@@ -136,6 +136,8 @@ class ThinKLayer(DynamicLayer):
         self.compressed = False
         self.evicted = False
         self.is_initialized = False
+        self._plan = None
+        self._step = ThinKStep(self)
 
     def __repr__(self) -> str:
         if not self.compressed:
@@ -185,7 +187,7 @@ class ThinKLayer(DynamicLayer):
         else:
             self._append(key_states, value_states)
         self.seen += key_states.shape[-2]
-        return ThinKStep(self), value_states
+        return self._step, value_states
 
     def get_seq_length(self) -> int:
         return self.seen
@@ -280,13 +282,16 @@ class ThinKLayer(DynamicLayer):
         full-width tokens into the pruned store whenever ``recent + fold_block`` are held."""
         s_len = k.shape[-2]
         used = self.n_pruned + self.n_recent
-        self.v_buf = _ensure(self.v_buf, used + s_len, used)
-        self.v_buf[:, :, used:used + s_len] = v
+        if used + s_len > self.v_buf.shape[2]:
+            self.v_buf = _ensure(self.v_buf, used + s_len, used)
+        self.v_buf.narrow(2, used, s_len).copy_(v)
         block = self.settings.fold_block
         if block is None:
-            self.k_recent_buf = _ensure(self.k_recent_buf, self.n_recent + s_len, self.n_recent)
-            self.k_recent_buf[:, :, self.n_recent:self.n_recent + s_len] = k
-            self.n_recent += s_len
+            n_recent = self.n_recent
+            if n_recent + s_len > self.k_recent_buf.shape[2]:
+                self.k_recent_buf = _ensure(self.k_recent_buf, n_recent + s_len, n_recent)
+            self.k_recent_buf.narrow(2, n_recent, s_len).copy_(k)
+            self.n_recent = n_recent + s_len
             return
         limit = self.settings.recent + block  # the full-width store's fixed size
         done = 0
@@ -377,11 +382,16 @@ class ThinKLayer(DynamicLayer):
         if softcap is not None:
             return _attend_softcap(query, self, scale, softcap)
         if not (query.requires_grad or torch.compiler.is_compiling()):
-            # The per-step fast path (about 45 us a layer saved on the CPU): the op's body.
-            return think_ops.pruned_decode_attention_prechecked(
-                query, self.k_pruned, self.idx, self.k_recent, self.v, scale=scale,
-                starts=self.starts, backend=self._backend,
-            )
+            # The per-step fast path: the kernel bound once to the stores (a new plan only when
+            # a store was replaced: growth, a fold that grew the pruned store, beam reordering).
+            plan = self._plan
+            if plan is None or not plan.holds(self.k_pruned_buf, self.idx, self.k_recent_buf,
+                                              self.v_buf, self.starts):
+                plan = self._plan = think_ops.PrunedDecodePlan(
+                    query, self.k_pruned_buf, self.idx, self.k_recent_buf, self.v_buf,
+                    self.starts, self._backend,
+                )
+            return plan(query, self.n_pruned, self.n_recent, scale)
         return think_ops.pruned_decode_attention(
             query, self.k_pruned, self.idx, self.k_recent, self.v, scale=scale,
             starts=self.starts, backend=self.settings.backend,

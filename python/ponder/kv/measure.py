@@ -31,13 +31,17 @@ class DecodeClock:
 
 
 def generate_measured(model, tokenizer, prompts: Sequence[str], *, batch_size: int,
-                      max_new_tokens: int, sample: bool = False, seed: int = 0):
+                      max_new_tokens: int, sample: bool = False, seed: int = 0,
+                      step_seconds: list[float] | None = None):
     """``model.generate`` over ``prompts`` in batches (the tokenizer pads as it is set up to).
 
     Returns ``(texts, (held, used), decode_seconds, decode_tokens)``: the continuations, the
     largest batch's cache bytes (:func:`ponder.kv.cache_nbytes`, without and with ``used=True``),
     and the decode time and tokens summed over the batches (prefill excluded). Sampling
     (``sample=True``) seeds torch's default generator with ``seed`` plus the batch's start.
+    With ``step_seconds`` (a list) the time of every decode step (one forward after the first,
+    for a whole batch) is appended to it: its median is robust to the odd step a loaded machine
+    delays, which a sum over a few steps is not.
     """
     from transformers import LogitsProcessorList
 
@@ -65,4 +69,6 @@ def generate_measured(model, tokenizer, prompts: Sequence[str], *, batch_size: i
         if len(clock.times) > 1:  # the first call follows prefill: decode is what comes after
             decode_s += clock.times[-1] - clock.times[0]
             decode_tokens += (len(clock.times) - 1) * new.shape[0]
+            if step_seconds is not None:
+                step_seconds.extend(b - a for a, b in zip(clock.times, clock.times[1:]))
     return texts, nbytes, decode_s, decode_tokens

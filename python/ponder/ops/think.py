@@ -50,10 +50,17 @@ from torch import Tensor
 
 from .. import _backend
 from ..validation import check_int, check_probability, check_tensor
-from ._common import call_op, choose_backend, launch_native, register_reference_backward
+from ._common import (
+    buffer_args,
+    call_op,
+    choose_backend,
+    launch_native,
+    register_reference_backward,
+)
 
 __all__ = [
     "DTYPES",
+    "PrunedDecodePlan",
     "channel_scores",
     "channel_scores_reference",
     "compact_keys",
@@ -586,3 +593,84 @@ def pruned_decode_attention_prechecked(
     out, _ = _pruned_decode_attention_impl(q, k_pruned, idx, k_recent, v, None, starts,
                                            float(scale), backend)
     return out
+
+
+class PrunedDecodePlan:
+    """:func:`pruned_decode_attention` bound to a decode cache's buffers, for a decode loop.
+
+    ponder.kv's cache keeps its stores in buffers preallocated for the whole generation and
+    attends, each step, over their first ``n_pruned`` / ``n_recent`` tokens. Everything about a
+    call that does not change from one step to the next (the kernel, the buffers' addresses,
+    extents and strides, the index dtype, the dtype code) is worked out here, once; a call then
+    only allocates the output and launches the kernel. At a 1K context on the CPU that takes a
+    decode step's attention from about 110 to 90 us a layer (the argument handling of
+    :func:`pruned_decode_attention_prechecked` is Python, per call).
+
+    Args (the buffers are read in place, never copied; the plan holds them):
+        q: a query like the ones to come (``[B, Hq, S, D]``: its dtype and device).
+        k_pruned_buf: ``[B, Hkv, Cp, T]`` (the first ``n_pruned`` tokens used).
+        idx: ``[B, Hkv, T]`` int64, contiguous.
+        k_recent_buf: ``[B, Hkv, Cr, D]`` (the first ``n_recent`` used).
+        v_buf: ``[B, Hkv, Cv, Dv]`` (the first ``n_pruned + n_recent`` used).
+        starts: int64 ``[B]`` (left padding) or None.
+        backend: a name from :func:`pruned_decode_attention_backend`.
+
+    The caller guarantees what the public op would check (shapes, dtypes, devices, index
+    ranges: ponder.kv's cache builds them so); the native launcher still checks every bound it
+    reads. The plan is valid while the cache holds these same buffers (:meth:`holds`): a cache
+    that grows or replaces a store makes a new plan. Eager inference only (no autograd, no
+    ``torch.compile``): use :func:`pruned_decode_attention` there.
+    """
+
+    __slots__ = ("_args", "_dims", "_kernel", "_lse", "_strides", "backend", "buffers", "dtype")
+
+    def __init__(self, q: Tensor, k_pruned_buf: Tensor, idx: Tensor, k_recent_buf: Tensor,
+                 v_buf: Tensor, starts: Tensor | None, backend: str) -> None:
+        self.buffers = (k_pruned_buf, idx, k_recent_buf, v_buf, starts)
+        self.backend = backend
+        self.dtype = q.dtype
+        self._kernel = None
+        self._lse = None
+        if backend == "cpu" and all(t.stride(-1) == 1 for t in (k_pruned_buf, k_recent_buf, v_buf)):
+            self._kernel = KERNELS.kernel("pruned_decode_attention", backend)
+            # Launcher arguments from k_pruned to starts (lengths: none), as buffer_args gives
+            # them for the views each step would pass (same address, extent and strides).
+            self._args = buffer_args([k_pruned_buf, idx, k_recent_buf, v_buf, starts, None])
+            batch, hkv, _, t_kept = k_pruned_buf.shape
+            self._dims = (batch, hkv, k_recent_buf.shape[3], t_kept, v_buf.shape[3])
+            self._strides = (*k_pruned_buf.stride()[:3], *k_recent_buf.stride()[:3],
+                             *v_buf.stride()[:3], _backend.DTYPE_CODES[q.dtype])
+
+    def holds(self, k_pruned_buf: Tensor, idx: Tensor, k_recent_buf: Tensor, v_buf: Tensor,
+              starts: Tensor | None) -> bool:
+        """Whether the plan was built on exactly these buffers (the same tensor objects)."""
+        b = self.buffers
+        return (b[0] is k_pruned_buf and b[1] is idx and b[2] is k_recent_buf and b[3] is v_buf
+                and b[4] is starts)
+
+    def __call__(self, q: Tensor, n_pruned: int, n_recent: int, scale: float) -> Tensor:
+        """Attention of ``q [B, Hq, S, D]`` (the last ``S`` tokens, already in the stores) over
+        the first ``n_pruned`` pruned and ``n_recent`` full-width tokens: ``out [B, Hq, S, Dv]``."""
+        if q.dtype != self.dtype:
+            raise TypeError(f"PrunedDecodePlan: q is {q.dtype}, the plan's buffers {self.dtype}")
+        k_pruned_buf, idx, k_recent_buf, v_buf, starts = self.buffers
+        batch, hq, s_len, _ = q.shape
+        if self._kernel is None or q.numel() == 0 or n_pruned + n_recent == 0:
+            return pruned_decode_attention_prechecked(
+                q, k_pruned_buf[:, :, :n_pruned], idx, k_recent_buf[:, :, :n_recent],
+                v_buf[:, :, :n_pruned + n_recent], scale=scale, starts=starts,
+                backend=self.backend,
+            )
+        _, hkv, dim, t_kept, dv = self._dims
+        out = torch.empty(batch, hq, s_len, dv, dtype=q.dtype, device=q.device)
+        lse = self._lse
+        if lse is None or lse.shape != (batch, hq, s_len):  # scratch: the decode needs no lse
+            lse = self._lse = torch.empty(batch, hq, s_len, dtype=torch.float32,
+                                          device=q.device)
+        q = q.contiguous()
+        self._kernel(
+            out.data_ptr(), out.numel(), lse.data_ptr(), lse.numel(), q.data_ptr(), q.numel(),
+            *self._args, batch, hq, hkv, s_len, n_pruned, n_recent, dim, t_kept, dv,
+            *self._strides, float(scale), torch.get_num_threads(),
+        )
+        return out
