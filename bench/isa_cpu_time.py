@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from conftest import cpu_model  # noqa: E402
-from isa_rows import COPY_BYTES, accept_fns, langevin_fns, think_fns  # noqa: E402
+from conftest import cpu_model
+from isa_rows import COPY_BYTES, accept_fns, langevin_fns, think_fns
 
 
 def _cpu_ms(fn) -> float:
