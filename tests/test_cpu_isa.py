@@ -1,7 +1,8 @@
-"""The CPU kernels are compiled three times on x86-64 (baseline, AVX2+FMA, AVX-512) and the
-widest copy the CPU has is picked at run time. The narrower copies would never run on a CI
-machine with AVX-512, so they are exercised here on purpose, in subprocesses with
-PONDER_CPU_ISA=default / avx2, against the same inputs as the widest copy."""
+"""The CPU kernels are compiled three times on x86-64 (baseline, AVX2+FMA, AVX-512; the ThinK
+kernels a fourth time with AVX512-BF16) and the widest copy the CPU has is picked at run time.
+The narrower copies would never run on a CI machine with AVX-512, so they are exercised here on
+purpose, in subprocesses with PONDER_CPU_ISA=default / avx2 / avx512, against the same inputs as
+the widest copy."""
 
 import os
 import subprocess
@@ -40,18 +41,20 @@ def _run(tmp_path, isa: str | None) -> dict:
 
 
 def test_active_isa_is_reported():
-    assert ponder._backend.cpu_module().active_isa() in ("default", "avx2", "avx512")
+    assert ponder._backend.cpu_module().active_isa() in ("default", "avx2", "avx512",
+                                                         "avx512bf16")
     assert "OpenMP" in ponder.available_backends()["cpu"].detail
 
 
-@pytest.mark.parametrize("cap", ["default", "avx2"])
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
 def test_narrower_isa_agrees_with_widest(tmp_path, cap):
     widest = _run(tmp_path, None)
     narrow = _run(tmp_path, cap)
     if narrow["isa"] != cap or widest["isa"] == cap:
         pytest.skip(f"this CPU runs {widest['isa']}: nothing narrower to compare as {cap}")
     baseline = narrow
-    # Same math and the same Philox stream; only FMA contraction differs, so float32 results
+    # Same math and the same Philox stream (cpu/philox.h on AVX2 / AVX-512, the scalar one in
+    # the baseline build: the same words); only FMA contraction differs, so float32 results
     # agree to a few ulps (the normals' log/sincos polynomials are evaluated in float32).
     for key in ("ula_noise", "ula_rng", "uld_rng", "prox_rng"):
         torch.testing.assert_close(baseline[key], widest[key], rtol=1e-5, atol=1e-5)
@@ -99,3 +102,44 @@ def test_large_outputs_are_fresh_and_exact():
     tail = slice(n - 1000, n)
     expect = L.ula_step(x[tail], g[tail], 0.1, noise=noise[tail], backend="cpu")
     assert torch.equal(out[tail], expect)
+
+
+_PHILOX_SCRIPT = r"""
+import sys, torch
+import ponder._C as C
+from ponder.ops import langevin as L
+from ponder.ops import speculative as S
+zeros = torch.zeros(70_001)
+gen = torch.Generator().manual_seed(0)
+target = 3.0 * torch.randn(3, 3, 3001, generator=gen)
+tokens = torch.randint(0, 3001, (3, 2), generator=gen)
+outs = {"isa": C.active_isa(),
+        # ula_step at x = grad = 0, h = 0.5 returns the normals themselves.
+        "normals": L.ula_step(zeros, zeros, 0.5, generator=2**40 + 17, backend="cpu"),
+        "race": [S.accept_tokens(tokens, target, target[:, :2] + 1.0, 1.0, generator=s,
+                                 backend="cpu") for s in range(20)]}
+torch.save(outs, sys.argv[1])
+"""
+
+
+def test_vector_philox_draws_the_scalar_stream(tmp_path):
+    """The AVX2 / AVX-512 copies compute Philox with their own vector multiplies (cpu/philox.h);
+    the baseline copy uses the scalar philox4x32_10 of ponder/random.h. The words must be the
+    same: the accept_tokens race (which uses them through a log only) picks the same tokens,
+    and the normals agree to the few ulps that FMA contraction moves them."""
+    def run(isa):
+        path = tmp_path / f"philox_{isa}.pt"
+        env = dict(os.environ, PONDER_CPU_ISA=isa)
+        subprocess.run([sys.executable, "-c", _PHILOX_SCRIPT, str(path)], check=True, env=env)
+        return torch.load(path)
+
+    base = run("default")
+    if base["isa"] != "default":
+        pytest.skip("no baseline build here")
+    for isa in ("avx2", "avx512"):
+        wide = run(isa)
+        if wide["isa"] != isa:
+            continue
+        torch.testing.assert_close(wide["normals"], base["normals"], rtol=1e-5, atol=1e-5)
+        for (t1, n1), (t2, n2) in zip(wide["race"], base["race"], strict=True):
+            assert torch.equal(n1, n2) and torch.equal(t1, t2), isa

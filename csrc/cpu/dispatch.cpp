@@ -1,5 +1,5 @@
 // The instruction set the CPU entry points use (cpu/dispatch.h): the widest this CPU supports,
-// capped by PONDER_CPU_ISA=default|avx2.
+// capped by PONDER_CPU_ISA=default|avx2|avx512|avx512bf16.
 #include "cpu/dispatch.h"
 
 #include <cstdint>
@@ -15,10 +15,11 @@ namespace cpu {
 namespace {
 
 Isa detect() {
-  Isa cap = Isa::kAvx512;
+  Isa cap = Isa::kAvx512Bf16;
   if (const char* env = std::getenv("PONDER_CPU_ISA")) {
     if (std::strcmp(env, "default") == 0) cap = Isa::kDefault;
     if (std::strcmp(env, "avx2") == 0) cap = Isa::kAvx2;
+    if (std::strcmp(env, "avx512") == 0) cap = Isa::kAvx512;
   }
 #if defined(PONDER_HAVE_X86_ISAS) && (defined(__x86_64__) || defined(_M_X64))
   __builtin_cpu_init();
@@ -26,7 +27,11 @@ Isa detect() {
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("avx512bw");
-  if (avx512 && cap == Isa::kAvx512) return Isa::kAvx512;
+#if defined(PONDER_HAVE_AVX512BF16)
+  if (avx512 && __builtin_cpu_supports("avx512bf16") && cap == Isa::kAvx512Bf16)
+    return Isa::kAvx512Bf16;
+#endif
+  if (avx512 && (cap == Isa::kAvx512 || cap == Isa::kAvx512Bf16)) return Isa::kAvx512;
   if (avx2 && cap != Isa::kDefault) return Isa::kAvx2;
 #else
   (void)cap;
@@ -43,6 +48,7 @@ Isa isa() {
 
 const char* active_isa() {
   switch (isa()) {
+    case Isa::kAvx512Bf16: return "avx512bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     default: return "default";

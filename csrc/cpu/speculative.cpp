@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "cpu/kernel.h"
+#include "cpu/philox.h"
 #include "ponder/random.h"
 #include "ponder/speculative.h"
 
@@ -154,14 +155,17 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
     if (race_u != nullptr) {
       for (int64_t i = 0; i < n; ++i) e[i] = static_cast<float>(0.0 - std::log(race_u[b + i]));  // u = 1: +0, not -0
     } else {
+      // The Philox words first (cpu/philox.h: vector multiplies), then the exponentials.
       const uint64_t first = static_cast<uint64_t>(b) / 4;
+      const int64_t blocks = (n + 3) / 4;
+      uint32_t w[4][kBlock / 4];
+      philox_words(w[0], w[1], w[2], w[3], blocks, first, stream, seed);
 #pragma omp simd
-      for (int64_t j = 0; j < (n + 3) / 4; ++j) {
-        const random::U32x4 r = random::philox4x32_10(first + j, stream, seed);
-        e[4 * j] = -random::log_f32(random::uniform_open_f32(r.v0));
-        e[4 * j + 1] = -random::log_f32(random::uniform_open_f32(r.v1));
-        e[4 * j + 2] = -random::log_f32(random::uniform_open_f32(r.v2));
-        e[4 * j + 3] = -random::log_f32(random::uniform_open_f32(r.v3));
+      for (int64_t j = 0; j < blocks; ++j) {
+        e[4 * j] = -random::log_f32(random::uniform_open_f32(w[0][j]));
+        e[4 * j + 1] = -random::log_f32(random::uniform_open_f32(w[1][j]));
+        e[4 * j + 2] = -random::log_f32(random::uniform_open_f32(w[2][j]));
+        e[4 * j + 3] = -random::log_f32(random::uniform_open_f32(w[3][j]));
       }
     }
     if (target.filtered()) {

@@ -16,6 +16,10 @@
 #include "cpu/kernel.h"
 #include "ponder/think.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace ponder::cpu::PONDER_CPU_ISA {
 namespace {
 
@@ -106,6 +110,19 @@ inline void vstore(float* p, vfloat v) {
 // 16 bfloat16 values widened to float in registers (the bits shifted into the high half), so a
 // bf16 cache is read at 2 bytes per value with no staging copy.
 inline vfloat vload(const BFloat16* p) {
+#if defined(__AVX512F__)
+  // One vpmovzxwd ymm -> zmm and a shift. (The generic code below made GCC widen the two
+  // 8-value halves separately and insert them back: 5 shuffles per 16 values, in the value
+  // loop's critical path; seen in the disassembly of the AVX-512 build.) The maskz forms with
+  // every lane selected avoid GCC 12's maybe-uninitialized report on _mm512_undefined_epi32.
+  const __m512i w = _mm512_maskz_slli_epi32(
+      0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(
+                                                      reinterpret_cast<const __m256i*>(p))),
+      16);
+  vfloat f;
+  std::memcpy(&f.p[0], &w, sizeof w);
+  return f;
+#else
   using vu16 = uint16_t __attribute__((vector_size(sizeof(vnat) / 2)));
   using vu32 = uint32_t __attribute__((vector_size(sizeof(vnat))));
   vfloat f;
@@ -116,6 +133,7 @@ inline vfloat vload(const BFloat16* p) {
     std::memcpy(&f.p[i], &w, sizeof(vnat));
   }
   return f;
+#endif
 }
 
 // The first n < 16 values, zeros after: a row's tail, never read past its end.
@@ -250,6 +268,78 @@ inline void fill_tails(float* tail, const float* q, int64_t R, int64_t n) {
   }
 }
 
+#if defined(__AVX512BF16__)
+// The AVX512-BF16 copy (CMakeLists.txt: ponder_cpu_isa(avx512bf16)): a bf16 cache's scores are
+// dotted with vdpbf16ps, 32 bf16 pairs per instruction, instead of widening every key value to
+// fp32 first. The query is bf16 too (the op takes one dtype), so it is dotted as stored, without
+// the scale, and the sum is scaled afterwards: every product q_i k_i of two bf16 values is exact
+// in fp32 and only the fp32 accumulation rounds (as in the fp32 path, in another order), so the
+// score's error stays |err| <= (2 ceil(n / 32) + 6) 2^-24 scale sum_i |q_i k_i| (n summands in
+// 16 lanes, 2 per instruction, then 4 rounds of the horizontal sum and the scaling). vdpbf16ps
+// treats bf16 subnormal inputs (|x| < 2^-126) as zero and flushes subnormal sums to zero: an
+// absolute error below n 2^-126 scale, far under any rounding error of a real score.
+constexpr bool kBf16Dot = true;
+constexpr int64_t kBf16Lanes = 32;
+inline int64_t padded_bf16(int64_t n) { return (n + kBf16Lanes - 1) / kBf16Lanes * kBf16Lanes; }
+
+inline vfloat from_m512(__m512 x) {
+  vfloat v;
+  std::memcpy(&v.p[0], &x, sizeof x);
+  return v;
+}
+
+// out[r * ostride] = scale * dot(q[r, :n], key[:n]) for r < R. q rows are padded_bf16(n) bf16
+// values, zeros after n; the key is read only in [0, n) (a masked load for its last partial
+// vector, which never touches memory past n). Four query rows share each key load.
+inline void dot_rows_bf16(const BFloat16* q, int64_t R, const BFloat16* key, int64_t n,
+                          float scale, float* out, int64_t ostride) {
+  const int64_t np = padded_bf16(n), full = n / kBf16Lanes, rem = n - full * kBf16Lanes;
+  const __mmask32 tail_mask = static_cast<__mmask32>((uint64_t(1) << rem) - 1);
+  const __m512bh ktail = (__m512bh)_mm512_maskz_loadu_epi16(tail_mask, key + full * kBf16Lanes);
+  auto qv = [&](int64_t r, int64_t c) {
+    return (__m512bh)_mm512_loadu_si512(q + r * np + c * kBf16Lanes);
+  };
+  int64_t r = 0;
+  float sums[4];
+  for (; r + 4 <= R; r += 4) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t c = 0; c < full; ++c) {
+      const __m512bh kv = (__m512bh)_mm512_loadu_si512(key + c * kBf16Lanes);
+      a0 = _mm512_dpbf16_ps(a0, qv(r, c), kv);
+      a1 = _mm512_dpbf16_ps(a1, qv(r + 1, c), kv);
+      a2 = _mm512_dpbf16_ps(a2, qv(r + 2, c), kv);
+      a3 = _mm512_dpbf16_ps(a3, qv(r + 3, c), kv);
+    }
+    if (rem > 0) {
+      a0 = _mm512_dpbf16_ps(a0, qv(r, full), ktail);
+      a1 = _mm512_dpbf16_ps(a1, qv(r + 1, full), ktail);
+      a2 = _mm512_dpbf16_ps(a2, qv(r + 2, full), ktail);
+      a3 = _mm512_dpbf16_ps(a3, qv(r + 3, full), ktail);
+    }
+    hsum4(from_m512(a0), from_m512(a1), from_m512(a2), from_m512(a3), sums, 1);
+    for (int i = 0; i < 4; ++i) out[(r + i) * ostride] = sums[i] * scale;
+  }
+  for (; r < R; ++r) {
+    __m512 a0 = _mm512_setzero_ps();
+    for (int64_t c = 0; c < full; ++c)
+      a0 = _mm512_dpbf16_ps(a0, qv(r, c), (__m512bh)_mm512_loadu_si512(key + c * kBf16Lanes));
+    if (rem > 0) a0 = _mm512_dpbf16_ps(a0, qv(r, full), ktail);
+    out[r * ostride] = hsum(from_m512(a0)) * scale;
+  }
+}
+#else
+constexpr bool kBf16Dot = false;
+inline int64_t padded_bf16(int64_t n) { return n; }
+#endif
+
+// The bf16 queries of the AVX512-BF16 path (unused elsewhere): qk [R, padded_bf16(T)] gathered,
+// qf [R, padded_bf16(D)], both unscaled; `scale` multiplies each dot product.
+struct Bf16Queries {
+  const BFloat16* qk = nullptr;
+  const BFloat16* qf = nullptr;
+  float scale = 0.0f;
+};
+
 struct AttnShape {
   int64_t batch, hq, hkv, s_len, lp, lr, dim, kept, dv;
   int64_t kp_sb, kp_sh, kp_sl, kr_sb, kr_sh, kr_sl, v_sb, v_sh, v_sl;
@@ -289,7 +379,8 @@ template <class T>
 void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, const float* qk,
                   const float* qf, const float* qk_tail, const float* qf_tail,
                   const int64_t* row_end, int64_t start, int64_t lo, int64_t hi,
-                  float* m, float* l, float* acc, float* kbuf, float* vbuf, float* score) {
+                  float* m, float* l, float* acc, float* kbuf, float* vbuf, float* score,
+                  const Bf16Queries& q16) {
   const int64_t R = a.rows();
   for (int64_t r = 0; r < R; ++r) {
     m[r] = kNegInf;
@@ -304,19 +395,34 @@ void attend_chunk(const AttnShape& a, const T* kp, const T* kr, const T* v, cons
       const int64_t pos = j0 + jj;
       const direct_t<T>* krow;
       const float *qsrc, *qtail;
+      const BFloat16* q16src;
       int64_t n;
       if (pos < a.lp) {
         krow = direct_row(kp + pos * a.kp_sl, a.kept, kbuf);
         qsrc = qk;
         qtail = qk_tail;
+        q16src = q16.qk;
         n = a.kept;
       } else {
         krow = direct_row(kr + (pos - a.lp) * a.kr_sl, a.dim, kbuf);
         qsrc = qf;
         qtail = qf_tail;
+        q16src = q16.qf;
         n = a.dim;
       }
+#if defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<T, BFloat16>) {
+        (void)qsrc;
+        (void)qtail;
+        dot_rows_bf16(q16src, R, krow, n, q16.scale, score + jj, kBlock);
+      } else {
+        (void)q16src;
+        dot_rows(qsrc, qtail, R, krow, n, score + jj, kBlock);
+      }
+#else
+      (void)q16src;
       dot_rows(qsrc, qtail, R, krow, n, score + jj, kBlock);
+#endif
       // Software prefetch two blocks ahead: the arithmetic between loads is enough to leave the
       // hardware prefetcher behind, and a decode step is one long stream over K and V.
       const int64_t ahead = pos + 2 * kBlock;
@@ -428,6 +534,12 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
     std::vector<float> qk(R * padded(a.kept), 0.0f), qf(R * padded(a.dim), 0.0f),
         qk_tail(R * kLanes), qf_tail(R * kLanes),
         kbuf(padded(wide), 0.0f), vbuf(std::max(kBlock * a.dv, wide)), score(R * kBlock);
+    // The AVX512-BF16 path's unscaled bf16 queries (empty elsewhere), zero-padded likewise.
+    constexpr bool bf16_dot = kBf16Dot && std::is_same_v<T, BFloat16>;
+    const int64_t tp16 = padded_bf16(a.kept), dp16 = padded_bf16(a.dim);
+    std::vector<BFloat16> qk16(bf16_dot ? R * tp16 : 0, BFloat16{0}),
+        qf16(bf16_dot ? R * dp16 : 0, BFloat16{0});
+    const Bf16Queries q16{qk16.data(), qf16.data(), qscale};
     std::vector<int64_t> row_end(R);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
@@ -460,13 +572,17 @@ void pruned_attention_typed(const AttnShape& a, T* out, float* lse, const T* q, 
         const T* qr = qh + r * a.dim;
         for (int64_t i = 0; i < a.kept; ++i) qk[r * tp + i] = load(qr[ih[i]]) * qscale;
         for (int64_t d = 0; d < a.dim; ++d) qf[r * dp + d] = load(qr[d]) * qscale;
+        if constexpr (bf16_dot) {
+          for (int64_t i = 0; i < a.kept; ++i) qk16[r * tp16 + i] = qr[ih[i]];
+          for (int64_t d = 0; d < a.dim; ++d) qf16[r * dp16 + d] = qr[d];
+        }
       }
       fill_tails(qk_tail.data(), qk.data(), R, a.kept);
       fill_tails(qf_tail.data(), qf.data(), R, a.dim);
       attend_chunk(a, kp + b * a.kp_sb + h * a.kp_sh, kr + b * a.kr_sb + h * a.kr_sh,
                    v + b * a.v_sb + h * a.v_sh, qk.data(), qf.data(), qk_tail.data(),
                    qf_tail.data(), row_end.data(), start, lo, hi, m, l, acc, kbuf.data(),
-                   vbuf.data(), score.data());
+                   vbuf.data(), score.data(), q16);
     }
     // Merge the chunks of each query row, in chunk order (deterministic).
 #pragma omp for schedule(static)

@@ -321,7 +321,7 @@ print(";".join(tiny_temperature_failures("cpu")))
 """
 
 
-@pytest.mark.parametrize("cap", ["default", "avx2"])
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
 def test_tiny_temperature_is_greedy_on_narrower_isa(cap):
     """The same on the CPU builds that the widest one hides (see tests/test_cpu_isa.py)."""
     env = dict(os.environ, PONDER_CPU_ISA=cap)

@@ -558,8 +558,8 @@ def test_gpu_default_backend_runs():
 
 
 # --------------------------------------------------------------------------------------------
-# The narrower CPU builds (baseline x86-64, AVX2): never picked on an AVX-512 machine, so run
-# here in subprocesses with PONDER_CPU_ISA capped, against the reference.
+# The narrower CPU builds (baseline x86-64, AVX2, AVX-512 without BF16): never picked on a
+# wider machine, so run here in subprocesses with PONDER_CPU_ISA capped, against the reference.
 # --------------------------------------------------------------------------------------------
 
 _ISA_SCRIPT = r"""
@@ -586,7 +586,7 @@ torch.save(res, sys.argv[1])
 """
 
 
-@pytest.mark.parametrize("cap", ["default", "avx2"])
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
 def test_narrower_cpu_isa_matches_reference(tmp_path, cap):
     import os
     import subprocess
@@ -601,6 +601,26 @@ def test_narrower_cpu_isa_matches_reference(tmp_path, cap):
     tol = {"torch.float32": 2e-6, "torch.float16": 2e-3, "torch.bfloat16": 1.6e-2}
     for (dtype, case), err in res.items():
         assert err <= (2e-5 if case == "scores" else tol[dtype]), (dtype, case, err)
+
+
+def test_bf16_scores_keep_full_precision():
+    """A bf16 cache's scores are exact products of the stored bf16 values summed in fp32, on
+    every build (the AVX512-BF16 one dots the unscaled bf16 query with vdpbf16ps and scales the
+    sum). Checked through lse (fp32, so not hidden by the bf16 output's rounding) against the
+    float64 reference of the same bf16 tensors: an error of fp32 accumulation is ~1e-6 here,
+    while a query rounded to bf16 after the scaling would be off by ~1e-2."""
+    g = torch.Generator().manual_seed(5)
+    b, hq, hkv, d, t, lp, lr = 1, 8, 2, 128, 77, 700, 33  # T = 77: full vectors and a tail
+    q = (3 * torch.randn(b, hq, 1, d, generator=g)).bfloat16()
+    kp = (3 * torch.randn(b, hkv, lp, t, generator=g)).bfloat16()
+    kr = (3 * torch.randn(b, hkv, lr, d, generator=g)).bfloat16()
+    v = torch.randn(b, hkv, lp + lr, d, generator=g).bfloat16()
+    idx = torch.stack([torch.randperm(d, generator=g)[:t] for _ in range(b * hkv)])
+    idx = idx.view(b, hkv, t)
+    _, lse = T.pruned_decode_attention(q, kp, idx, kr, v, return_lse=True, backend="cpu")
+    _, ref = T.pruned_decode_attention_reference(q.double(), kp.double(), idx, kr.double(),
+                                                 v.double(), None, None, None)
+    assert (lse.double() - ref).abs().max().item() < 5e-5
 
 
 def test_prechecked_equals_the_checked_op(cpu_backend):

@@ -111,15 +111,19 @@ PONDER_HD void sincos_turns_f32(float u, float& s, float& c) {
   s = bits_float(float_bits(s0) ^ ((quadrant & 2u) << 30));
 }
 
-// Four standard normals from one Philox block (two Box-Muller pairs).
-PONDER_HD Normal4<float> normal4_f32(uint64_t block, uint32_t stream, uint64_t seed) {
-  const U32x4 r = philox4x32_10(block, stream, seed);
+// Four standard normals from the four words of one Philox block (two Box-Muller pairs).
+PONDER_HD Normal4<float> box_muller4_f32(U32x4 r) {
   const float radius0 = sqrtf(-2.0f * log_f32(uniform_open_f32(r.v0)));
   const float radius1 = sqrtf(-2.0f * log_f32(uniform_open_f32(r.v2)));
   float s0, c0, s1, c1;
   sincos_turns_f32(uniform_open_f32(r.v1), s0, c0);
   sincos_turns_f32(uniform_open_f32(r.v3), s1, c1);
   return Normal4<float>{radius0 * c0, radius0 * s0, radius1 * c1, radius1 * s1};
+}
+
+// Four standard normals from one Philox block.
+PONDER_HD Normal4<float> normal4_f32(uint64_t block, uint32_t stream, uint64_t seed) {
+  return box_muller4_f32(philox4x32_10(block, stream, seed));
 }
 
 PONDER_HD Normal4<double> normal4_f64(uint64_t block, uint32_t stream, uint64_t seed) {
