@@ -77,6 +77,18 @@ def test_python_m_ponder_prints_each_backend():
     assert f"torch {torch.__version__}" in out
 
 
+def test_python_m_ponder_with_arguments_runs_the_command_line():
+    """``python -m ponder COMMAND`` is ``ponder COMMAND``: its help, and its error exit."""
+    run = [sys.executable, "-m", "ponder"]
+    proc = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "demo" in proc.stdout and not proc.stdout.startswith("ponder ")
+    proc = subprocess.run([*run, "no-such-command"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 2 and "no-such-command" in proc.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only report")
 def test_python_m_ponder_without_interpreter_explains_triton():
     """Without TRITON_INTERPRET and without a GPU, Triton is reported unavailable with the way
