@@ -187,13 +187,15 @@ def _load_oreo(folder: str | None):
     """``(policy, value, tokenizer)`` from a folder of `ponder oreo train` (or the shipped)."""
     from transformers import AutoModelForCausalLM
 
-    from ..toy.models import default_weights_dir
     from ..toy.tokenizer import make_tokenizer
     from ..train.oreo import load_value_model
 
     if folder is None:
-        folder = OUT / "model" if (OUT / "model" / "value").is_dir() else \
-            default_weights_dir() / "oreo"
+        if not (OUT / "model" / "value").is_dir():
+            from ..toy.oreo import load_toy_oreo
+
+            return load_toy_oreo()
+        folder = OUT / "model"
     folder = Path(folder)
     if not (folder / "value").is_dir():
         raise checks.CommandError(f"--model: {folder} has no value/ folder (train one with "

@@ -412,11 +412,53 @@ def mathhay_section(ctx: Context) -> Section:
         findings=findings, seconds=time.perf_counter() - start)
 
 
+def oreo_section(ctx: Context) -> Section:
+    """OREO's test-time side: value-guided beam search with the shipped toy OREO policy and value
+    model, against greedy decoding of the same policy and of the SFT policy (the toy draft)."""
+    from ..decoding.value_search import value_beam_search
+    from ..toy import SPECS, evaluate_accuracy, load_toy_model, verify
+    from ..toy.oreo import load_toy_oreo
+
+    start = time.perf_counter()
+    n, beam = (8, 2) if ctx.quick else (100, 4)
+    problems = SPECS["draft"].splits().test[:n]
+    policy, value, tok = load_toy_oreo()
+    draft, _ = load_toy_model("draft")
+    greedy = {name: evaluate_accuracy(m, tok, problems)["accuracy"]
+              for name, m in (("SFT policy (toy draft), greedy", draft),
+                              ("OREO policy, greedy", policy))}
+    res = value_beam_search(policy, value, tok, [p.prompt for p in problems], beam_width=beam,
+                            max_new_tokens=max(len(p.target) for p in problems) + 16,
+                            seed=ctx.seed)
+    beam_acc = sum(verify(p, t) for p, t in zip(problems, res.texts)) / n
+    rows = [[name, _pct(acc), "-"] for name, acc in greedy.items()]
+    rows.append([f"OREO policy, value beam search (B = {beam})", _pct(beam_acc),
+                 f"{res.sampled_tokens:,}"])
+    best_greedy = max(greedy.values())
+    verdict = "above" if beam_acc > best_greedy else "not above"
+    why = (": the toy value model does not rank samples usefully yet" if beam_acc <= best_greedy
+           else "")
+    findings = [f"value-guided beam search is {verdict} greedy decoding on the toy world "
+                f"({_pct(beam_acc)} against {_pct(best_greedy)}){why}; docs/oreo.md has the "
+                "full comparison (RFT, token vs step level, best-of-N by the value) and "
+                "`ponder oreo effect` reruns it"]
+    return Section(
+        "oreo", "OREO: value-guided beam search",
+        intro="ponder.toy.oreo.load_toy_oreo() is a step-level OREO policy and value model "
+              "trained by ponder.train.OREOTrainer from the toy draft on its own verified "
+              "samples; ponder.decoding.value_beam_search samples B x B next steps, keeps the B "
+              "the value model rates best and carries their KV caches to the next step.",
+        tables=[Table(["decoding", "accuracy", "tokens sampled"], rows,
+                      caption=f"the first {n} test problems")],
+        findings=findings, seconds=time.perf_counter() - start)
+
+
 SECTIONS: dict[str, Callable[[Context], Section]] = {
     "toy": toy_section,
     "think": think_section,
     "prm": prm_section,
     "rsd": rsd_section,
+    "oreo": oreo_section,
     "samplers": samplers_section,
     "mathhay": mathhay_section,
 }

@@ -25,6 +25,7 @@ from .models import SPECS, evaluate_accuracy, load_toy_model
 __all__ = [
     "ToyOREORecipe",
     "effect",
+    "load_toy_oreo",
     "toy_collect",
     "toy_questions",
     "toy_train_oreo",
@@ -80,6 +81,24 @@ def _verify(q: dict[str, Any], response: str) -> bool:
 
 def _max_new_tokens(problems: Sequence[Problem]) -> int:
     return max(len(p.target) for p in problems) + 16
+
+
+def load_toy_oreo(*, weights_dir: str | Path | None = None):
+    """The shipped step-level OREO policy and value model: ``(policy, value_model, tokenizer)``,
+    float32, eval mode, the tokenizer padding on the left.
+
+    Trained from the toy draft by :func:`toy_collect` and :func:`toy_train_oreo` with
+    :class:`ToyOREORecipe`'s defaults (``weights/oreo/recipe.json``); on the toy world they do
+    not beat the draft (docs/oreo.md): they are there to run value-guided search offline.
+    """
+    from ..train.oreo import load_value_model
+    from .models import _no_progress_bars, default_weights_dir
+
+    root = default_weights_dir() if weights_dir is None else Path(weights_dir)
+    policy, tok = load_toy_model("oreo", weights_dir=root)
+    with _no_progress_bars():  # a bar for a 0.5 MB file is noise
+        value = load_value_model(root / "oreo" / "value")
+    return policy, value.eval(), tok
 
 
 def toy_collect(path: str | Path, recipe: ToyOREORecipe | None = None, *,
