@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 
 from conftest import cpu_model
-from isa_rows import COPY_BYTES, accept_fns, langevin_fns, think_fns
+from isa_rows import COPY_BYTES, collect, print_rows, run
 
 
 def _cpu_ms(fn) -> float:
@@ -40,25 +40,11 @@ def main() -> None:
     ap.add_argument("--only", default="think,langevin,accept")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    fns, nbytes = {}, {}
-    parts = args.only.split(",")
-    if "think" in parts:
-        think_fns(fns, nbytes)
-    if "langevin" in parts:
-        langevin_fns(fns, nbytes)
-    if "accept" in parts:
-        accept_fns(fns, nbytes)
+    fns, nbytes = collect(args.only)
     src = torch.ones(COPY_BYTES // 4)
     dst = torch.zeros_like(src)
-    times = {name: [] for name in [*fns, "copy"]}
     load0 = os.getloadavg()[0]
-    for rep in range(args.reps + 1):
-        for name, fn in fns.items():
-            c = _cpu_ms(lambda: dst.copy_(src))
-            t = _cpu_ms(fn)
-            if rep >= 1:
-                times["copy"].append(c)
-                times[name].append(t)
+    times = run(fns, lambda: dst.copy_(src), args.reps, timed=_cpu_ms)
     copy_gbs = 2 * COPY_BYTES / statistics.median(times["copy"]) / 1e6
     from ponder import _C
 
@@ -66,20 +52,7 @@ def main() -> None:
     print(f"{cpu_model()}; ISA {_C.active_isa()}; 1 thread, CPU time; {stamp}; "
           f"load {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
           f"copy {copy_gbs:.1f} GB/s per CPU second (median of {len(times['copy'])})")
-    print("| row | median CPU ms | min CPU ms | vs baseline | GB/s | % of copy |")
-    print("|---|---|---|---|---|---|")
-    for name in fns:
-        if " | " in name:
-            continue
-        med, mn = statistics.median(times[name]), min(times[name])
-        base = [b for b in fns if b.startswith(name + " | ")]
-        ratio = ""
-        if base:
-            ratio = f"{statistics.median(times[base[0]]) / med:.2f}x {base[0].split(' | ')[1]}"
-        gbs = nbytes.get(name, 0) / med / 1e6
-        print(f"| {name} | {med:.2f} | {mn:.2f} | {ratio} | {gbs:.1f} | "
-              f"{100 * gbs / copy_gbs:.0f}% |")
-    sys.stdout.flush()
+    print_rows(fns, times, nbytes, copy_gbs, unit="CPU ms")
 
 
 if __name__ == "__main__":

@@ -38,12 +38,15 @@ def _timed(fn) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def run(fns: dict, copy, reps: int) -> dict:
+def run(fns: dict, copy, reps: int, timed=None) -> dict:
+    """``{row: [ms per rep]}`` and ``"copy"``: each call preceded by the copy probe (so the data
+    starts out of the caches); one warm-up rep dropped. ``timed(fn) -> ms`` (wall by default)."""
+    timed = timed or _timed
     times = {name: [] for name in [*fns, "copy"]}
     for rep in range(reps + 1):
         for name, fn in fns.items():
-            c = _timed(copy)
-            t = _timed(fn)
+            c = timed(copy)
+            t = timed(fn)
             if rep >= 1:
                 times["copy"].append(c)
                 times[name].append(t)
@@ -102,19 +105,41 @@ def accept_fns(fns, nbytes):
                                                                        TEMPERATURE)
 
 
+def collect(only: str) -> tuple[dict, dict]:
+    """The rows named in ``only`` (comma-separated: think, langevin, accept): ``(fns, nbytes)``."""
+    fns, nbytes = {}, {}
+    parts = only.split(",")
+    for part, add in (("think", think_fns), ("langevin", langevin_fns), ("accept", accept_fns)):
+        if part in parts:
+            add(fns, nbytes)
+    return fns, nbytes
+
+
+def print_rows(fns: dict, times: dict, nbytes: dict, copy_gbs: float, unit: str = "ms") -> None:
+    """The markdown table: median and min time, the ratio to a row's `` | baseline``, GB/s and
+    the share of the copy bandwidth."""
+    print(f"| row | median {unit} | min {unit} | vs baseline | GB/s | % of copy |")
+    print("|---|---|---|---|---|---|")
+    for name in fns:
+        if " | " in name:
+            continue
+        med, mn = statistics.median(times[name]), min(times[name])
+        base = [b for b in fns if b.startswith(name + " | ")]
+        ratio = ""
+        if base:
+            ratio = f"{statistics.median(times[base[0]]) / med:.2f}x {base[0].split(' | ')[1]}"
+        gbs = nbytes.get(name, 0) / med / 1e6
+        print(f"| {name} | {med:.2f} | {mn:.2f} | {ratio} | {gbs:.1f} | "
+              f"{100 * gbs / copy_gbs:.0f}% |")
+    sys.stdout.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--only", default="think,langevin,accept")
     args = ap.parse_args()
-    fns, nbytes = {}, {}
-    parts = args.only.split(",")
-    if "think" in parts:
-        think_fns(fns, nbytes)
-    if "langevin" in parts:
-        langevin_fns(fns, nbytes)
-    if "accept" in parts:
-        accept_fns(fns, nbytes)
+    fns, nbytes = collect(args.only)
     src = torch.ones(COPY_BYTES // 4)
     dst = torch.zeros_like(src)
     load0 = os.getloadavg()[0]
@@ -127,20 +152,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}; {stamp}; "
           f"load {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
           f"copy {copy_gbs:.1f} GB/s (median of {len(times['copy'])})")
-    print("| row | median ms | min ms | vs baseline | GB/s | % of copy |")
-    print("|---|---|---|---|---|---|")
-    for name in fns:
-        if " | " in name:
-            continue
-        med, mn = statistics.median(times[name]), min(times[name])
-        base = [b for b in fns if b.startswith(name + " | ")]
-        ratio = ""
-        if base:
-            ratio = f"{statistics.median(times[base[0]]) / med:.2f}x {base[0].split(' | ')[1]}"
-        gbs = nbytes.get(name, 0) / med / 1e6
-        pct = 100 * gbs / copy_gbs
-        print(f"| {name} | {med:.2f} | {mn:.2f} | {ratio} | {gbs:.1f} | {pct:.0f}% |")
-    sys.stdout.flush()
+    print_rows(fns, times, nbytes, copy_gbs)
 
 
 if __name__ == "__main__":
