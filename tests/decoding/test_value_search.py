@@ -88,6 +88,12 @@ def test_errors():
         vs.value_beam_search(policy, fake, tok, "Q")
     with pytest.raises(ValueError, match="n must"):
         vs.value_best_of_n(policy, fake, tok, ["Q"], n=0)
+    # best-of-N checks its prompts and temperature as the beam search does (a str would be
+    # read as one prompt per character)
+    with pytest.raises(TypeError, match="value_best_of_n: prompts"):
+        vs.value_best_of_n(policy, fake, tok, "Q", n=2)
+    with pytest.raises(ValueError, match="value_best_of_n: temperature"):
+        vs.value_best_of_n(policy, fake, tok, ["Q"], n=2, temperature=0.0)
 
 
 def test_beam_search_with_carried_caches_equals_recomputing_the_prefixes():

@@ -352,6 +352,21 @@ def _delimiter_ids(tokenizer, step_delimiter) -> list[int]:
     return [int(t) for t in step_delimiter]
 
 
+def _sampling_setup(where: str, policy, tokenizer, prompts: Sequence[str], temperature: float,
+                    seed: int | None):
+    """Checks shared by the searches, then ``(eos, pad, generator or None, prompt ids)``; the pad
+    id falls back to EOS."""
+    if isinstance(prompts, str):
+        raise TypeError(f"{where}: prompts must be a sequence of str")
+    if not temperature > 0:
+        raise ValueError(f"{where}: temperature must be > 0, got {temperature}")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=model_device(policy)).manual_seed(int(seed))
+    return eos, eos if pad is None else pad, gen, _prompt_ids(tokenizer, prompts)
+
+
 def value_beam_search(
     policy,
     value_model,
@@ -402,19 +417,10 @@ def value_beam_search(
     max_new_tokens = _check_pos_int(where, "max_new_tokens", max_new_tokens)
     if not isinstance(reuse_cache, bool):
         raise TypeError(f"{where}: reuse_cache must be a bool, got {type(reuse_cache).__name__}")
-    if isinstance(prompts, str):
-        raise TypeError(f"{where}: prompts must be a sequence of str")
-    if not temperature > 0:
-        raise ValueError(f"{where}: temperature must be > 0, got {temperature}")
+    eos, pad, gen, heads = _sampling_setup(where, policy, tokenizer, prompts, temperature, seed)
     delim = _delimiter_ids(tokenizer, step_delimiter)
     if not delim:
         raise ValueError(f"{where}: step_delimiter must be non-empty")
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    pad = eos if pad is None else pad
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=model_device(policy)).manual_seed(int(seed))
-    heads = _prompt_ids(tokenizer, prompts)
     P = len(prompts)
     # Per problem, the beams: (response ids, the policy's carried keys and values, the value
     # model's carried keys and values, the beam's value); None where nothing is carried.
@@ -508,12 +514,7 @@ def value_best_of_n(
     where = "value_best_of_n"
     n = _check_pos_int(where, "n", n)
     max_new_tokens = _check_pos_int(where, "max_new_tokens", max_new_tokens)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    pad = eos if pad is None else pad
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=model_device(policy)).manual_seed(int(seed))
-    heads = _prompt_ids(tokenizer, prompts)
+    eos, pad, gen, heads = _sampling_setup(where, policy, tokenizer, prompts, temperature, seed)
     jobs = [p for p in range(len(prompts)) for _ in range(n)]
     new, ended = _generate(policy, [heads[p] for p in jobs], eos=eos, pad=pad, delimiter=(),
                            max_tokens=[max_new_tokens] * len(jobs), temperature=temperature,
