@@ -4,9 +4,13 @@ The narrower copies would never run on a CI machine with AVX-512, so they are ex
 purpose, in subprocesses with PONDER_CPU_ISA=default / avx2 / avx512, against the same inputs as
 the widest copy."""
 
+import filecmp
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import ponder
 import pytest
@@ -143,3 +147,61 @@ def test_vector_philox_draws_the_scalar_stream(tmp_path):
         torch.testing.assert_close(wide["normals"], base["normals"], rtol=1e-5, atol=1e-5)
         for (t1, n1), (t2, n2) in zip(wide["race"], base["race"], strict=True):
             assert torch.equal(n1, n2) and torch.equal(t1, t2), isa
+
+
+# --------------------------------------------------------------------------------------------
+# Symbols: no two copies may share one (csrc/cpu/check_isa_symbols.py; CMakeLists.txt runs it
+# after every link, these tests run it on the checker itself and on the objects of this build).
+# --------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _symbol_checker():
+    path = ROOT / "csrc" / "cpu" / "check_isa_symbols.py"
+    spec = importlib.util.spec_from_file_location("check_isa_symbols", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_symbol_check_refuses_a_shared_symbol():
+    check = _symbol_checker()
+    own = {"default": {"ponder::isa_default::check_buffer(char const*)", "std::a::~a()"},
+           "avx2": {"ponder::isa_avx2::check_buffer(char const*)", "std::a::~a()"},
+           "avx512": {"ponder::cpu::isa_avx512::ula_step(int)", "std::a::~a()"}}
+    assert check.clashes(own) == []
+    # A header function outside the copies' namespaces: one name, so one copy for all.
+    shared = {isa: names | {"void ponder::lm_head::forward_row<float>(float const*)"}
+              for isa, names in own.items()}
+    [problem] = check.clashes(shared)
+    assert problem.startswith("void ponder::lm_head::forward_row<float>(float const*): defined "
+                              "by the copies avx2, avx512, default")
+    # Two copies are enough; one copy defining it in several of its objects is fine.
+    two = dict(own, avx2=own["avx2"] | {"ponder::f()"}, avx512=own["avx512"] | {"ponder::f()"})
+    assert len(check.clashes(two)) == 1
+    assert check.clashes(dict(own, avx2=own["avx2"] | {"ponder::f()"})) == []
+    # A library template only a wide copy defines could be the one the linker keeps.
+    wide_only = dict(own, avx512=own["avx512"] | {"std::vector<float>::_M_default_append(u)"})
+    [problem] = check.clashes(wide_only)
+    assert "not by the baseline one" in problem
+    assert check.isa_of("b/CMakeFiles/ponder_cpu_avx512bf16.dir/csrc/cpu/think.cpp.o") == \
+        "avx512bf16"
+    assert check.isa_of("b/CMakeFiles/_C.dir/csrc/bind_cpu.cpp.o") is None
+
+
+def test_isa_copies_share_no_symbol():
+    """The objects ponder._C was linked from (a build directory under build/ whose module is
+    byte for byte the one imported: CI's `pip install .` and the development builds put them
+    there) define no symbol of ours in two instruction-set copies."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("no nm on this machine")
+    loaded = ponder._backend.cpu_module().__file__
+    builds = [module.parent for module in ROOT.glob("build/*/_C*")
+              if filecmp.cmp(module, loaded, shallow=False)]
+    objects = [str(o) for build in builds
+               for o in build.glob("CMakeFiles/ponder_cpu_*.dir/**/*.o")]
+    if not objects:
+        pytest.skip(f"no build directory under {ROOT / 'build'} holds the objects of {loaded}")
+    assert _symbol_checker().check_objects(objects, nm) == []

@@ -7,8 +7,13 @@
 
 #include "ponder/dtype.h"
 
-namespace ponder {
-namespace cpu {
+// Included through cpu/kernel.h, which names the instruction-set copy: these inline functions
+// live in its namespace, so no two copies share a symbol (ponder/common.h).
+#ifndef PONDER_CPU_ISA
+#error "include cpu/kernel.h, not cpu/dtype.h"
+#endif
+
+namespace ponder::cpu::PONDER_CPU_ISA {
 
 struct Half { uint16_t bits; };
 struct BFloat16 { uint16_t bits; };
@@ -75,5 +80,4 @@ void dispatch_float_dtype(int dtype, const char* op, F&& f) {
   dispatch_storage<Half, BFloat16, /*kWithDouble=*/false>(dtype, op, f);
 }
 
-}  // namespace cpu
-}  // namespace ponder
+}  // namespace ponder::cpu::PONDER_CPU_ISA

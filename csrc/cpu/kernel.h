@@ -4,6 +4,12 @@
 // editor's syntax check) gets the baseline one.
 #pragma once
 
+// Before any include: the shared headers (ponder/common.h: PONDER_NAMESPACE_BEGIN) name their
+// namespace after the copy too.
+#ifndef PONDER_CPU_ISA
+#define PONDER_CPU_ISA isa_default
+#endif
+
 #include <algorithm>
 
 #ifdef _OPENMP
@@ -14,12 +20,9 @@
 #include "cpu/ops.h"
 #include "ponder/check.h"
 
-#ifndef PONDER_CPU_ISA
-#define PONDER_CPU_ISA isa_default
-#endif
-
-namespace ponder {
-namespace cpu {
+// Like everything a kernel file compiles, the helpers below live in the namespace of the copy:
+// inline functions outside it would be one weak symbol for all copies (ponder/common.h).
+namespace ponder::cpu::PONDER_CPU_ISA {
 
 // The OpenMP team size for a launcher's `threads` argument (torch's thread count): below 1 is a
 // ValueError; above the processors this process may run on it is clamped to them. More threads
@@ -36,5 +39,4 @@ inline int check_threads(const char* op, int threads) {
 #endif
 }
 
-}  // namespace cpu
-}  // namespace ponder
+}  // namespace ponder::cpu::PONDER_CPU_ISA

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "ponder/common.h"
+
 #define PONDER_CHECK(cond, ...)                                                   \
   do {                                                                            \
     if (!(cond)) {                                                                \
@@ -19,7 +21,7 @@
     }                                                                             \
   } while (0)
 
-namespace ponder {
+PONDER_NAMESPACE_BEGIN
 
 // A buffer argument of a launcher, as Python passes it (ops/_common.py: launch_native): every
 // buffer parameter `x` is the pair (x, x_numel), its address and its element count in elements
@@ -119,4 +121,4 @@ inline void check_optional_buffer(const char* op, const Buffer& b,
   check_buffer(op, b, sizes, strides);
 }
 
-}  // namespace ponder
+PONDER_NAMESPACE_END

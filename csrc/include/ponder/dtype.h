@@ -7,7 +7,7 @@
 #include "ponder/check.h"
 #include "ponder/common.h"
 
-namespace ponder {
+PONDER_NAMESPACE_BEGIN
 
 template <class T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
@@ -29,4 +29,4 @@ void dispatch_storage(int dtype, const char* op, F&& f) {
   }
 }
 
-}  // namespace ponder
+PONDER_NAMESPACE_END

@@ -6,7 +6,7 @@
 
 #include "ponder/common.h"
 
-namespace ponder {
+PONDER_NAMESPACE_BEGIN
 namespace langevin {
 
 // Random streams: each op draws from (seed, stream). uld_step needs two independent normals per
@@ -77,4 +77,4 @@ PONDER_HD Acc mala_log_ratio_term(Acc h, Acc x, Acc grad_logp, Acc x_prop, Acc g
 }
 
 }  // namespace langevin
-}  // namespace ponder
+PONDER_NAMESPACE_END

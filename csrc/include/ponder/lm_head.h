@@ -10,7 +10,7 @@
 #include "ponder/common.h"
 #include "ponder/speculative.h"
 
-namespace ponder {
+PONDER_NAMESPACE_BEGIN
 namespace lm_head {
 
 // exp(x) for x <= 0 (and slightly above: rounding of z - lse): the branch-free polynomial in
@@ -120,4 +120,4 @@ inline void backward_row(T* z, const T* y, T lse, T alpha, T beta, T gamma, int6
 }
 
 }  // namespace lm_head
-}  // namespace ponder
+PONDER_NAMESPACE_END

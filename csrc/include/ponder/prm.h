@@ -8,7 +8,7 @@
 
 #include "ponder/common.h"
 
-namespace ponder {
+PONDER_NAMESPACE_BEGIN
 namespace prm {
 
 // Logistic function without overflow: exp of a non-positive argument only.
@@ -44,4 +44,4 @@ struct RowAggregate {
 };
 
 }  // namespace prm
-}  // namespace ponder
+PONDER_NAMESPACE_END

@@ -9,7 +9,7 @@
 
 #include "ponder/common.h"
 
-namespace ponder {
+PONDER_NAMESPACE_BEGIN
 namespace random {
 
 PONDER_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
@@ -152,4 +152,4 @@ PONDER_HD double uniform_at(uint64_t index, uint32_t stream, uint64_t seed) {
 }
 
 }  // namespace random
-}  // namespace ponder
+PONDER_NAMESPACE_END

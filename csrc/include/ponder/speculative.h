@@ -7,7 +7,7 @@
 #include "ponder/common.h"
 #include "ponder/random.h"
 
-namespace ponder {
+PONDER_NAMESPACE_BEGIN
 namespace speculative {
 
 // Philox streams: row r's accept-test uniforms use stream 2 r, its race uniforms stream 2 r + 1
@@ -53,4 +53,4 @@ PONDER_HD double step_weight(int kind, double r, double delta, double sharpness)
 }
 
 }  // namespace speculative
-}  // namespace ponder
+PONDER_NAMESPACE_END

@@ -10,7 +10,7 @@
 
 #include "ponder/common.h"
 
-namespace ponder {
+PONDER_NAMESPACE_BEGIN
 namespace think {
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -86,4 +86,4 @@ PONDER_HD float channel_score(double q_squares, int64_t q_count, double k_square
 }
 
 }  // namespace think
-}  // namespace ponder
+PONDER_NAMESPACE_END
