@@ -89,10 +89,8 @@ void ula_step(uintptr_t out, int64_t out_numel, uintptr_t x, int64_t x_numel,
               uint64_t seed, int threads) {
   const char* op = "ula_step";
   threads = check_threads(op, threads);
-  check_buffer(op, {"out", out, out_numel}, {n});
-  check_buffer(op, {"x", x, x_numel}, {n});
-  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
-  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
+  langevin::check_ula_step(op, out, out_numel, x, x_numel, grad_logp, grad_logp_numel, noise,
+                           noise_numel, n);
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -113,11 +111,8 @@ void proximal_step(uintptr_t out, int64_t out_numel, uintptr_t z, int64_t z_nume
                    double pull, double drift, double noise_scale, uint64_t seed, int threads) {
   const char* op = "proximal_step";
   threads = check_threads(op, threads);
-  check_buffer(op, {"out", out, out_numel}, {n});
-  check_buffer(op, {"z", z, z_numel}, {n});
-  check_buffer(op, {"y", y, y_numel}, {n});
-  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
-  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
+  langevin::check_proximal_step(op, out, out_numel, z, z_numel, y, y_numel, grad_logp,
+                                grad_logp_numel, noise, noise_numel, n);
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -140,12 +135,8 @@ void uld_step(uintptr_t x_out, int64_t x_out_numel, uintptr_t v_out, int64_t v_o
               uint64_t seed, int threads) {
   const char* op = "uld_step";
   threads = check_threads(op, threads);
-  check_buffer(op, {"x_out", x_out, x_out_numel}, {n});
-  check_buffer(op, {"v_out", v_out, v_out_numel}, {n});
-  check_buffer(op, {"x", x, x_numel}, {n});
-  check_buffer(op, {"v", v, v_numel}, {n});
-  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
-  check_optional_buffer(op, {"noise", noise, noise_numel}, {2, n});
+  langevin::check_uld_step(op, x_out, x_out_numel, v_out, v_out_numel, x, x_numel, v, v_numel,
+                           grad_logp, grad_logp_numel, noise, noise_numel, n);
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -183,17 +174,11 @@ void mala_accept(uintptr_t x_out, int64_t x_out_numel, uintptr_t logp_out, int64
                  int dtype, double step_size, uint64_t seed, int threads) {
   const char* op = "mala_accept";
   threads = check_threads(op, threads);
-  check_buffer(op, {"x_out", x_out, x_out_numel}, {chains, dim});
-  check_buffer(op, {"logp_out", logp_out, logp_out_numel}, {chains});
-  check_buffer(op, {"grad_out", grad_out, grad_out_numel}, {chains, dim});
-  check_buffer(op, {"accepted", accepted, accepted_numel}, {chains});
-  check_buffer(op, {"x", x, x_numel}, {chains, dim});
-  check_buffer(op, {"logp", logp, logp_numel}, {chains});
-  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {chains, dim});
-  check_buffer(op, {"x_prop", x_prop, x_prop_numel}, {chains, dim});
-  check_buffer(op, {"logp_prop", logp_prop, logp_prop_numel}, {chains});
-  check_buffer(op, {"grad_logp_prop", grad_logp_prop, grad_logp_prop_numel}, {chains, dim});
-  check_optional_buffer(op, {"uniforms", uniforms, uniforms_numel}, {chains});
+  langevin::check_mala_accept(
+      op, x_out, x_out_numel, logp_out, logp_out_numel, grad_out, grad_out_numel, accepted,
+      accepted_numel, x, x_numel, logp, logp_numel, grad_logp, grad_logp_numel, x_prop,
+      x_prop_numel, logp_prop, logp_prop_numel, grad_logp_prop, grad_logp_prop_numel, uniforms,
+      uniforms_numel, chains, dim);
   const int64_t n = chains * dim;  // fits: x's check multiplied them
   dispatch_dtype(dtype, op, [&](auto tag) {
     using T = decltype(tag);

@@ -50,33 +50,18 @@ void prm_steps(uintptr_t logits, int64_t logits_numel, uintptr_t scores, int64_t
                int64_t stride_b, int64_t stride_l, int dtype, int threads) {
   const char* op = "score_steps";
   threads = check_threads(op, threads);
-  PONDER_CHECK(labels == 1 || labels == 2, op << ": head must have 1 or 2 rows, got " << labels);
-  // Scores are asked for through num_steps ([B]: never null for B > 0), since scores [B, S]
-  // is an empty buffer (maybe null) when S = 0. A buffer is absent when it is (0, 0).
-  const bool want_logits = logits != 0 || logits_numel != 0;
-  const bool want_scores = num_steps != 0 || num_steps_numel != 0;
-  PONDER_CHECK(want_logits || want_scores, op << ": no output requested");
-  check_optional_buffer(op, {"logits", logits, logits_numel}, {batch, steps, labels});
-  if (want_scores) {
-    check_buffer(op, {"scores", scores, scores_numel}, {batch, steps});
-    check_buffer(op, {"mins", mins, mins_numel}, {batch});
-    check_buffer(op, {"lasts", lasts, lasts_numel}, {batch});
-    check_buffer(op, {"products", products, products_numel}, {batch});
-    check_buffer(op, {"means", means, means_numel}, {batch});
-    check_buffer(op, {"num_steps", num_steps, num_steps_numel}, {batch});
-  }
-  check_buffer(op, {"hidden", hidden, hidden_numel}, {batch, length, width},
-               {stride_b, stride_l, 1});
-  check_buffer(op, {"step_index", step_index, step_index_numel}, {batch, steps});
-  check_buffer(op, {"head", head, head_numel}, {labels, width});
-  check_optional_buffer(op, {"bias", bias, bias_numel}, {labels});
+  const prm::StepsOutputs want = prm::check_steps(
+      op, logits, logits_numel, scores, scores_numel, mins, mins_numel, lasts, lasts_numel,
+      products, products_numel, means, means_numel, num_steps, num_steps_numel, hidden,
+      hidden_numel, step_index, step_index_numel, head, head_numel, bias, bias_numel, batch,
+      length, width, steps, labels, stride_b, stride_l);
   const int64_t pairs = batch * steps;  // fits: step_index's check multiplied them
   const int64_t* idx = reinterpret_cast<const int64_t*>(step_index);
 
   // Re-check every position that will be read, and that each row is a run of steps followed
   // only by padding: positions in [0, L), strictly increasing, -1 after the last step. (With
   // S = 0 nothing is read, and B is bounded by num_steps only when scores are asked for.)
-  std::vector<int64_t> count(want_scores ? static_cast<size_t>(batch) : 0, 0);
+  std::vector<int64_t> count(want.scores ? static_cast<size_t>(batch) : 0, 0);
   for (int64_t b = 0; steps > 0 && b < batch; ++b) {
     int64_t n = 0;
     for (int64_t s = 0; s < steps; ++s) {
@@ -91,7 +76,7 @@ void prm_steps(uintptr_t logits, int64_t logits_numel, uintptr_t scores, int64_t
                       << s << "]");
       ++n;
     }
-    if (want_scores) count[b] = n;
+    if (want.scores) count[b] = n;
   }
 
   dispatch_dtype(dtype, op, [&](auto tag) {
@@ -112,9 +97,9 @@ void prm_steps(uintptr_t logits, int64_t logits_numel, uintptr_t scores, int64_t
       const int64_t b = i / steps;
       const int64_t p = idx[i];
       if (p < 0) {  // padding: logits 0, score NaN
-        if (want_logits)
+        if (want.logits)
           for (int64_t k = 0; k < labels; ++k) lo[i * labels + k] = Acc(0);
-        if (want_scores) sc[i] = Acc(NAN);
+        if (want.scores) sc[i] = Acc(NAN);
         continue;
       }
       const T* row = h + b * stride_b + p * stride_l;
@@ -126,14 +111,14 @@ void prm_steps(uintptr_t logits, int64_t logits_numel, uintptr_t scores, int64_t
       } else {
         z0 = dot(row, w, width) + b0;
       }
-      if (want_logits) {
+      if (want.logits) {
         lo[i * labels] = z0;
         if (labels == 2) lo[i * labels + 1] = z1;
       }
-      if (want_scores) sc[i] = prm::sigmoid<Acc>(labels == 2 ? z0 - z1 : z0);
+      if (want.scores) sc[i] = prm::sigmoid<Acc>(labels == 2 ? z0 - z1 : z0);
     }
 
-    if (!want_scores) return;
+    if (!want.scores) return;
     Acc* mn = reinterpret_cast<Acc*>(mins);
     Acc* la = reinterpret_cast<Acc*>(lasts);
     Acc* pr = reinterpret_cast<Acc*>(products);

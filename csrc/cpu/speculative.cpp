@@ -239,31 +239,12 @@ void accept_tokens(uintptr_t tokens_out, int64_t tokens_out_numel, uintptr_t cou
                    int dtype, double temperature, int per_row_seeds, int threads) {
   const char* op = "accept_tokens";
   threads = check_threads(op, threads);
-  // K < 2^62 keeps K + 1 (the target rows per batch row) far from overflow.
-  PONDER_CHECK(k >= 1 && k < (int64_t(1) << 62),
-               op << ": K (draft tokens per row) must be in [1, 2^62), got " << k);
-  PONDER_CHECK(vocab >= 1, op << ": vocab must be >= 1, got " << vocab);
-  PONDER_CHECK(temperature >= 0.0 && std::isfinite(temperature),
-               op << ": temperature must be finite and >= 0, got " << temperature);
+  speculative::check_accept_tokens(
+      op, tokens_out, tokens_out_numel, counts_out, counts_out_numel, draft_tokens,
+      draft_tokens_numel, target_logits, target_logits_numel, draft_logits, draft_logits_numel,
+      target_thr, target_thr_numel, draft_thr, draft_thr_numel, accept_u, accept_u_numel, race_u,
+      race_u_numel, seeds, seeds_numel, batch, k, vocab, temperature);
   const bool greedy = temperature == 0.0;
-  // An absent optional buffer is (0, 0); anything else is checked as a buffer below.
-  const bool has_accept_u = accept_u != 0 || accept_u_numel != 0;
-  const bool has_race_u = race_u != 0 || race_u_numel != 0;
-  const bool has_seeds = seeds != 0 || seeds_numel != 0;
-  PONDER_CHECK(greedy || has_accept_u == has_race_u,
-               op << ": pass both uniform buffers or neither");
-  PONDER_CHECK(greedy || has_accept_u || has_seeds || batch == 0,
-               op << ": seeds is a null pointer");
-  check_buffer(op, {"tokens_out", tokens_out, tokens_out_numel}, {batch, k + 1});
-  check_buffer(op, {"counts_out", counts_out, counts_out_numel}, {batch});
-  check_buffer(op, {"draft_tokens", draft_tokens, draft_tokens_numel}, {batch, k});
-  check_buffer(op, {"target_logits", target_logits, target_logits_numel}, {batch, k + 1, vocab});
-  check_optional_buffer(op, {"draft_logits", draft_logits, draft_logits_numel}, {batch, k, vocab});
-  check_optional_buffer(op, {"target_thr", target_thr, target_thr_numel}, {batch, k + 1});
-  check_optional_buffer(op, {"draft_thr", draft_thr, draft_thr_numel}, {batch, k});
-  check_optional_buffer(op, {"accept_u", accept_u, accept_u_numel}, {batch, k});
-  check_optional_buffer(op, {"race_u", race_u, race_u_numel}, {batch, vocab});
-  check_optional_buffer(op, {"seeds", seeds, seeds_numel}, {batch});
   if (batch == 0) return;
   const int64_t* x = reinterpret_cast<const int64_t*>(draft_tokens);
   // Every index this launcher uses comes from draft_tokens: check them all before any work.
@@ -402,11 +383,9 @@ void accept_steps(uintptr_t accepted_out, int64_t accepted_out_numel, uintptr_t 
                   double threshold, double sharpness, uint64_t seed, int threads) {
   const char* op = "accept_steps";
   check_threads(op, threads);  // one thread: the loop is cheaper than a fork
-  PONDER_CHECK(kind >= 0 && kind <= 3, op << ": unknown omega code " << kind);
-  check_buffer(op, {"accepted_out", accepted_out, accepted_out_numel}, {n});
-  check_buffer(op, {"weights_out", weights_out, weights_out_numel}, {n});
-  check_buffer(op, {"rewards", rewards, rewards_numel}, {n});
-  check_optional_buffer(op, {"uniforms", uniforms, uniforms_numel}, {n});
+  speculative::check_accept_steps(op, accepted_out, accepted_out_numel, weights_out,
+                                  weights_out_numel, rewards, rewards_numel, uniforms,
+                                  uniforms_numel, n, kind);
   bool* acc = reinterpret_cast<bool*>(accepted_out);
   double* w = reinterpret_cast<double*>(weights_out);
   const double* r = reinterpret_cast<const double*>(rewards);

@@ -32,8 +32,6 @@ constexpr int64_t kPartialBudget = int64_t(16) << 20;
 constexpr int64_t kBlock = 32;
 // Below this many key rows (over all heads) one thread does it all: forking costs more.
 constexpr int64_t kParallelMinRows = 2048;
-// The most keys (Lp, and Lr) a call may have: far above any cache.
-constexpr int64_t kMaxKeys = int64_t(1) << 40;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -628,24 +626,11 @@ void think_pruned_decode_attention(
     int64_t v_sb, int64_t v_sh, int64_t v_sl, int dtype, double scale, int threads) {
   const char* op = "think_pruned_decode_attention";
   threads = check_threads(op, threads);
-  PONDER_CHECK(hkv >= 1 && hq % hkv == 0,
-               op << ": Hq = " << hq << " must be a multiple of Hkv = " << hkv);
-  PONDER_CHECK(kept <= dim, op << ": T = " << kept << " exceeds D = " << dim);
-  // Key positions are counted in int64 with room to spare (chunk bounds, Lp + Lr): a bound far
-  // above any cache, which a zero token stride would otherwise leave unchecked.
-  PONDER_CHECK(lp <= kMaxKeys && lr <= kMaxKeys,
-               op << ": Lp = " << lp << " and Lr = " << lr << " must be at most 2^40 keys each");
-  check_buffer(op, {"out", out, out_numel}, {batch, hq, s_len, dv});
-  check_buffer(op, {"lse", lse, lse_numel}, {batch, hq, s_len});
-  check_buffer(op, {"q", q, q_numel}, {batch, hq, s_len, dim});
-  check_buffer(op, {"k_pruned", k_pruned, k_pruned_numel}, {batch, hkv, lp, kept},
-               {kp_sb, kp_sh, kp_sl, 1});
-  check_buffer(op, {"idx", idx, idx_numel}, {batch, hkv, kept});
-  check_buffer(op, {"k_recent", k_recent, k_recent_numel}, {batch, hkv, lr, dim},
-               {kr_sb, kr_sh, kr_sl, 1});
-  check_buffer(op, {"v", v, v_numel}, {batch, hkv, lp + lr, dv}, {v_sb, v_sh, v_sl, 1});
-  check_optional_buffer(op, {"starts", starts, starts_numel}, {batch});
-  check_optional_buffer(op, {"lengths", lengths, lengths_numel}, {batch});
+  think::check_pruned_decode_attention(
+      op, out, out_numel, lse, lse_numel, q, q_numel, k_pruned, k_pruned_numel, idx, idx_numel,
+      k_recent, k_recent_numel, v, v_numel, starts, starts_numel, lengths, lengths_numel, batch,
+      hq, hkv, s_len, lp, lr, dim, kept, dv, kp_sb, kp_sh, kp_sl, kr_sb, kr_sh, kr_sl, v_sb, v_sh,
+      v_sl);
   if (batch == 0 || hq == 0 || s_len == 0 || dv == 0) return;  // no output row
   const AttnShape a{batch, hq, hkv, s_len, lp, lr, dim, kept, dv, kp_sb, kp_sh, kp_sl,
                     kr_sb, kr_sh, kr_sl, v_sb, v_sh, v_sl};
@@ -678,13 +663,8 @@ void think_channel_scores(uintptr_t out, int64_t out_numel, uintptr_t q_window,
                           int dtype, int threads) {
   const char* op = "think_channel_scores";
   threads = check_threads(op, threads);
-  PONDER_CHECK(window >= 1 && length >= 1,
-               op << ": need W, L >= 1, got W = " << window << ", L = " << length);
-  PONDER_CHECK(hkv >= 1 && hq % hkv == 0,
-               op << ": Hq = " << hq << " must be a multiple of Hkv = " << hkv);
-  check_buffer(op, {"out", out, out_numel}, {batch, hkv, dim});
-  check_buffer(op, {"q_window", q_window, q_window_numel}, {batch, hq, window, dim});
-  check_buffer(op, {"k", k, k_numel}, {batch, hkv, length, dim});
+  think::check_channel_scores(op, out, out_numel, q_window, q_window_numel, k, k_numel, batch, hq,
+                              hkv, window, length, dim);
   if (dim == 0) return;
   const int64_t heads = batch * hkv;  // fits: out's check multiplied them
   if (heads == 0) return;

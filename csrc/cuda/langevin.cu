@@ -158,10 +158,8 @@ void ula_step(uintptr_t out, int64_t out_numel, uintptr_t x, int64_t x_numel,
               int64_t noise_numel, int64_t n, int dtype, double drift, double noise_scale,
               uint64_t seed, int device, uintptr_t stream) {
   const char* op = "ula_step";
-  check_buffer(op, {"out", out, out_numel}, {n});
-  check_buffer(op, {"x", x, x_numel}, {n});
-  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
-  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
+  langevin::check_ula_step(op, out, out_numel, x, x_numel, grad_logp, grad_logp_numel, noise,
+                           noise_numel, n);
   launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -178,11 +176,8 @@ void proximal_step(uintptr_t out, int64_t out_numel, uintptr_t z, int64_t z_nume
                    double pull, double drift, double noise_scale, uint64_t seed, int device,
                    uintptr_t stream) {
   const char* op = "proximal_step";
-  check_buffer(op, {"out", out, out_numel}, {n});
-  check_buffer(op, {"z", z, z_numel}, {n});
-  check_buffer(op, {"y", y, y_numel}, {n});
-  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
-  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
+  langevin::check_proximal_step(op, out, out_numel, z, z_numel, y, y_numel, grad_logp,
+                                grad_logp_numel, noise, noise_numel, n);
   launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -199,12 +194,8 @@ void uld_step(uintptr_t x_out, int64_t x_out_numel, uintptr_t v_out, int64_t v_o
               int dtype, double a, double b, double e, double sv, double sxv, double sx,
               uint64_t seed, int device, uintptr_t stream) {
   const char* op = "uld_step";
-  check_buffer(op, {"x_out", x_out, x_out_numel}, {n});
-  check_buffer(op, {"v_out", v_out, v_out_numel}, {n});
-  check_buffer(op, {"x", x, x_numel}, {n});
-  check_buffer(op, {"v", v, v_numel}, {n});
-  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
-  check_optional_buffer(op, {"noise", noise, noise_numel}, {2, n});
+  langevin::check_uld_step(op, x_out, x_out_numel, v_out, v_out_numel, x, x_numel, v, v_numel,
+                           grad_logp, grad_logp_numel, noise, noise_numel, n);
   launch(op, device, stream, dtype, n, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
@@ -225,17 +216,11 @@ void mala_accept(uintptr_t x_out, int64_t x_out_numel, uintptr_t logp_out, int64
                  uintptr_t uniforms, int64_t uniforms_numel, int64_t chains, int64_t dim,
                  int dtype, double step_size, uint64_t seed, int device, uintptr_t stream) {
   const char* op = "mala_accept";
-  check_buffer(op, {"x_out", x_out, x_out_numel}, {chains, dim});
-  check_buffer(op, {"logp_out", logp_out, logp_out_numel}, {chains});
-  check_buffer(op, {"grad_out", grad_out, grad_out_numel}, {chains, dim});
-  check_buffer(op, {"accepted", accepted, accepted_numel}, {chains});
-  check_buffer(op, {"x", x, x_numel}, {chains, dim});
-  check_buffer(op, {"logp", logp, logp_numel}, {chains});
-  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {chains, dim});
-  check_buffer(op, {"x_prop", x_prop, x_prop_numel}, {chains, dim});
-  check_buffer(op, {"logp_prop", logp_prop, logp_prop_numel}, {chains});
-  check_buffer(op, {"grad_logp_prop", grad_logp_prop, grad_logp_prop_numel}, {chains, dim});
-  check_optional_buffer(op, {"uniforms", uniforms, uniforms_numel}, {chains});
+  langevin::check_mala_accept(
+      op, x_out, x_out_numel, logp_out, logp_out_numel, grad_out, grad_out_numel, accepted,
+      accepted_numel, x, x_numel, logp, logp_numel, grad_logp, grad_logp_numel, x_prop,
+      x_prop_numel, logp_prop, logp_prop_numel, grad_logp_prop, grad_logp_prop_numel, uniforms,
+      uniforms_numel, chains, dim);
   // One block per chain: the grid's x dimension holds at most 2^31 - 1 blocks.
   PONDER_CHECK(chains < (int64_t(1) << 31), op << ": at most 2^31 - 1 chains, got " << chains);
   launch(op, device, stream, dtype, chains, [&](auto tag, cudaStream_t s) {

@@ -99,43 +99,29 @@ void prm_steps(uintptr_t logits, int64_t logits_numel, uintptr_t scores, int64_t
                int64_t batch, int64_t length, int64_t width, int64_t steps, int64_t labels,
                int64_t stride_b, int64_t stride_l, int dtype, int device, uintptr_t stream) {
   const char* op = "score_steps";
-  PONDER_CHECK(labels == 1 || labels == 2, op << ": head must have 1 or 2 rows, got " << labels);
-  // As on the CPU: scores are asked for through num_steps ([B]), logits through logits.
-  const bool want_logits = logits != 0 || logits_numel != 0;
-  const bool want_scores = num_steps != 0 || num_steps_numel != 0;
-  PONDER_CHECK(want_logits || want_scores, op << ": no output requested");
-  check_optional_buffer(op, {"logits", logits, logits_numel}, {batch, steps, labels});
-  if (want_scores) {
-    check_buffer(op, {"scores", scores, scores_numel}, {batch, steps});
-    check_buffer(op, {"mins", mins, mins_numel}, {batch});
-    check_buffer(op, {"lasts", lasts, lasts_numel}, {batch});
-    check_buffer(op, {"products", products, products_numel}, {batch});
-    check_buffer(op, {"means", means, means_numel}, {batch});
-    check_buffer(op, {"num_steps", num_steps, num_steps_numel}, {batch});
-  }
-  check_buffer(op, {"hidden", hidden, hidden_numel}, {batch, length, width},
-               {stride_b, stride_l, 1});
-  check_buffer(op, {"step_index", step_index, step_index_numel}, {batch, steps});
-  check_buffer(op, {"head", head, head_numel}, {labels, width});
-  check_optional_buffer(op, {"bias", bias, bias_numel}, {labels});
+  const prm::StepsOutputs want = prm::check_steps(
+      op, logits, logits_numel, scores, scores_numel, mins, mins_numel, lasts, lasts_numel,
+      products, products_numel, means, means_numel, num_steps, num_steps_numel, hidden,
+      hidden_numel, step_index, step_index_numel, head, head_numel, bias, bias_numel, batch,
+      length, width, steps, labels, stride_b, stride_l);
   const int64_t pairs = batch * steps;  // fits: step_index's check multiplied them
   const int64_t blocks = (pairs + kWarpsPerBlock - 1) / kWarpsPerBlock;
   PONDER_CHECK(blocks < 2147483647 && batch < 2147483647LL * 256,
                op << ": B * S = " << pairs << " pairs exceed one launch");
   // Work: the pairs, and for the aggregates the rows (a row with no step still gets NaNs).
-  launch(op, device, stream, dtype, want_scores ? batch : pairs, [&](auto tag, cudaStream_t s) {
+  launch(op, device, stream, dtype, want.scores ? batch : pairs, [&](auto tag, cudaStream_t s) {
     using T = decltype(tag);
     using Acc = acc_t<T>;
-    Acc* sc = want_scores ? reinterpret_cast<Acc*>(scores) : nullptr;
+    Acc* sc = want.scores ? reinterpret_cast<Acc*>(scores) : nullptr;
     if (pairs > 0) {
       prm_steps_kernel<T><<<static_cast<unsigned>(blocks), kWarpsPerBlock * 32, 0, s>>>(
-          want_logits ? reinterpret_cast<Acc*>(logits) : nullptr, sc,
+          want.logits ? reinterpret_cast<Acc*>(logits) : nullptr, sc,
           reinterpret_cast<const T*>(hidden), reinterpret_cast<const int64_t*>(step_index),
           reinterpret_cast<const Acc*>(head), reinterpret_cast<const Acc*>(bias), pairs, steps,
           length, width, static_cast<int>(labels), stride_b, stride_l);
       check_launch(op);
     }
-    if (want_scores) {
+    if (want.scores) {
       prm_aggregate_kernel<Acc><<<static_cast<unsigned>((batch + 255) / 256), 256, 0, s>>>(
           sc, reinterpret_cast<const int64_t*>(step_index), batch, steps,
           reinterpret_cast<Acc*>(mins), reinterpret_cast<Acc*>(lasts),

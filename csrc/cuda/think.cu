@@ -343,26 +343,16 @@ void think_pruned_decode_attention(
     int64_t kp_sl, int64_t kr_sb, int64_t kr_sh, int64_t kr_sl, int64_t v_sb, int64_t v_sh,
     int64_t v_sl, int dtype, double scale, int64_t chunk_keys, int device, uintptr_t stream) {
   const char* op = "think_pruned_decode_attention";
-  PONDER_CHECK(hkv >= 1 && hq % hkv == 0,
-               op << ": Hq = " << hq << " must be a multiple of Hkv = " << hkv);
-  PONDER_CHECK(kept <= dim, op << ": T = " << kept << " exceeds D = " << dim);
+  // This kernel's own limits first, then the op's checks (shared with the CPU launcher).
   PONDER_CHECK(dim <= kMaxDim && dv <= kMaxDim,
                op << ": the CUDA kernel handles head dims up to " << kMaxDim << ", got D = "
                   << dim << ", Dv = " << dv << "; use backend='triton'");
-  PONDER_CHECK(lp <= (int64_t(1) << 40) && lr <= (int64_t(1) << 40),
-               op << ": Lp = " << lp << " and Lr = " << lr << " must be at most 2^40 keys each");
   PONDER_CHECK(chunk_keys >= 1, op << ": chunk_keys must be >= 1, got " << chunk_keys);
-  check_buffer(op, {"out", out, out_numel}, {batch, hq, s_len, dv});
-  check_buffer(op, {"lse", lse, lse_numel}, {batch, hq, s_len});
-  check_buffer(op, {"q", q, q_numel}, {batch, hq, s_len, dim});
-  check_buffer(op, {"k_pruned", k_pruned, k_pruned_numel}, {batch, hkv, lp, kept},
-               {kp_sb, kp_sh, kp_sl, 1});
-  check_buffer(op, {"idx", idx, idx_numel}, {batch, hkv, kept});
-  check_buffer(op, {"k_recent", k_recent, k_recent_numel}, {batch, hkv, lr, dim},
-               {kr_sb, kr_sh, kr_sl, 1});
-  check_buffer(op, {"v", v, v_numel}, {batch, hkv, lp + lr, dv}, {v_sb, v_sh, v_sl, 1});
-  check_optional_buffer(op, {"starts", starts, starts_numel}, {batch});
-  check_optional_buffer(op, {"lengths", lengths, lengths_numel}, {batch});
+  think::check_pruned_decode_attention(
+      op, out, out_numel, lse, lse_numel, q, q_numel, k_pruned, k_pruned_numel, idx, idx_numel,
+      k_recent, k_recent_numel, v, v_numel, starts, starts_numel, lengths, lengths_numel, batch,
+      hq, hkv, s_len, lp, lr, dim, kept, dv, kp_sb, kp_sh, kp_sl, kr_sb, kr_sh, kr_sl, v_sb, v_sh,
+      v_sl);
   const int64_t length = lp + lr;
   const int64_t rows = (hq / hkv) * s_len;  // fits: q's check multiplied hq and s_len
   const int64_t chunks = length > 0 ? (length - 1) / chunk_keys + 1 : 1;
@@ -412,13 +402,8 @@ void think_channel_scores(uintptr_t out, int64_t out_numel, uintptr_t q_window,
                           int64_t hq, int64_t hkv, int64_t window, int64_t length, int64_t dim,
                           int dtype, int device, uintptr_t stream) {
   const char* op = "think_channel_scores";
-  PONDER_CHECK(window >= 1 && length >= 1,
-               op << ": need W, L >= 1, got W = " << window << ", L = " << length);
-  PONDER_CHECK(hkv >= 1 && hq % hkv == 0,
-               op << ": Hq = " << hq << " must be a multiple of Hkv = " << hkv);
-  check_buffer(op, {"out", out, out_numel}, {batch, hkv, dim});
-  check_buffer(op, {"q_window", q_window, q_window_numel}, {batch, hq, window, dim});
-  check_buffer(op, {"k", k, k_numel}, {batch, hkv, length, dim});
+  think::check_channel_scores(op, out, out_numel, q_window, q_window_numel, k, k_numel, batch, hq,
+                              hkv, window, length, dim);
   const int64_t heads = batch * hkv;  // fits: out's check multiplied them
   const int64_t tiles = (dim + 31) / 32;
   if (heads > 0 && dim > 0) {

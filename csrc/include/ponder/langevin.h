@@ -4,6 +4,7 @@
 // double, by the Python layer (ponder/ops/langevin.py) and arrive here as plain numbers.
 #pragma once
 
+#include "ponder/check.h"
 #include "ponder/common.h"
 
 PONDER_NAMESPACE_BEGIN
@@ -74,6 +75,72 @@ PONDER_HD Acc mala_log_ratio_term(Acc h, Acc x, Acc grad_logp, Acc x_prop, Acc g
   const Acc r_backward = x - x_prop - h * grad_logp_prop;
   const Acc direct = (r_forward * r_forward - r_backward * r_backward) / (Acc(4) * h);
   return probe == Acc(0) ? term : direct;
+}
+
+}  // namespace langevin
+
+// ---- The launchers' argument checks (host only) ----
+// The CPU launchers (cpu/langevin.cpp) and the CUDA ones (cuda/langevin.cu) run the same checks
+// with the same messages: the arguments are the launchers' own, in their order.
+namespace langevin {
+
+// out, x, grad_logp, noise (or absent): [n].
+inline void check_ula_step(const char* op, uintptr_t out, int64_t out_numel, uintptr_t x,
+                           int64_t x_numel, uintptr_t grad_logp, int64_t grad_logp_numel,
+                           uintptr_t noise, int64_t noise_numel, int64_t n) {
+  check_buffer(op, {"out", out, out_numel}, {n});
+  check_buffer(op, {"x", x, x_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
+}
+
+// out, z, y, grad_logp, noise (or absent): [n].
+inline void check_proximal_step(const char* op, uintptr_t out, int64_t out_numel, uintptr_t z,
+                                int64_t z_numel, uintptr_t y, int64_t y_numel,
+                                uintptr_t grad_logp, int64_t grad_logp_numel, uintptr_t noise,
+                                int64_t noise_numel, int64_t n) {
+  check_buffer(op, {"out", out, out_numel}, {n});
+  check_buffer(op, {"z", z, z_numel}, {n});
+  check_buffer(op, {"y", y, y_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {n});
+}
+
+// x_out, v_out, x, v, grad_logp: [n]; noise (or absent): [2, n].
+inline void check_uld_step(const char* op, uintptr_t x_out, int64_t x_out_numel, uintptr_t v_out,
+                           int64_t v_out_numel, uintptr_t x, int64_t x_numel, uintptr_t v,
+                           int64_t v_numel, uintptr_t grad_logp, int64_t grad_logp_numel,
+                           uintptr_t noise, int64_t noise_numel, int64_t n) {
+  check_buffer(op, {"x_out", x_out, x_out_numel}, {n});
+  check_buffer(op, {"v_out", v_out, v_out_numel}, {n});
+  check_buffer(op, {"x", x, x_numel}, {n});
+  check_buffer(op, {"v", v, v_numel}, {n});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {n});
+  check_optional_buffer(op, {"noise", noise, noise_numel}, {2, n});
+}
+
+// The chains' states and gradients: [chains, dim]; log-densities, accepted, uniforms (or
+// absent): [chains].
+inline void check_mala_accept(const char* op, uintptr_t x_out, int64_t x_out_numel,
+                              uintptr_t logp_out, int64_t logp_out_numel, uintptr_t grad_out,
+                              int64_t grad_out_numel, uintptr_t accepted, int64_t accepted_numel,
+                              uintptr_t x, int64_t x_numel, uintptr_t logp, int64_t logp_numel,
+                              uintptr_t grad_logp, int64_t grad_logp_numel, uintptr_t x_prop,
+                              int64_t x_prop_numel, uintptr_t logp_prop, int64_t logp_prop_numel,
+                              uintptr_t grad_logp_prop, int64_t grad_logp_prop_numel,
+                              uintptr_t uniforms, int64_t uniforms_numel, int64_t chains,
+                              int64_t dim) {
+  check_buffer(op, {"x_out", x_out, x_out_numel}, {chains, dim});
+  check_buffer(op, {"logp_out", logp_out, logp_out_numel}, {chains});
+  check_buffer(op, {"grad_out", grad_out, grad_out_numel}, {chains, dim});
+  check_buffer(op, {"accepted", accepted, accepted_numel}, {chains});
+  check_buffer(op, {"x", x, x_numel}, {chains, dim});
+  check_buffer(op, {"logp", logp, logp_numel}, {chains});
+  check_buffer(op, {"grad_logp", grad_logp, grad_logp_numel}, {chains, dim});
+  check_buffer(op, {"x_prop", x_prop, x_prop_numel}, {chains, dim});
+  check_buffer(op, {"logp_prop", logp_prop, logp_prop_numel}, {chains});
+  check_buffer(op, {"grad_logp_prop", grad_logp_prop, grad_logp_prop_numel}, {chains, dim});
+  check_optional_buffer(op, {"uniforms", uniforms, uniforms_numel}, {chains});
 }
 
 }  // namespace langevin

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "ponder/check.h"
 #include "ponder/common.h"
 #include "ponder/random.h"
 
@@ -50,6 +51,64 @@ PONDER_HD double step_weight(int kind, double r, double delta, double sharpness)
     }
     default: return 1.0 / (1.0 + exp(-sharpness * (r - delta)));
   }
+}
+
+}  // namespace speculative
+
+// ---- The launchers' argument checks (host only) ----
+// The CPU launchers (cpu/speculative.cpp) and the CUDA ones (cuda/speculative.cu) run the same
+// checks with the same messages: the arguments are the launchers' own, in their order. Each
+// backend adds what only it needs after these (the CPU re-reads the draft tokens, CUDA checks
+// its workspace and launch limits).
+namespace speculative {
+
+inline void check_accept_tokens(const char* op, uintptr_t tokens_out, int64_t tokens_out_numel,
+                                uintptr_t counts_out, int64_t counts_out_numel,
+                                uintptr_t draft_tokens, int64_t draft_tokens_numel,
+                                uintptr_t target_logits, int64_t target_logits_numel,
+                                uintptr_t draft_logits, int64_t draft_logits_numel,
+                                uintptr_t target_thr, int64_t target_thr_numel,
+                                uintptr_t draft_thr, int64_t draft_thr_numel, uintptr_t accept_u,
+                                int64_t accept_u_numel, uintptr_t race_u, int64_t race_u_numel,
+                                uintptr_t seeds, int64_t seeds_numel, int64_t batch, int64_t k,
+                                int64_t vocab, double temperature) {
+  // K < 2^62 keeps K + 1 (the target rows per batch row) far from overflow.
+  PONDER_CHECK(k >= 1 && k < (int64_t(1) << 62),
+               op << ": K (draft tokens per row) must be in [1, 2^62), got " << k);
+  PONDER_CHECK(vocab >= 1, op << ": vocab must be >= 1, got " << vocab);
+  PONDER_CHECK(temperature >= 0.0 && std::isfinite(temperature),
+               op << ": temperature must be finite and >= 0, got " << temperature);
+  const bool greedy = temperature == 0.0;
+  // An absent optional buffer is (0, 0); anything else is checked as a buffer below.
+  const bool has_accept_u = accept_u != 0 || accept_u_numel != 0;
+  const bool has_race_u = race_u != 0 || race_u_numel != 0;
+  const bool has_seeds = seeds != 0 || seeds_numel != 0;
+  PONDER_CHECK(greedy || has_accept_u == has_race_u,
+               op << ": pass both uniform buffers or neither");
+  PONDER_CHECK(greedy || has_accept_u || has_seeds || batch == 0,
+               op << ": seeds is a null pointer");
+  check_buffer(op, {"tokens_out", tokens_out, tokens_out_numel}, {batch, k + 1});
+  check_buffer(op, {"counts_out", counts_out, counts_out_numel}, {batch});
+  check_buffer(op, {"draft_tokens", draft_tokens, draft_tokens_numel}, {batch, k});
+  check_buffer(op, {"target_logits", target_logits, target_logits_numel}, {batch, k + 1, vocab});
+  check_optional_buffer(op, {"draft_logits", draft_logits, draft_logits_numel}, {batch, k, vocab});
+  check_optional_buffer(op, {"target_thr", target_thr, target_thr_numel}, {batch, k + 1});
+  check_optional_buffer(op, {"draft_thr", draft_thr, draft_thr_numel}, {batch, k});
+  check_optional_buffer(op, {"accept_u", accept_u, accept_u_numel}, {batch, k});
+  check_optional_buffer(op, {"race_u", race_u, race_u_numel}, {batch, vocab});
+  check_optional_buffer(op, {"seeds", seeds, seeds_numel}, {batch});
+}
+
+inline void check_accept_steps(const char* op, uintptr_t accepted_out,
+                               int64_t accepted_out_numel, uintptr_t weights_out,
+                               int64_t weights_out_numel, uintptr_t rewards,
+                               int64_t rewards_numel, uintptr_t uniforms, int64_t uniforms_numel,
+                               int64_t n, int kind) {
+  PONDER_CHECK(kind >= 0 && kind <= 3, op << ": unknown omega code " << kind);
+  check_buffer(op, {"accepted_out", accepted_out, accepted_out_numel}, {n});
+  check_buffer(op, {"weights_out", weights_out, weights_out_numel}, {n});
+  check_buffer(op, {"rewards", rewards, rewards_numel}, {n});
+  check_optional_buffer(op, {"uniforms", uniforms, uniforms_numel}, {n});
 }
 
 }  // namespace speculative

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "ponder/check.h"
 #include "ponder/common.h"
 
 PONDER_NAMESPACE_BEGIN
@@ -83,6 +84,56 @@ PONDER_HD float channel_score(double q_squares, int64_t q_count, double k_square
                               int64_t k_count) {
   const double q_term = q_squares / double(q_count), k_term = k_squares / double(k_count);
   return static_cast<float>(q_term * k_term);
+}
+
+// ---- The launchers' argument checks (host only) ----
+// The CPU launchers (cpu/think.cpp) and the CUDA ones (cuda/think.cu) run the same checks with
+// the same messages: the arguments are the launchers' own, in their order. A backend checks its
+// own limits around them (CUDA: head dims and chunk length before, workspace and launch size
+// after) and the CPU re-reads the channel indices and key windows.
+
+// The most keys (Lp, and Lr) a call may have: far above any cache. Key positions are counted in
+// int64 with room to spare (chunk bounds, Lp + Lr), and a zero token stride would otherwise
+// leave a huge count unchecked.
+constexpr int64_t kMaxKeys = int64_t(1) << 40;
+
+inline void check_pruned_decode_attention(
+    const char* op, uintptr_t out, int64_t out_numel, uintptr_t lse, int64_t lse_numel,
+    uintptr_t q, int64_t q_numel, uintptr_t k_pruned, int64_t k_pruned_numel, uintptr_t idx,
+    int64_t idx_numel, uintptr_t k_recent, int64_t k_recent_numel, uintptr_t v, int64_t v_numel,
+    uintptr_t starts, int64_t starts_numel, uintptr_t lengths, int64_t lengths_numel,
+    int64_t batch, int64_t hq, int64_t hkv, int64_t s_len, int64_t lp, int64_t lr, int64_t dim,
+    int64_t kept, int64_t dv, int64_t kp_sb, int64_t kp_sh, int64_t kp_sl, int64_t kr_sb,
+    int64_t kr_sh, int64_t kr_sl, int64_t v_sb, int64_t v_sh, int64_t v_sl) {
+  PONDER_CHECK(hkv >= 1 && hq % hkv == 0,
+               op << ": Hq = " << hq << " must be a multiple of Hkv = " << hkv);
+  PONDER_CHECK(kept <= dim, op << ": T = " << kept << " exceeds D = " << dim);
+  PONDER_CHECK(lp <= kMaxKeys && lr <= kMaxKeys,
+               op << ": Lp = " << lp << " and Lr = " << lr << " must be at most 2^40 keys each");
+  check_buffer(op, {"out", out, out_numel}, {batch, hq, s_len, dv});
+  check_buffer(op, {"lse", lse, lse_numel}, {batch, hq, s_len});
+  check_buffer(op, {"q", q, q_numel}, {batch, hq, s_len, dim});
+  check_buffer(op, {"k_pruned", k_pruned, k_pruned_numel}, {batch, hkv, lp, kept},
+               {kp_sb, kp_sh, kp_sl, 1});
+  check_buffer(op, {"idx", idx, idx_numel}, {batch, hkv, kept});
+  check_buffer(op, {"k_recent", k_recent, k_recent_numel}, {batch, hkv, lr, dim},
+               {kr_sb, kr_sh, kr_sl, 1});
+  check_buffer(op, {"v", v, v_numel}, {batch, hkv, lp + lr, dv}, {v_sb, v_sh, v_sl, 1});
+  check_optional_buffer(op, {"starts", starts, starts_numel}, {batch});
+  check_optional_buffer(op, {"lengths", lengths, lengths_numel}, {batch});
+}
+
+inline void check_channel_scores(const char* op, uintptr_t out, int64_t out_numel,
+                                 uintptr_t q_window, int64_t q_window_numel, uintptr_t k,
+                                 int64_t k_numel, int64_t batch, int64_t hq, int64_t hkv,
+                                 int64_t window, int64_t length, int64_t dim) {
+  PONDER_CHECK(window >= 1 && length >= 1,
+               op << ": need W, L >= 1, got W = " << window << ", L = " << length);
+  PONDER_CHECK(hkv >= 1 && hq % hkv == 0,
+               op << ": Hq = " << hq << " must be a multiple of Hkv = " << hkv);
+  check_buffer(op, {"out", out, out_numel}, {batch, hkv, dim});
+  check_buffer(op, {"q_window", q_window, q_window_numel}, {batch, hq, window, dim});
+  check_buffer(op, {"k", k, k_numel}, {batch, hkv, length, dim});
 }
 
 }  // namespace think
