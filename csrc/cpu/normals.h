@@ -5,7 +5,7 @@
 // Why not the compiler's loop over box_muller4_f32: element i of a stream is lane i % 4 of block
 // i / 4, so the four normals of a block are stored interleaved (xi[4b + j]). GCC vectorised the
 // arithmetic across blocks but wrote those stride-4 outputs one float at a time (vextractps /
-// vmovss: a third of the loop's instructions), and the words went through memory between
+// vmovss: a fifth of the loop's instructions), and the words went through memory between
 // philox_words and that loop. Here the words stay in registers, Box-Muller runs on whole
 // vectors, and the four result vectors are interleaved with in-lane unpacks and 128-bit lane
 // shuffles (a 4 x kWide transpose) into full-width stores.
