@@ -57,7 +57,7 @@ def test_narrower_isa_agrees_with_widest(tmp_path, cap):
     if narrow["isa"] != cap or widest["isa"] == cap:
         pytest.skip(f"this CPU runs {widest['isa']}: nothing narrower to compare as {cap}")
     baseline = narrow
-    # Same math and the same Philox stream (cpu/philox.h on AVX2 / AVX-512, the scalar one in
+    # Same math and the same Philox stream (cpu/normals.h on AVX2 / AVX-512, the scalar one in
     # the baseline build: the same words); only FMA contraction differs, so float32 results
     # agree to a few ulps (the normals' log/sincos polynomials are evaluated in float32).
     for key in ("ula_noise", "ula_rng", "uld_rng", "prox_rng"):
@@ -127,8 +127,10 @@ torch.save(outs, sys.argv[1])
 
 
 def test_vector_philox_draws_the_scalar_stream(tmp_path):
-    """The AVX2 / AVX-512 copies compute Philox with their own vector multiplies (cpu/philox.h);
-    the baseline copy uses the scalar philox4x32_10 of ponder/random.h. The words must be the
+    """The AVX2 / AVX-512 copies compute Philox with their own vector multiplies (cpu/philox.h
+    for the race, cpu/normals.h with its transposed stores for the normals: 70,001 elements
+    cover whole vectors, chunk ends and a scalar tail); the baseline copy uses the scalar
+    philox4x32_10 of ponder/random.h. The words must be the
     same: the accept_tokens race (which uses them through a log only) picks the same tokens,
     and the normals agree to the few ulps that FMA contraction moves them."""
     def run(isa):

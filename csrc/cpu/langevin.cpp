@@ -3,11 +3,12 @@
 // ponder/langevin.h. Each launcher reads its inputs and writes its outputs once.
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <type_traits>
 
 #include "cpu/kernel.h"
 #include "ponder/langevin.h"
-#include "cpu/philox.h"
+#include "cpu/normals.h"
 #include "ponder/random.h"
 
 namespace ponder::cpu::PONDER_CPU_ISA {
@@ -31,10 +32,12 @@ void for_each_chunk(int64_t n, int threads, Body body) {
 }
 
 // xi[0, count) = the normals of elements [begin, begin + count) of stream `stream`: from the
-// explicit noise buffer when one is given, else from the counter-based generator.
+// explicit noise buffer when one is given, else from the counter-based generator, which
+// prefetches the elements' rows of the inputs in `rows` (the base pointers of arrays of T) while
+// it computes (cpu/normals.h).
 template <class T, class Acc>
 void load_or_draw(Acc* xi, const T* noise, int64_t begin, int64_t count, uint32_t stream,
-                  uint64_t seed) {
+                  uint64_t seed, std::initializer_list<const T*> rows = {}, T* out = nullptr) {
   if (noise != nullptr) {
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) xi[i] = load(noise[begin + i]);
@@ -43,19 +46,14 @@ void load_or_draw(Acc* xi, const T* noise, int64_t begin, int64_t count, uint32_
   const int64_t blocks = (count + 3) / 4;  // xi has room for whole blocks
   const uint64_t first = static_cast<uint64_t>(begin) / 4;
   if constexpr (std::is_same_v<Acc, float> && kWide > 0) {
-    // The words first (philox_words), then Box-Muller on them in a loop the compiler
-    // vectorises: the same float operations as normal4_f32, on the same words.
-    uint32_t w[4][kChunk / 4];
-    philox_words(w[0], w[1], w[2], w[3], blocks, first, stream, seed);
-#pragma omp simd
-    for (int64_t b = 0; b < blocks; ++b) {
-      const random::Normal4<float> four =
-          random::box_muller4_f32(random::U32x4{w[0][b], w[1][b], w[2][b], w[3][b]});
-      xi[4 * b] = four.n0;
-      xi[4 * b + 1] = four.n1;
-      xi[4 * b + 2] = four.n2;
-      xi[4 * b + 3] = four.n3;
+    Prefetch ahead;
+    int r = 0;
+    for (const T* row : rows) {
+      if (r < 3) ahead.p[r++] = row + begin;
     }
+    if (out != nullptr) ahead.w = out + begin;
+    ahead.bytes = count * static_cast<int64_t>(sizeof(T));
+    normals_f32(xi, blocks, first, stream, seed, ahead);
     return;
   }
 #pragma omp simd
@@ -72,10 +70,11 @@ void load_or_draw(Acc* xi, const T* noise, int64_t begin, int64_t count, uint32_
 // `noise` when given): the loop of ula_step and proximal_step. `step` is inlined, so the inner
 // loop vectorises as if written out.
 template <class Acc, class T, class Step>
-void for_each_with_normal(int64_t n, int threads, const T* noise, uint64_t seed, Step step) {
+void for_each_with_normal(int64_t n, int threads, const T* noise, uint64_t seed,
+                          std::initializer_list<const T*> rows, T* out, Step step) {
   for_each_chunk(n, threads, [&](int64_t begin, int64_t count) {
     Acc xi[kChunk];
-    load_or_draw(xi, noise, begin, count, langevin::kStreamMain, seed);
+    load_or_draw(xi, noise, begin, count, langevin::kStreamMain, seed, rows, out);
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) step(begin + i, xi[i]);
   });
@@ -99,7 +98,7 @@ void ula_step(uintptr_t out, int64_t out_numel, uintptr_t x, int64_t x_numel,
     const T* gp = reinterpret_cast<const T*>(grad_logp);
     const T* np = reinterpret_cast<const T*>(noise);
     const langevin::UlaCoef<Acc> c{Acc(drift), Acc(noise_scale)};
-    for_each_with_normal<Acc>(n, threads, np, seed, [&](int64_t k, Acc xi) {
+    for_each_with_normal<Acc>(n, threads, np, seed, {xp, gp}, o, [&](int64_t k, Acc xi) {
       store(o[k], langevin::ula_step(c, load(xp[k]), load(gp[k]), xi));
     });
   });
@@ -122,7 +121,8 @@ void proximal_step(uintptr_t out, int64_t out_numel, uintptr_t z, int64_t z_nume
     const T* gp = reinterpret_cast<const T*>(grad_logp);
     const T* np = reinterpret_cast<const T*>(noise);
     const langevin::ProximalCoef<Acc> c{Acc(keep), Acc(pull), Acc(drift), Acc(noise_scale)};
-    for_each_with_normal<Acc>(n, threads, np, seed, [&](int64_t k, Acc xi) {
+    for_each_with_normal<Acc>(n, threads, np, seed, {zp, yp, gp}, o,
+                              [&](int64_t k, Acc xi) {
       store(o[k], langevin::proximal_step(c, load(zp[k]), load(yp[k]), load(gp[k]), xi));
     });
   });
@@ -150,8 +150,9 @@ void uld_step(uintptr_t x_out, int64_t x_out_numel, uintptr_t v_out, int64_t v_o
     const langevin::UldCoef<Acc> c{Acc(a), Acc(b), Acc(e), Acc(sv), Acc(sxv), Acc(sx)};
     for_each_chunk(n, threads, [&](int64_t begin, int64_t count) {
       Acc nv[kChunk], nx[kChunk];
-      load_or_draw(nv, noise_v, begin, count, langevin::kStreamMain, seed);
-      load_or_draw(nx, noise_x, begin, count, langevin::kStreamSecond, seed);
+      // Each draw prefetches part of the rows the step reads.
+      load_or_draw(nv, noise_v, begin, count, langevin::kStreamMain, seed, {xp, vp}, xo);
+      load_or_draw(nx, noise_x, begin, count, langevin::kStreamSecond, seed, {gp}, vo);
 #pragma omp simd
       for (int64_t i = 0; i < count; ++i) {
         const int64_t k = begin + i;
