@@ -1,7 +1,8 @@
 """Scoring a draft step from the draft's own generation pass (rsd_generate(prm_from_draft=True),
 ponder.toy.prm_check's pass features): the same scores as the PRM re-reading the text, the same
-RSD decisions, only the head's FLOPs counted; and the shipped free-scoring PRM judges the
-draft's greedy steps better than the ER-rollout one."""
+RSD decisions, only the head's FLOPs counted; the shipped free-scoring PRM judges the draft's
+greedy steps better than the ER-rollout one; and a PRM on the target with its own carried KV
+cache (prm_cache=True) scores as re-reading does."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class Both:
 
     def __init__(self, prm, tok):
         self.prm, self.tok, self.pairs = prm, tok, []
+        self.pass_model = prm.pass_model
 
     def score(self, questions, steps):
         return self.prm.score(questions, steps)
@@ -160,3 +162,21 @@ def test_local_labels_judge_greedy_draft_steps_better(toy):
     local, er = auc(load_toy_prm(kind="check-draft-local")), auc(load_toy_prm(kind="check-draft"))
     assert local > 0.85
     assert local > er + 0.03
+
+
+def test_prm_with_its_own_carried_cache_scores_as_rereading(toy):
+    from ponder.toy import load_toy_prm
+
+    draft, target, tok, problems = toy
+    prm = load_toy_prm()  # on the target: its LM reads only the new tokens with prm_cache
+    both = Both(prm, tok)
+    kw = {"tokenizer": tok, "max_new_tokens": 64, "generator": 0, "delta": 0.3,
+          "prm_parameters": 1_057_816}  # the wrapper has no .model to count
+    cached = rsd_generate(draft, target, both, problems, **kw)
+    pairs = torch.tensor(both.pairs)
+    assert len(pairs) == cached.stats["proposed_draft_steps"]
+    assert 0 < cached.stats["target_steps"] and 0 < cached.stats["draft_steps"]
+    assert torch.allclose(pairs[:, 0], pairs[:, 1], atol=1e-4)
+    plain = rsd_generate(draft, target, prm, problems, prm_cache=False, **kw)
+    assert plain.texts == cached.texts and plain.steps == cached.steps
+    assert plain.stats["flops_prm"] == cached.stats["flops_prm"] > 0

@@ -313,6 +313,39 @@ class _CarriedCache:
         return new, ended_eos
 
     @torch.inference_mode()
+    def read(self, rows: Sequence[int], texts: Sequence[Sequence[int]],
+             step_lengths: Sequence[int], trace: _DraftTrace) -> None:
+        """Read (without generating) each row's ``texts`` (its prefix and a new step of
+        ``step_lengths[j]`` tokens at the end) from where the cache stops, writing the
+        predictions to ``trace``; the step's columns wait for :meth:`commit` (kept: they count
+        as prefix; discarded: masked out), the prefix's count as read."""
+        n = len(rows)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        cache = self._take(index)
+        mask = self.mask[index]
+        missing = [list(t[self.fed[i]:]) for i, t in zip(rows, texts)]
+        width = max(len(m) for m in missing)
+        if min(len(m) - k for m, k in zip(missing, step_lengths)) < 0 or min(step_lengths) < 1:
+            raise RuntimeError("_CarriedCache.read: a step is empty or already read")
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
+        block = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        pos = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        col0 = mask.shape[1]
+        self.step_cols = {}
+        for j, (i, m) in enumerate(zip(rows, missing)):
+            ids[j, width - len(m):] = torch.as_tensor(m, dtype=torch.long)
+            block[j, width - len(m):] = 1
+            pos[j, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
+            self.step_cols[i] = list(range(col0 + width - step_lengths[j], col0 + width))
+        mask = torch.cat([mask, block], 1)
+        logits, cache, hidden = forward_cached(self.model, ids, mask, pos, cache, width,
+                                               with_hidden=True)
+        for j, (i, m) in enumerate(zip(rows, missing)):
+            trace.put(i, self.fed[i] + 1, logits[j, width - len(m):], hidden[j, width - len(m):])
+            self.fed[i] += len(m) - step_lengths[j]
+        self._put(index, cache, mask)
+
+    @torch.inference_mode()
     def commit(self, kept: dict[int, bool]) -> None:
         """After a step: rows whose step is kept count its fed tokens as prefix; the others'
         step columns are masked out, and columns masked in every row are cropped off the end."""
@@ -356,6 +389,7 @@ def rsd_generate(
     generator: torch.Generator | int | None = None,
     carry_cache: bool = True,
     prm_from_draft: bool = False,
+    prm_cache: bool = True,
 ) -> RSDResult:
     """Reward-guided speculative decoding over a batch of problems.
 
@@ -384,6 +418,13 @@ def rsd_generate(
             must be a :class:`DraftPassScorer` built on this draft (e.g.
             ``ponder.toy.prm_check`` PRMs on ``"draft"``). ``flops_prm`` is then only the
             scorer's own (``prm.draft_pass_flops``); ``prm_parameters`` is not used.
+        prm_cache: with ``carry_cache``, a PRM that reads one LM of its own (a
+            :class:`DraftPassScorer` with a ``pass_model``, e.g. a ``ponder.toy.prm_check``
+            PRM on the target) keeps that LM's KV cache across steps too: it reads only the
+            tokens written since its last call (the new step, and a target step before it)
+            and scores from that pass; a discarded step is masked out of its cache. The same
+            scores as re-reading (up to float rounding) and the same FLOP estimate (2 x PRM
+            parameters per scored token), less time. False: ``prm.score`` re-reads the text.
 
     Returns:
         :class:`RSDResult`. ``stats``: ``problems``, ``draft_steps`` / ``target_steps`` (steps
@@ -416,6 +457,9 @@ def rsd_generate(
                             "draft_pass_flops(tokens, steps) (a DraftPassScorer), got "
                             f"{type(prm).__name__}")
     scoring_pass = prm_from_draft and not (draft_only or target_only)
+    prm_lm = getattr(prm, "pass_model", None)
+    cached_prm = (carry_cache and prm_cache and not prm_from_draft and prm_lm is not None
+                  and isinstance(prm, DraftPassScorer) and not (draft_only or target_only))
     if prm_parameters is None:
         inner = getattr(prm, "model", None)
         prm_parameters = num_parameters(inner) if isinstance(inner, torch.nn.Module) else 0
@@ -443,6 +487,8 @@ def rsd_generate(
         d_cache = _CarriedCache(draft, len(batch), pad) if carry_cache else None
         t_cache = _CarriedCache(target, len(batch), pad) if carry_cache else None
         trace = _DraftTrace(len(batch)) if scoring_pass else None
+        p_cache = _CarriedCache(prm_lm, len(batch), pad) if cached_prm else None
+        p_trace = _DraftTrace(len(batch)) if cached_prm else None
         prompt_len = [len(p) for p in prefix]
         while not all(done):
             live = [i for i in range(len(batch)) if not done[i]]
@@ -475,6 +521,24 @@ def rsd_generate(
                                           generator=int(torch.randint(0, 2**62, (),
                                                                       generator=draw)))
                     keep = acc.tolist()
+                elif p_cache is not None:
+                    texts_j = [prefix[i] + d_new[j] for j, i in enumerate(live)]
+                    p_cache.read(live, texts_j, [len(x) for x in d_new], p_trace)
+                    passes = [_draft_pass(p_trace, i, texts_j[j], prompt_len[i],
+                                          [len(x) for x in step_ids[i]] + [len(d_new[j])])
+                              for j, i in enumerate(live)]
+                    rewards = torch.tensor([float(r) for r in prm.score_draft_pass(passes)],
+                                           dtype=torch.float64)
+                    stats["prm_tokens"] += sum(map(len, d_new))
+                    stats["flops_prm"] += 2.0 * prm_parameters * sum(map(len, d_new))
+                    acc, _ = accept_steps(rewards, delta, omega,
+                                          generator=int(torch.randint(0, 2**62, (),
+                                                                      generator=draw)))
+                    keep = acc.tolist()
+                    p_cache.commit({i: bool(keep[j]) for j, i in enumerate(live)})
+                    for j, i in enumerate(live):
+                        if not keep[j]:
+                            p_trace.truncate(i, len(prefix[i]) + 1)
                 else:
                     cand = [[s for s, _ in steps[i]] + [_clean(tokenizer, d_new[j],
                                                                step_delimiter)]

@@ -370,6 +370,13 @@ class CheckPRM(ProcessRewardModel):
 
     # -- scoring from the draft's own pass (ponder.decoding.DraftPassScorer) -----------------
 
+    @property
+    def pass_model(self):
+        """The LM whose passes :meth:`score_draft_pass` reads (None with several LMs): RSD
+        carries its KV cache across steps (``rsd_generate(prm_cache=True)``)."""
+        lms = self.model.features.lms
+        return next(iter(lms.values())) if len(lms) == 1 else None
+
     @torch.inference_mode()
     def score_draft_pass(self, passes) -> list[float]:
         """The last step's score of each ``ponder.decoding.DraftPass``, from the pass's
