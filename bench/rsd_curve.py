@@ -47,7 +47,14 @@ def main() -> None:
                         help="skip token-level speculative decoding (one problem at a time)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", default="/tmp/rsd-curve")
+    parser.add_argument("--replot", metavar="JSON",
+                        help="only redraw the PNG of a run's rsd_curve.json (next to it)")
     args = parser.parse_args()
+    if args.replot:
+        data = json.loads(Path(args.replot).read_text())
+        base = next(r for r in data["rows"] if r["run"] == "target-only")
+        plot(data["rows"], base, data["meta"]["problems"], Path(args.replot).with_suffix(".png"))
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     draft, tok = load_toy_model("draft")
@@ -130,26 +137,30 @@ def main() -> None:
                      f"{r['flops_ratio']:.2f} | {r['flops_ratio_no_prm']:.2f} |")
     (out / "rsd_curve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    import matplotlib
+    plot(rows, base, len(problems), out / "rsd_curve.png")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def plot(rows, base, n: int, path) -> None:
+    """Accuracy against FLOPs, one line per kind of run (``--replot JSON`` redraws a run's)."""
+    from ponder.figures import pyplot, save
+
+    plt = pyplot("bench/rsd_curve.py")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     kinds = sorted({r["kind"] for r in rows})
-    for kind in kinds:
+    colors = plt.get_cmap("tab20").colors
+    for k, kind in enumerate(kinds):
         rs = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["flops_ratio"])
         ax.plot([r["flops_ratio"] for r in rs], [100 * r["accuracy"] for r in rs],
-                marker="o", ms=4, ls="-" if len(rs) > 1 else "", label=kind)
+                marker="os^Dv"[k % 5], ms=4, ls="-" if len(rs) > 1 else "", label=kind,
+                color=colors[(2 * k) % 20 + (k // 10) % 2])
     ax.axvline(0.75, color="grey", lw=0.8, ls=":")
     ax.axhline(100 * base["accuracy"] - 2, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("estimated FLOPs / target-only (PRM included)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"RSD on {len(problems)} toy test problems (greedy)")
+    ax.set_title(f"RSD on {n} toy test problems (greedy)")
     ax.set_xlim(0, max(1.6, max(r["flops_ratio"] for r in rows) + 0.05))
     ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(out / "rsd_curve.png", dpi=110)
+    save(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

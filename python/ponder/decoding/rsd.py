@@ -432,7 +432,8 @@ def rsd_generate(
         steps), ``draft_tokens`` (all generated, discarded included), ``discarded_draft_tokens``,
         ``target_tokens``, ``prm_tokens``, ``flops_draft`` / ``flops_target`` / ``flops`` (2 x
         params x tokens), ``flops_prm`` (2 x PRM params x scored tokens, or the draft-pass
-        scorer's own FLOPs), ``wall_s``, and ``accuracy`` with a verifier.
+        scorer's own FLOPs), ``wall_s`` (``prm_wall_s`` of it scoring and deciding), and
+        ``accuracy`` with a verifier.
     """
     check_pair(draft, target)
     if target_tokenizer is not None:
@@ -471,7 +472,7 @@ def rsd_generate(
                   "generator": draw}
     stats = {"problems": len(problems), "draft_steps": 0, "target_steps": 0, "proposed_draft_steps": 0,
                  "draft_tokens": 0, "discarded_draft_tokens": 0, "target_tokens": 0, "prm_tokens": 0,
-                 "flops_prm": 0.0}
+                 "flops_prm": 0.0, "prm_wall_s": 0.0}
     start_time = time.perf_counter()
     texts: list[str] = []
     all_steps: list[list[tuple[str, str]]] = []
@@ -506,6 +507,7 @@ def rsd_generate(
                         trace=trace, rows=live, **gen_kw)
                 stats["draft_tokens"] += sum(map(len, d_new))
                 stats["proposed_draft_steps"] += len(live)
+                t_prm = time.perf_counter()
                 if draft_only:
                     keep = [True] * len(live)
                 elif scoring_pass:
@@ -551,6 +553,7 @@ def rsd_generate(
                                           generator=int(torch.randint(0, 2**62, (),
                                                                       generator=draw)))
                     keep = acc.tolist()
+                stats["prm_wall_s"] += time.perf_counter() - t_prm
             if d_cache is not None and not target_only:
                 d_cache.commit({i: bool(keep[j]) for j, i in enumerate(live)})
             if trace is not None:
