@@ -98,8 +98,7 @@ def collect_local(args) -> None:
                 rows.append({"question": p.question, "steps": steps, "value": labels,
                              "temperature": 0.0 if sample == 0 else 1.0})
     with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     labels = [v for r in rows for v in r["value"]]
     print(f"local labels: {len(rows)} solutions, {len(labels)} steps, "
           f"{sum(labels) / len(labels):.3f} good")

@@ -23,6 +23,15 @@ Only the MLP and the head are trained (by :class:`ponder.rewards.PRMTrainer` wit
 shipped folder holds them (a few hundred parameters) and names the LM they read. Scoring costs
 one forward pass of that LM per scored token (the head is ~10^3 FLOPs per step).
 
+Scoring without the forward: the features are the LM's own log-probs of the written tokens, so
+a PRM on the draft can score a step from what the draft computed while writing it
+(:meth:`CheckPRM.score_draft_pass` on a ``ponder.decoding.DraftPass``; RSD does this with
+``rsd_generate(prm_from_draft=True)``): :meth:`LogProbFeatures.pass_features` pools the same
+numbers from the pass, and only the head runs. RSD also carries the PRM's own LM cache
+(``CheckPRM.pass_model``) when the PRM re-reads. ``hidden=True`` adds the LM's last-layer
+states (the mean over the step's line and the state at its least likely token) to the features;
+on the toy world they did not judge better (bench/speculative.md).
+
     from ponder.toy import load_toy_prm
     prm = load_toy_prm()                       # this PRM, on the toy target
     prm.score(["Q: 12+34-5=?"], [["12+34=46", "46-5=41", "Answer: 41"]])
