@@ -64,8 +64,9 @@ class Both:
         return free
 
 
-@pytest.mark.parametrize(("which", "carry_cache"), [("shipped", True), ("hidden", False)])
-def test_pass_scores_equal_the_rereading_prm(toy, hidden_prm, which, carry_cache):
+@pytest.mark.parametrize(("which", "carry_cache", "temperature"),
+                         [("shipped", True, 0.0), ("hidden", False, 1.0), ("hidden", True, 1.0)])
+def test_pass_scores_equal_the_rereading_prm(toy, hidden_prm, which, carry_cache, temperature):
     from ponder.toy import load_toy_prm
 
     draft, target, tok, problems = toy
@@ -73,7 +74,7 @@ def test_pass_scores_equal_the_rereading_prm(toy, hidden_prm, which, carry_cache
     assert isinstance(prm, DraftPassScorer)
     both = Both(prm, tok)
     kw = {"tokenizer": tok, "max_new_tokens": 64, "generator": 0, "carry_cache": carry_cache,
-          "verifier": verify}
+          "verifier": verify, "temperature": temperature}
     delta = 0.9 if which == "shipped" else 0.6
     free = rsd_generate(draft, target, both, problems, delta=delta, prm_from_draft=True, **kw)
     pairs = torch.tensor(both.pairs)
