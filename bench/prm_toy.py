@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 LABELS = {"hard": math.inf, "soft": 0.0, "er0.5": 0.5, "er1": 1.0, "er2": 2.0, "er5": 5.0,
-          "er10": 10.0}
+          "er10": 10.0, "local": "local"}  # local: exact step checks (collect-local)
 NS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -70,8 +70,47 @@ def collect(args) -> None:
     print(f"rollouts: {stats} in {time.perf_counter() - t0:.0f} s")
 
 
+def collect_local(args) -> None:
+    """Draft solutions of train problems as RSD sees them (greedy, plus ``--local-samples`` at
+    T = 1), each step labelled by the toy's exact checker given the steps before it
+    (``label_solution(mode="local")``): ``DIR/local.jsonl``, the records of the ``local`` label
+    kind. Problems ``--train-problems`` onwards of the train split (not the rollouts' ones)."""
+    from ponder.decoding import rsd_generate
+    from ponder.toy import SPECS, load_toy_model
+    from ponder.toy.prm import label_solution
+
+    out = Path(args.out)
+    path = out / "local.jsonl"
+    if path.exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    lo = args.train_problems
+    problems = SPECS["target"].splits().train[lo:lo + args.local_problems]
+    draft, tok = load_toy_model("draft")
+    rows = []
+    for sample in range(1 + args.local_samples):
+        res = rsd_generate(draft, draft, None, problems, tokenizer=tok, delta=-math.inf,
+                           max_new_tokens=64, temperature=0.0 if sample == 0 else 1.0,
+                           generator=args.seed + sample)
+        for p, text in zip(problems, res.texts):
+            steps, labels = label_solution(p, text, "local")
+            if steps:
+                rows.append({"question": p.question, "steps": steps, "value": labels,
+                             "temperature": 0.0 if sample == 0 else 1.0})
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    labels = [v for r in rows for v in r["value"]]
+    print(f"local labels: {len(rows)} solutions, {len(labels)} steps, "
+          f"{sum(labels) / len(labels):.3f} good")
+
+
 def _records(out: Path, eta: float):
     from ponder.rewards import er_prm_label
+
+    if eta == "local":
+        rows = [json.loads(line) for line in (out / "local.jsonl").read_text().splitlines()]
+        return [{"question": r["question"], "steps": r["steps"], "value": r["value"]}
+                for r in rows]
 
     rows = [json.loads(line) for line in (out / "er.jsonl").read_text().splitlines()]
     return [{"question": r["question"], "steps": r["steps"],
@@ -79,14 +118,15 @@ def _records(out: Path, eta: float):
 
 
 def train_head(out: Path, name: str, eta: float, lms, *, steps: int, seed: int = 0,
-               progress: bool = False) -> dict:
+               progress: bool = False, hidden: bool = False, weight_decay: float = 0.0,
+               width: int = 16) -> dict:
     import transformers
     from ponder.rewards.train import PRMDataCollator, PRMDataset, PRMTrainer
     from ponder.toy.prm_check import build_check_prm, check_convention, save_check_prm
     from ponder.toy.train import cpu_training_args, run_trainer
 
     records = _records(out, eta)
-    model, tok = build_check_prm(lms, seed=seed)
+    model, tok = build_check_prm(lms, seed=seed, hidden=hidden, width=width)
     model.features.enable_cache()  # the LMs are frozen: each example's features once
     data = PRMDataset(records, tok, check_convention())
     transformers.set_seed(seed)
@@ -94,13 +134,15 @@ def train_head(out: Path, name: str, eta: float, lms, *, steps: int, seed: int =
 
     with tempfile.TemporaryDirectory(prefix="ponder-prm-check-") as scratch:
         targs = cpu_training_args(scratch, steps=steps, batch_size=64, learning_rate=3e-2,
-                                  weight_decay=0.0, warmup=0.05, seed=seed, progress=progress,
+                                  weight_decay=weight_decay, warmup=0.05, seed=seed, progress=progress,
                                   log_points=10)
         trainer = PRMTrainer(model=model, args=targs, train_dataset=data,
                              data_collator=PRMDataCollator(tok.pad_token_id), value_head="head")
         seconds, losses = run_trainer(trainer, progress=progress)
     model.features.enable_cache(False)
-    recipe = {"name": name, "eta": eta if math.isfinite(eta) else "inf", "lms": list(lms),
+    recipe = {"name": name, "eta": eta if eta == "local" or math.isfinite(eta) else "inf",
+              "lms": list(lms),
+              "hidden": hidden, "width": width, "weight_decay": weight_decay,
               "records": len(records), "steps": steps, "batch_size": 64, "learning_rate": 3e-2,
               "train_seconds": round(seconds, 1), "loss": losses,
               "trainable_parameters": model.trainable_parameters(),
@@ -112,12 +154,14 @@ def train_head(out: Path, name: str, eta: float, lms, *, steps: int, seed: int =
 def train(args) -> None:
     out = Path(args.out)
     for spec in args.heads:
+        spec, _, options = spec.partition(":")  # ":h": the LM's hidden states too
         label, _, lm = spec.partition("@")
         lms = tuple(lm.split("+")) if lm else ("target",)
-        name = spec.replace("@", "-").replace("+", "_")
+        name = spec.replace("@", "-").replace("+", "_") + ("-h" if "h" in options else "")
         if (out / "heads" / name / "head.safetensors").exists():
             continue
-        r = train_head(out, name, LABELS[label], lms, steps=args.steps, progress=not args.quiet)
+        r = train_head(out, name, LABELS[label], lms, steps=args.steps, progress=not args.quiet,
+                       hidden="h" in options, weight_decay=args.weight_decay)
         print(f"{name}: {r['train_seconds']} s, loss {r['loss'][0][1]} -> {r['loss'][-1][1]}")
 
 
@@ -301,7 +345,8 @@ def _plot(curves, path, problems):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["collect", "train", "best-of-n", "all"])
+    parser.add_argument("command", choices=["collect", "collect-local", "train", "best-of-n",
+                                            "all"])
     parser.add_argument("--out", default="/tmp/prm-toy")
     parser.add_argument("--train-problems", type=int, default=500)
     parser.add_argument("--samples", type=int, default=2)
@@ -309,13 +354,21 @@ def main() -> None:
     parser.add_argument("--test-problems", type=int, default=300)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--heads", nargs="+", default=["er2", "er2@draft"],
-                        help="label kind (" + ", ".join(LABELS) + ")[@lm[+lm]]")
+                        help="label kind (" + ", ".join(LABELS) + ")[@lm[+lm]][:h] (:h: the "
+                             "LM's last-layer hidden states as features too; one LM)")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--local-problems", type=int, default=4000,
+                        help="collect-local: train problems (after the rollouts' ones)")
+    parser.add_argument("--local-samples", type=int, default=1,
+                        help="collect-local: T = 1 samples per problem besides the greedy one")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     if args.command in ("collect", "all"):
         collect(args)
+    if args.command == "collect-local":
+        collect_local(args)
     if args.command in ("train", "all"):
         train(args)
     if args.command in ("best-of-n", "all"):

@@ -5,6 +5,9 @@ on the toy models: same problems, same seed, the outputs checked equal.
 
 The step scorer is the oracle step checker (free), so the times are the two models' generation;
 runs: draft-only, target-only and RSD at delta 0.5. Times are the minimum over ``--repeats``.
+A second table runs RSD with the shipped step-check PRM on the target (delta 0.3), which reads
+an LM of its own: everything re-read, the two models' caches carried but the PRM re-reading
+each prefix (``prm_cache=False``), and the PRM's cache carried too (``prm_cache=True``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,28 @@ def main() -> None:
         same = texts[True][0] == texts[False][0]
         print(f"| {name} | {best[False]:.2f} | {best[True]:.2f} | "
               f"{best[False] / best[True]:.2f}x | {same} | {texts[True][1]:.3f} |", flush=True)
+    from ponder.toy import load_toy_prm
+
+    prm = load_toy_prm()
+    print()
+    print("| RSD, PRM on the target, delta=0.3 | end to end (s) | of it PRM scoring (s) | "
+          "same output |")
+    print("|---|---|---|---|")
+    variants = {"all re-read": {"carry_cache": False},
+                "models' caches carried, PRM re-reads": {"prm_cache": False},
+                "all caches carried (PRM's too)": {}}
+    best, prm_s, texts = {}, {}, {}
+    for _ in range(args.repeats):
+        for key, extra in variants.items():
+            r = rsd_generate(draft, target, prm, problems, tokenizer=tok, delta=0.3,
+                             verifier=verify, batch_size=args.batch_size, generator=0, **extra)
+            best[key] = min(best.get(key, math.inf), r.stats["wall_s"])
+            prm_s[key] = min(prm_s.get(key, math.inf), r.stats["prm_wall_s"])
+            texts[key] = r.texts
+    first = texts["all re-read"]
+    for key in variants:
+        print(f"| {key} | {best[key]:.2f} | {prm_s[key]:.2f} | {texts[key] == first} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,21 @@ def test_cli_runs_on_the_toy_models(capsys):
         assert row in out
 
 
+def test_cli_free_prm_scores_from_the_draft_pass(capsys):
+    import json
+
+    from ponder.cli import main
+
+    assert main(["rsd", "--n", "6", "--prm", "free", "--delta", "0.93", "--json"]) == 0
+    rows = {r["run"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    rsd = rows["RSD delta=0.93"]
+    assert rsd["proposed_draft_steps"] > 0
+    # only the PRM's head is charged: far less than one draft forward per scored token
+    assert 0 < rsd["flops_prm"] < 1e-3 * rsd["flops_draft"]
+    assert main(["rsd", "--n", "2", "--prm", "free", "--draft", "target"]) == 2
+    assert "--prm free is built on the toy draft" in capsys.readouterr().err
+
+
 def test_cli_data_file(tmp_path, capsys):
     from ponder.cli import main
     from ponder.cli.rsd import read_problems

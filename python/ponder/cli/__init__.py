@@ -8,7 +8,7 @@
                                                   retrieval)
     ponder toy eval [--models ...]                greedy accuracy of the shipped toy models
     ponder think [--model M] [--prompts FILE]     ThinK vs dense: cache bytes, decode tok/s
-    ponder rsd [--prm toy|oracle] [--delta D ...] RSD next to draft-only and target-only runs
+    ponder rsd [--prm toy|free|oracle] [--delta D ...] RSD next to draft-only and target-only runs
     ponder prm score|collect|train|best-of-n      process reward models on JSONL files
     ponder oreo collect|train|search|effect       OREO: value model + policy, value-guided search
     ponder first extract|calibrate|train|eval|toy FIRST distillation (top-k, calibrated teacher)

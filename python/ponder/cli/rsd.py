@@ -34,9 +34,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="toy model name or a transformers model folder (default: draft)")
     parser.add_argument("--target", default="target",
                         help="toy model name or a transformers model folder (default: target)")
-    parser.add_argument("--prm", default="toy", choices=["toy", "oracle"],
+    parser.add_argument("--prm", default="toy", choices=["toy", "free", "oracle"],
                         help="'toy' (the shipped toy PRM if present, else the oracle step "
-                        "checker) or 'oracle' (toy problems only)")
+                        "checker), 'free' (the toy draft's PRM scored from the draft's own "
+                        "generation pass: only its head's FLOPs; toy draft only) or 'oracle' "
+                        "(toy problems only)")
     parser.add_argument("--data", default=None, type=checks.existing_file,
                         help="JSONL of problems {\"prompt\": ..., \"answer\": ...} "
                         "(default: toy test problems)")
@@ -57,8 +59,14 @@ def load_prm(kind: str, problems):
     ``"oracle"``) the oracle step checker, which knows only toy problems."""
     from ..toy import ToyOracleScorer, load_toy_prm
 
-    if kind not in ("toy", "oracle"):
-        raise checks.CommandError(f"--prm must be 'toy' or 'oracle', got {kind!r}")
+    if kind not in ("toy", "free", "oracle"):
+        raise checks.CommandError(f"--prm must be 'toy', 'free' or 'oracle', got {kind!r}")
+    if kind == "free":
+        try:
+            return load_toy_prm(kind="check-draft-local"), "draft-side PRM from the draft's pass"
+        except FileNotFoundError:
+            raise checks.CommandError("--prm free needs the shipped toy weights "
+                                      "(weights/prm-check-draft-local)") from None
     if kind == "toy":
         try:
             return load_toy_prm(), "toy PRM"
@@ -137,6 +145,9 @@ def run(args) -> int:
     if args.prm == "oracle" and args.data is not None:
         raise checks.CommandError("--prm oracle knows only the toy test problems, not --data "
                                   "(use --prm toy)")
+    if args.prm == "free" and args.draft != "draft":
+        raise checks.CommandError("--prm free is built on the toy draft: it scores from that "
+                                  f"draft's own pass, not from --draft {args.draft}")
     draft, tok = _load_model(args.draft, "--draft", args)
     target, target_tok = _load_model(args.target, "--target", args)
     for model, tokenizer in ((draft, tok), (target, target_tok)):
@@ -152,7 +163,7 @@ def run(args) -> int:
         res = rsd_generate(draft, target, prm, problems, tokenizer=tok,
                            target_tokenizer=target_tok, delta=delta, omega=args.omega,
                            max_new_tokens=args.max_new_tokens, verifier=verifier,
-                           prm_parameters=prm_params)
+                           prm_parameters=prm_params, prm_from_draft=args.prm == "free")
         rows.append({"run": label, **res.stats})
     base = next(r for r in rows if r["run"] == "target-only")["flops"]
     if args.json:

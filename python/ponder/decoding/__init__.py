@@ -4,11 +4,13 @@ value-guided step-level beam search (:func:`value_beam_search`, OREO's test-time
 :func:`num_parameters` gives the parameter counts their FLOP estimates take."""
 
 from ._models import num_parameters
-from .rsd import RSDResult, StepScorer, rsd_generate
+from .rsd import DraftPass, DraftPassScorer, RSDResult, StepScorer, rsd_generate
 from .speculative import SpeculativeOutput, speculative_generate
 from .value_search import ValueSearchResult, value_beam_search, value_best_of_n
 
 __all__ = [
+    "DraftPass",
+    "DraftPassScorer",
     "RSDResult",
     "SpeculativeOutput",
     "StepScorer",

@@ -97,11 +97,14 @@ def _takes(fn, name: str) -> bool:
         return False
 
 
-def forward_cached(model, input_ids: Tensor, mask: Tensor, pos: Tensor, cache, keep_logits: int):
+def forward_cached(model, input_ids: Tensor, mask: Tensor, pos: Tensor, cache, keep_logits: int,
+                   *, with_hidden: bool = False):
     """One forward of a transformers causal LM reusing ``cache``; returns ``(logits of the last
-    ``keep_logits`` positions, cache)``. Works with the ``cache=`` (transformers >= 5.2x) and the
-    older ``past_key_values=`` keyword."""
+    ``keep_logits`` positions, cache)``, and with ``with_hidden`` a third item: the last layer's
+    hidden states ``[B, keep_logits, H]`` (``hidden_states[-1]``) at the same positions. Works
+    with the ``cache=`` (transformers >= 5.2x) and the older ``past_key_values=`` keyword."""
     key = "cache" if _takes(model.forward, "cache") else "past_key_values"
+    extra = {"output_hidden_states": True} if with_hidden else {}
     out = model(
         input_ids=input_ids,
         attention_mask=mask,
@@ -109,11 +112,14 @@ def forward_cached(model, input_ids: Tensor, mask: Tensor, pos: Tensor, cache, k
         use_cache=True,
         logits_to_keep=keep_logits,
         **{key: cache},
+        **extra,
     )
     # Newer outputs name it ``cache`` (reading ``past_key_values`` logs a deprecation).
     new_cache = out.get("cache")
     if new_cache is None:
         new_cache = out.past_key_values
+    if with_hidden:
+        return out.logits[:, -keep_logits:], new_cache, out.hidden_states[-1][:, -keep_logits:]
     return out.logits[:, -keep_logits:], new_cache
 
 

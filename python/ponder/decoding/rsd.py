@@ -77,13 +77,26 @@ def _generate_steps(
     top_k: int | None,
     top_p: float | None,
     generator: torch.Generator | None,
+    trace: _DraftTrace | None = None,
+    rows: Sequence[int] | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
     """One step per prefix, batched: new token ids (up to and including the delimiter or EOS)
-    and whether the step ended with EOS."""
+    and whether the step ended with EOS. With ``trace``, the model's predictions for every
+    position of row ``rows[i]``'s prefix and new tokens are written to it."""
     device = model_device(model)
     eos = tokenizer.eos_token_id
     ids, mask = left_pad(prefixes, tokenizer.pad_token_id, device)
-    logits, cache = forward_cached(model, ids, mask, positions(mask), None, 1)
+    hidden = None
+    if trace is None:
+        logits, cache = forward_cached(model, ids, mask, positions(mask), None, 1)
+    else:
+        width = ids.shape[1]
+        logits, cache, hidden = forward_cached(model, ids, mask, positions(mask), None, width,
+                                               with_hidden=True)
+        for j, (i, p) in enumerate(zip(rows, prefixes)):
+            # columns width - len(p) .. width - 1 read positions 0 .. len(p) - 1
+            trace.put(i, 1, logits[j, width - len(p):], hidden[j, width - len(p):])
+        logits, hidden = logits[:, -1:], hidden[:, -1:]
     n = len(prefixes)
     new: list[list[int]] = [[] for _ in range(n)]
     ended_eos = [False] * n
@@ -94,6 +107,8 @@ def _generate_steps(
             if not active[i]:
                 continue
             t = int(tok[i])
+            if trace is not None:
+                trace.put(rows[i], len(prefixes[i]) + len(new[i]), logits[i, -1:], hidden[i, -1:])
             new[i].append(t)
             if t == eos:
                 ended_eos[i], active[i] = True, False
@@ -102,10 +117,72 @@ def _generate_steps(
         if not any(active):
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], 1)
-        logits, cache = forward_cached(
-            model, tok[:, None], mask, positions(mask)[:, -1:], cache, 1
-        )
+        out = forward_cached(model, tok[:, None], mask, positions(mask)[:, -1:], cache, 1,
+                             with_hidden=trace is not None)
+        logits, cache = out[0], out[1]
+        hidden = out[2] if trace is not None else None
     return new, ended_eos
+
+
+class _DraftTrace:
+    """The draft's predictions at every position of each problem's text, kept from its own
+    generation passes (nothing is recomputed for them): ``logp[i][q]`` is the log-softmax of
+    the logits that predicted problem ``i``'s token at position ``q`` and ``hidden[i][q]`` the
+    last-layer hidden state that produced them (the state at position ``q - 1``); position 0
+    (nothing predicts it) holds zeros."""
+
+    def __init__(self, rows: int):
+        self.logp: list[Tensor | None] = [None] * rows
+        self.hidden: list[Tensor | None] = [None] * rows
+
+    def put(self, i: int, start: int, logits: Tensor, hidden: Tensor) -> None:
+        """Predictions ``logits [T, V]`` / ``hidden [T, H]`` for positions ``start ..
+        start + T - 1``; anything held at or after ``start`` is replaced."""
+        lp = logits.float().log_softmax(-1)
+        hd = hidden.float()
+        if self.logp[i] is None:
+            self.logp[i] = lp.new_zeros((1, lp.shape[-1]))
+            self.hidden[i] = hd.new_zeros((1, hd.shape[-1]))
+        if start > self.logp[i].shape[0]:  # the caches' bookkeeping guarantees this
+            raise RuntimeError(f"_DraftTrace.put: no prediction for positions "
+                               f"{self.logp[i].shape[0]}..{start - 1} of row {i}")
+        self.logp[i] = torch.cat([self.logp[i][:start], lp], 0)
+        self.hidden[i] = torch.cat([self.hidden[i][:start], hd], 0)
+
+    def truncate(self, i: int, length: int) -> None:
+        """Forget the predictions for positions ``>= length`` (a discarded step's)."""
+        if self.logp[i] is not None:
+            self.logp[i] = self.logp[i][:length]
+            self.hidden[i] = self.hidden[i][:length]
+
+
+@dataclass
+class DraftPass:
+    """What the draft computed while reading and writing one candidate (see
+    :class:`DraftPassScorer`): ``ids [T]`` the question's and steps' token ids,
+    ``logp [T, V]`` the log-softmax of the draft's logits that predicted each position (row 0
+    zeros), ``hidden [T, H]`` the draft's last-layer hidden state that produced them, and
+    ``spans`` each step's ``(start, end)`` positions in ``ids`` (its delimiter or EOS
+    included); the last span is the step to score."""
+
+    ids: Tensor
+    logp: Tensor
+    hidden: Tensor
+    spans: list[tuple[int, int]]
+
+
+@runtime_checkable
+class DraftPassScorer(Protocol):
+    """A PRM that can score a draft step from the draft's own generation pass
+    (``rsd_generate(prm_from_draft=True)``): nothing is re-read, only its head runs."""
+
+    def score_draft_pass(self, passes: Sequence[DraftPass]) -> list[float]:
+        """The score in [0, 1] of each pass's last step."""
+        ...
+
+    def draft_pass_flops(self, tokens: int, steps: int) -> float:
+        """The FLOPs of scoring ``steps`` steps of ``tokens`` tokens in all this way."""
+        ...
 
 
 class _CarriedCache:
@@ -164,10 +241,12 @@ class _CarriedCache:
     @torch.inference_mode()
     def generate(self, tokenizer, rows: Sequence[int], prefixes: Sequence[Sequence[int]], *,
                  delimiter: str, max_tokens: Sequence[int], temperature: float,
-                 top_k: int | None, top_p: float | None, generator: torch.Generator | None
-                 ) -> tuple[list[list[int]], list[bool]]:
+                 top_k: int | None, top_p: float | None, generator: torch.Generator | None,
+                 trace: _DraftTrace | None = None) -> tuple[list[list[int]], list[bool]]:
         """:func:`_generate_steps` for batch rows ``rows`` (whose prefixes are ``prefixes``),
-        reading and extending the carried cache; the same draws at the same seed."""
+        reading and extending the carried cache; the same draws at the same seed. With
+        ``trace``, the predictions for the positions read and written are written to it (the
+        catch-up block then keeps the logits of all its positions, not only the last)."""
         eos = tokenizer.eos_token_id
         n = len(rows)
         index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
@@ -185,7 +264,17 @@ class _CarriedCache:
             pos[j, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
             self.fed[i] += len(m)
         mask = torch.cat([mask, block], 1)
-        logits, cache = forward_cached(self.model, ids, mask, pos, cache, 1)
+        hidden = None
+        if trace is None:
+            logits, cache = forward_cached(self.model, ids, mask, pos, cache, 1)
+        else:
+            logits, cache, hidden = forward_cached(self.model, ids, mask, pos, cache, width,
+                                                   with_hidden=True)
+            for j, (i, m) in enumerate(zip(rows, missing)):
+                # the block's columns read positions fed - len(m) .. fed - 1 and predict the next
+                trace.put(i, self.fed[i] - len(m) + 1, logits[j, width - len(m):],
+                          hidden[j, width - len(m):])
+            logits, hidden = logits[:, -1:], hidden[:, -1:]
         new: list[list[int]] = [[] for _ in range(n)]
         ended_eos = [False] * n
         active = [max_tokens[j] > 0 for j in range(n)]
@@ -196,6 +285,9 @@ class _CarriedCache:
                 if not active[j]:
                     continue
                 t = int(tok[j])
+                if trace is not None:
+                    trace.put(rows[j], len(prefixes[j]) + len(new[j]), logits[j, -1:],
+                              hidden[j, -1:])
                 new[j].append(t)
                 if t == eos:
                     ended_eos[j], active[j] = True, False
@@ -213,10 +305,45 @@ class _CarriedCache:
                 if active[j]:
                     self.step_cols[i].append(col)
             mask = torch.cat([mask, go], 1)
-            logits, cache = forward_cached(self.model, tok[:, None], mask, step_pos * go, cache,
-                                           1)
+            out = forward_cached(self.model, tok[:, None], mask, step_pos * go, cache, 1,
+                                 with_hidden=trace is not None)
+            logits, cache = out[0], out[1]
+            hidden = out[2] if trace is not None else None
         self._put(index, cache, mask)
         return new, ended_eos
+
+    @torch.inference_mode()
+    def read(self, rows: Sequence[int], texts: Sequence[Sequence[int]],
+             step_lengths: Sequence[int], trace: _DraftTrace) -> None:
+        """Read (without generating) each row's ``texts`` (its prefix and a new step of
+        ``step_lengths[j]`` tokens at the end) from where the cache stops, writing the
+        predictions to ``trace``; the step's columns wait for :meth:`commit` (kept: they count
+        as prefix; discarded: masked out), the prefix's count as read."""
+        n = len(rows)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        cache = self._take(index)
+        mask = self.mask[index]
+        missing = [list(t[self.fed[i]:]) for i, t in zip(rows, texts)]
+        width = max(len(m) for m in missing)
+        if min(len(m) - k for m, k in zip(missing, step_lengths)) < 0 or min(step_lengths) < 1:
+            raise RuntimeError("_CarriedCache.read: a step is empty or already read")
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
+        block = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        pos = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        col0 = mask.shape[1]
+        self.step_cols = {}
+        for j, (i, m) in enumerate(zip(rows, missing)):
+            ids[j, width - len(m):] = torch.as_tensor(m, dtype=torch.long)
+            block[j, width - len(m):] = 1
+            pos[j, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
+            self.step_cols[i] = list(range(col0 + width - step_lengths[j], col0 + width))
+        mask = torch.cat([mask, block], 1)
+        logits, cache, hidden = forward_cached(self.model, ids, mask, pos, cache, width,
+                                               with_hidden=True)
+        for j, (i, m) in enumerate(zip(rows, missing)):
+            trace.put(i, self.fed[i] + 1, logits[j, width - len(m):], hidden[j, width - len(m):])
+            self.fed[i] += len(m) - step_lengths[j]
+        self._put(index, cache, mask)
 
     @torch.inference_mode()
     def commit(self, kept: dict[int, bool]) -> None:
@@ -261,6 +388,8 @@ def rsd_generate(
     prm_parameters: int | None = None,
     generator: torch.Generator | int | None = None,
     carry_cache: bool = True,
+    prm_from_draft: bool = False,
+    prm_cache: bool = True,
 ) -> RSDResult:
     """Reward-guided speculative decoding over a batch of problems.
 
@@ -283,13 +412,28 @@ def rsd_generate(
             draft step is masked out and cropped); False re-reads every prefix at every step
             (the first version). Both give the same tokens at the same seed (up to float
             rounding in attention).
+        prm_from_draft: score each draft step from the draft's own generation pass (its
+            logits and last-layer hidden states at the question's and steps' positions, kept
+            as it reads and writes them) instead of calling ``prm.score`` on the text: ``prm``
+            must be a :class:`DraftPassScorer` built on this draft (e.g.
+            ``ponder.toy.prm_check`` PRMs on ``"draft"``). ``flops_prm`` is then only the
+            scorer's own (``prm.draft_pass_flops``); ``prm_parameters`` is not used.
+        prm_cache: with ``carry_cache``, a PRM that reads one LM of its own (a
+            :class:`DraftPassScorer` with a ``pass_model``, e.g. a ``ponder.toy.prm_check``
+            PRM on the target) keeps that LM's KV cache across steps too: it reads only the
+            tokens written since its last call (the new step, and a target step before it)
+            and scores from that pass; a discarded step is masked out of its cache. The same
+            scores as re-reading (up to float rounding) and the same FLOP estimate (2 x PRM
+            parameters per scored token), less time. False: ``prm.score`` re-reads the text.
 
     Returns:
         :class:`RSDResult`. ``stats``: ``problems``, ``draft_steps`` / ``target_steps`` (steps
         kept from each), ``proposed_draft_steps``, ``acceptance_rate`` (kept / proposed draft
         steps), ``draft_tokens`` (all generated, discarded included), ``discarded_draft_tokens``,
-        ``target_tokens``, ``prm_tokens``, ``flops_draft`` / ``flops_target`` / ``flops_prm`` /
-        ``flops`` (2 x params x tokens), ``wall_s``, and ``accuracy`` with a verifier.
+        ``target_tokens``, ``prm_tokens``, ``flops_draft`` / ``flops_target`` / ``flops`` (2 x
+        params x tokens), ``flops_prm`` (2 x PRM params x scored tokens, or the draft-pass
+        scorer's own FLOPs), ``wall_s`` (``prm_wall_s`` of it scoring and deciding), and
+        ``accuracy`` with a verifier.
     """
     check_pair(draft, target)
     if target_tokenizer is not None:
@@ -309,6 +453,14 @@ def rsd_generate(
             raise ValueError(f"delta = {delta} is only meaningful with omega='binary'")
         if prm is None or not callable(getattr(prm, "score", None)):
             raise TypeError("prm must have score(questions, steps) -> list[list[float]]")
+        if prm_from_draft and not isinstance(prm, DraftPassScorer):
+            raise TypeError("prm_from_draft=True needs a prm with score_draft_pass(passes) and "
+                            "draft_pass_flops(tokens, steps) (a DraftPassScorer), got "
+                            f"{type(prm).__name__}")
+    scoring_pass = prm_from_draft and not (draft_only or target_only)
+    prm_lm = getattr(prm, "pass_model", None)
+    cached_prm = (carry_cache and prm_cache and not prm_from_draft and prm_lm is not None
+                  and isinstance(prm, DraftPassScorer) and not (draft_only or target_only))
     if prm_parameters is None:
         inner = getattr(prm, "model", None)
         prm_parameters = num_parameters(inner) if isinstance(inner, torch.nn.Module) else 0
@@ -319,7 +471,8 @@ def rsd_generate(
     gen_kw = {"delimiter": step_delimiter, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                   "generator": draw}
     stats = {"problems": len(problems), "draft_steps": 0, "target_steps": 0, "proposed_draft_steps": 0,
-                 "draft_tokens": 0, "discarded_draft_tokens": 0, "target_tokens": 0, "prm_tokens": 0}
+                 "draft_tokens": 0, "discarded_draft_tokens": 0, "target_tokens": 0, "prm_tokens": 0,
+                 "flops_prm": 0.0, "prm_wall_s": 0.0}
     start_time = time.perf_counter()
     texts: list[str] = []
     all_steps: list[list[tuple[str, str]]] = []
@@ -334,6 +487,10 @@ def rsd_generate(
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         d_cache = _CarriedCache(draft, len(batch), pad) if carry_cache else None
         t_cache = _CarriedCache(target, len(batch), pad) if carry_cache else None
+        trace = _DraftTrace(len(batch)) if scoring_pass else None
+        p_cache = _CarriedCache(prm_lm, len(batch), pad) if cached_prm else None
+        p_trace = _DraftTrace(len(batch)) if cached_prm else None
+        prompt_len = [len(p) for p in prefix]
         while not all(done):
             live = [i for i in range(len(batch)) if not done[i]]
             caps = [min(max_step_tokens, max_new_tokens - written[i]) for i in live]
@@ -343,14 +500,47 @@ def rsd_generate(
             if not target_only:
                 if d_cache is not None:
                     d_new, d_eos = d_cache.generate(tokenizer, live, [prefix[i] for i in live],
-                                                    max_tokens=caps, **gen_kw)
+                                                    max_tokens=caps, trace=trace, **gen_kw)
                 else:
                     d_new, d_eos = _generate_steps(
-                        draft, tokenizer, [prefix[i] for i in live], max_tokens=caps, **gen_kw)
+                        draft, tokenizer, [prefix[i] for i in live], max_tokens=caps,
+                        trace=trace, rows=live, **gen_kw)
                 stats["draft_tokens"] += sum(map(len, d_new))
                 stats["proposed_draft_steps"] += len(live)
+                t_prm = time.perf_counter()
                 if draft_only:
                     keep = [True] * len(live)
+                elif scoring_pass:
+                    passes = [_draft_pass(trace, i, prefix[i] + d_new[j], prompt_len[i],
+                                          [len(x) for x in step_ids[i]] + [len(d_new[j])])
+                              for j, i in enumerate(live)]
+                    rewards = torch.tensor([float(r) for r in prm.score_draft_pass(passes)],
+                                           dtype=torch.float64)
+                    stats["prm_tokens"] += sum(map(len, d_new))
+                    stats["flops_prm"] += float(prm.draft_pass_flops(sum(map(len, d_new)),
+                                                                     len(live)))
+                    acc, _ = accept_steps(rewards, delta, omega,
+                                          generator=int(torch.randint(0, 2**62, (),
+                                                                      generator=draw)))
+                    keep = acc.tolist()
+                elif p_cache is not None:
+                    texts_j = [prefix[i] + d_new[j] for j, i in enumerate(live)]
+                    p_cache.read(live, texts_j, [len(x) for x in d_new], p_trace)
+                    passes = [_draft_pass(p_trace, i, texts_j[j], prompt_len[i],
+                                          [len(x) for x in step_ids[i]] + [len(d_new[j])])
+                              for j, i in enumerate(live)]
+                    rewards = torch.tensor([float(r) for r in prm.score_draft_pass(passes)],
+                                           dtype=torch.float64)
+                    stats["prm_tokens"] += sum(map(len, d_new))
+                    stats["flops_prm"] += 2.0 * prm_parameters * sum(map(len, d_new))
+                    acc, _ = accept_steps(rewards, delta, omega,
+                                          generator=int(torch.randint(0, 2**62, (),
+                                                                      generator=draw)))
+                    keep = acc.tolist()
+                    p_cache.commit({i: bool(keep[j]) for j, i in enumerate(live)})
+                    for j, i in enumerate(live):
+                        if not keep[j]:
+                            p_trace.truncate(i, len(prefix[i]) + 1)
                 else:
                     cand = [[s for s, _ in steps[i]] + [_clean(tokenizer, d_new[j],
                                                                step_delimiter)]
@@ -358,12 +548,18 @@ def rsd_generate(
                     scores = prm.score([questions[i] for i in live], cand)
                     rewards = torch.tensor([float(s[-1]) for s in scores], dtype=torch.float64)
                     stats["prm_tokens"] += sum(map(len, d_new))
+                    stats["flops_prm"] += 2.0 * prm_parameters * sum(map(len, d_new))
                     acc, _ = accept_steps(rewards, delta, omega,
                                           generator=int(torch.randint(0, 2**62, (),
                                                                       generator=draw)))
                     keep = acc.tolist()
+                stats["prm_wall_s"] += time.perf_counter() - t_prm
             if d_cache is not None and not target_only:
                 d_cache.commit({i: bool(keep[j]) for j, i in enumerate(live)})
+            if trace is not None:
+                for j, i in enumerate(live):
+                    if not keep[j]:  # the prediction for the step's first position stays
+                        trace.truncate(i, len(prefix[i]) + 1)
             redo = [i for j, i in enumerate(live) if not keep[j]]
             t_new, t_eos = [], []
             if redo:
@@ -401,12 +597,28 @@ def rsd_generate(
     stats["acceptance_rate"] = stats["draft_steps"] / proposed if proposed else float("nan")
     stats["flops_draft"] = 2.0 * num_parameters(draft) * stats["draft_tokens"]
     stats["flops_target"] = 2.0 * num_parameters(target) * stats["target_tokens"]
-    stats["flops_prm"] = 2.0 * prm_parameters * stats["prm_tokens"]
     stats["flops"] = stats["flops_draft"] + stats["flops_target"] + stats["flops_prm"]
     if verifier is not None:
         stats["accuracy"] = sum(bool(verifier(p, t)) for p, t in zip(problems, texts)) / max(
             len(problems), 1)
     return RSDResult(texts, all_steps, stats)
+
+
+def _draft_pass(trace: _DraftTrace, i: int, ids: Sequence[int], prompt_len: int,
+                step_lengths: Sequence[int]) -> DraftPass:
+    """Problem ``i``'s :class:`DraftPass` for the text ``ids`` (prompt, then steps of
+    ``step_lengths`` tokens, the last one being scored)."""
+    n = len(ids)
+    if trace.logp[i] is None or trace.logp[i].shape[0] < n:
+        raise RuntimeError(f"rsd_generate: the draft's trace of problem {i} covers "
+                           f"{0 if trace.logp[i] is None else trace.logp[i].shape[0]} of {n} "
+                           "positions")
+    spans, start = [], prompt_len
+    for length in step_lengths:
+        spans.append((start, start + length))
+        start += length
+    return DraftPass(torch.as_tensor(list(ids), dtype=torch.long), trace.logp[i][:n],
+                     trace.hidden[i][:n], spans)
 
 
 def _clean(tokenizer, ids: Sequence[int], delimiter: str) -> str:

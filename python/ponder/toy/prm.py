@@ -185,7 +185,8 @@ def make_prm_records(problems: Sequence[Problem], *, samples: int = 2,
     return records
 
 
-CHECK_PRM_NAMES = {"check": "prm-check", "check-draft": "prm-check-draft"}
+CHECK_PRM_NAMES = {"check": "prm-check", "check-draft": "prm-check-draft",
+                   "check-draft-local": "prm-check-draft-local"}
 
 
 def load_toy_prm(*, weights_dir: str | Path | None = None, batch_size: int = 64,
@@ -198,14 +199,18 @@ def load_toy_prm(*, weights_dir: str | Path | None = None, batch_size: int = 64,
     ``kind="check"`` (the default): the step-checking PRM of :mod:`ponder.toy.prm_check` (a
     learned head on the frozen toy target's token log-probs, ``weights/prm-check``);
     ``kind="check-draft"``: the same head on the toy draft's log-probs (``weights/
-    prm-check-draft``: a quarter of the cost, a weaker judge); ``kind="lm"``: the first toy PRM
+    prm-check-draft``: a quarter of the cost, a weaker judge); ``kind="check-draft-local"``: the
+    same architecture on the draft, trained on exact step labels of the draft's own greedy and
+    T = 1 solutions (``weights/prm-check-draft-local``; RSD's nearly free judge: with
+    ``rsd_generate(prm_from_draft=True)`` it scores a step from the draft's generation pass,
+    only its 152-parameter head runs); ``kind="lm"``: the first toy PRM
     (the fine-tuned target with two extra layers, ``weights/prm``), which judges steps better
     than chance but does not help best-of-N.
     """
     from ..rewards import ProcessRewardModel, toy_convention
 
-    if kind not in ("check", "check-draft", "lm"):
-        raise ValueError(f"load_toy_prm: kind must be 'check', 'check-draft' or 'lm', got "
+    if kind not in (*CHECK_PRM_NAMES, "lm"):
+        raise ValueError(f"load_toy_prm: kind must be one of {[*CHECK_PRM_NAMES, 'lm']}, got "
                          f"{kind!r}")
     if kind != "lm":
         from .prm_check import load_check_prm

@@ -23,6 +23,15 @@ Only the MLP and the head are trained (by :class:`ponder.rewards.PRMTrainer` wit
 shipped folder holds them (a few hundred parameters) and names the LM they read. Scoring costs
 one forward pass of that LM per scored token (the head is ~10^3 FLOPs per step).
 
+Scoring without the forward: the features are the LM's own log-probs of the written tokens, so
+a PRM on the draft can score a step from what the draft computed while writing it
+(:meth:`CheckPRM.score_draft_pass` on a ``ponder.decoding.DraftPass``; RSD does this with
+``rsd_generate(prm_from_draft=True)``): :meth:`LogProbFeatures.pass_features` pools the same
+numbers from the pass, and only the head runs. RSD also carries the PRM's own LM cache
+(``CheckPRM.pass_model``) when the PRM re-reads. ``hidden=True`` adds the LM's last-layer
+states (the mean over the step's line and the state at its least likely token) to the features;
+on the toy world they did not judge better (bench/speculative.md).
+
     from ponder.toy import load_toy_prm
     prm = load_toy_prm()                       # this PRM, on the toy target
     prm.score(["Q: 12+34-5=?"], [["12+34=46", "46-5=41", "Answer: 41"]])
@@ -31,6 +40,7 @@ one forward pass of that LM per scored token (the head is ~10^3 FLOPs per step).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -67,17 +77,22 @@ class LogProbFeatures(nn.Module):
     """
 
     def __init__(self, lms: dict[str, nn.Module], *, tag_id: int, space_id: int, newline_id: int,
-                 width: int = 16):
+                 width: int = 16, hidden: int = 0, special_ids: Sequence[int] = ()):
         super().__init__()
+        if hidden and len(lms) != 1:
+            raise ValueError(f"LogProbFeatures: hidden-state features need exactly one LM, got "
+                             f"{list(lms)}")
         self.lms = nn.ModuleDict(lms)
         for lm in self.lms.values():
             lm.requires_grad_(False)
             lm.eval()
         self.tag_id, self.space_id, self.newline_id = int(tag_id), int(space_id), int(newline_id)
-        n_in = len(FEATURES) * len(lms)
-        self.mlp = nn.Linear(n_in, width)
+        self.special_ids = frozenset(int(t) for t in special_ids)
+        self.hidden = int(hidden)
+        self.n_raw = len(FEATURES) * len(lms) + 2 * self.hidden
+        self.mlp = nn.Linear(self.n_raw, width)
         self.width = int(width)
-        self.out_dim = n_in + width
+        self.out_dim = self.n_raw + width
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -92,7 +107,7 @@ class LogProbFeatures(nn.Module):
 
     @torch.no_grad()
     def step_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """The raw features ``[B, L, F * len(lms)]`` (zero away from the tags)."""
+        """The raw features ``[B, L, n_raw]`` (zero away from the tags)."""
         cache = getattr(self, "_cache", None)
         if cache is None:
             return self._step_features(input_ids, attention_mask)
@@ -104,7 +119,7 @@ class LogProbFeatures(nn.Module):
             f = self._step_features(input_ids[todo], mask[todo])
             for j, r in enumerate(todo):
                 cache[keys[r]] = f[j, :lens[r]].clone()
-        out = torch.zeros(*input_ids.shape, len(FEATURES) * len(self.lms))
+        out = torch.zeros(*input_ids.shape, self.n_raw)
         for r, k in enumerate(keys):
             out[r, :lens[r]] = cache[k]
         return out.to(input_ids.device)
@@ -126,8 +141,9 @@ class LogProbFeatures(nn.Module):
         comp = comp.masked_fill(~comp_mask, 0)
         feats = []
         for lm in self.lms.values():
-            logits = lm(input_ids=comp, attention_mask=comp_mask.long(), use_cache=False).logits
-            logp = logits.float().log_softmax(-1)
+            out = lm(input_ids=comp, attention_mask=comp_mask.long(), use_cache=False,
+                     **({"output_hidden_states": True} if self.hidden else {}))
+            logp = out.logits.float().log_softmax(-1)
             tok = torch.zeros(comp.shape, dtype=torch.float32, device=ids.device)
             best = torch.zeros_like(tok)
             miss = torch.zeros_like(tok)
@@ -140,13 +156,25 @@ class LogProbFeatures(nn.Module):
                 full = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
                 full.scatter_(1, order, x * comp_mask)
                 per_token.append(full)
-            feats.append(self._pool(ids, keep, is_tag, *per_token))
+            hid = None
+            if self.hidden:  # the state that predicted each token: the one at the position before
+                h = torch.zeros(*comp.shape, self.hidden, dtype=torch.float32, device=ids.device)
+                h[:, 1:] = out.hidden_states[-1][:, :-1].float()
+                hid = torch.zeros(*ids.shape, self.hidden, dtype=torch.float32,
+                                  device=ids.device)
+                hid.scatter_(1, order[..., None].expand(-1, -1, self.hidden),
+                             h * comp_mask[..., None])
+            feats.append(self._pool(ids, keep, is_tag, *per_token, hid=hid))
         return torch.cat(feats, -1)
 
     def _pool(self, ids: Tensor, keep: Tensor, is_tag: Tensor, tok: Tensor, best: Tensor,
-              miss: Tensor) -> Tensor:
+              miss: Tensor, hid: Tensor | None = None) -> Tensor:
         b, n = ids.shape
-        out = torch.zeros(b, n, len(FEATURES), dtype=torch.float32, device=ids.device)
+        n_h = 0 if hid is None else hid.shape[-1]
+        out = torch.zeros(b, n, len(FEATURES) + 2 * n_h, dtype=torch.float32, device=ids.device)
+        hsum = torch.zeros(b, n_h, device=ids.device)
+        hmin = torch.zeros(b, n_h, device=ids.device)
+        tmin = torch.full((b,), math.inf, device=ids.device)
         newline = ids == self.newline_id
         count = torch.zeros(b, device=ids.device)
         s = torch.zeros(b, device=ids.device)
@@ -162,6 +190,14 @@ class LogProbFeatures(nn.Module):
             margin = torch.where(reset, 0.0, margin)
             misses = torch.where(reset, 0.0, misses)
             c = keep[:, j] & ~reset & (j > 0)
+            if n_h:  # the mean state over the line, and the state at its least likely token
+                hsum = torch.where(reset[:, None], 0.0, hsum) + torch.where(c[:, None],
+                                                                            hid[:, j], 0.0)
+                low = c & (tok[:, j] < tmin)
+                hmin = torch.where(reset[:, None], 0.0, hmin)
+                hmin = torch.where(low[:, None], hid[:, j], hmin)
+                tmin = torch.where(reset, math.inf, tmin)
+                tmin = torch.where(low, tok[:, j], tmin)
             count = count + c
             s = s + torch.where(c, tok[:, j], 0.0)
             mn = torch.where(c, torch.minimum(mn, tok[:, j]), mn)
@@ -172,8 +208,63 @@ class LogProbFeatures(nn.Module):
                 prefix = torch.where(t, torch.minimum(prefix, mn), prefix)
                 row = torch.stack([mn / 5, s / count.clamp(min=1) / 5, s / 20, misses, margin / 5,
                                    prefix / 5, count / 10], -1)
+                if n_h:
+                    row = torch.cat([row, hsum / count.clamp(min=1)[:, None], hmin], -1)
                 out[:, j] = torch.where(t[:, None], row, 0.0)
         return out
+
+    @torch.no_grad()
+    def pass_features(self, ids: Tensor, logp: Tensor, hidden: Tensor | None,
+                      spans: Sequence[tuple[int, int]]) -> Tensor:
+        """The raw features ``[len(spans), n_raw]`` of each step from an LM's own pass over the
+        text (``ponder.decoding.DraftPass``: ``ids [T]``, the log-probs ``logp [T, V]`` that
+        predicted each position, the hidden states ``hidden [T, H]`` that produced them, the
+        steps' ``(start, end)`` spans): the same numbers :meth:`step_features` computes by
+        re-reading the tagged text (up to float rounding), without running the LM. Like that
+        text, a step is its tokens without special tokens and with its delimiter and the
+        whitespace around it stripped; the features pool its last line."""
+        if len(self.lms) != 1:
+            raise ValueError(f"pass_features: features of one LM only, this reads {list(self.lms)}")
+        if self.hidden and (hidden is None or hidden.shape[-1] != self.hidden):
+            raise ValueError(f"pass_features: hidden must be [T, {self.hidden}], got "
+                             f"{None if hidden is None else tuple(hidden.shape)}")
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        blank = {self.newline_id, self.space_id}
+        rows, prefix = [], 0.0
+        for start, end in spans:
+            pos = [q for q in range(start, end) if ids[q] not in self.special_ids]
+            while pos and ids[pos[-1]] in blank:
+                pos.pop()
+            while pos and ids[pos[0]] in blank:
+                pos.pop(0)
+            lines = [k for k, q in enumerate(pos) if ids[q] == self.newline_id]
+            line = [q for q in pos[lines[-1] + 1:] if q > 0] if lines else \
+                [q for q in pos if q > 0]
+            index = torch.as_tensor(line, dtype=torch.long)
+            lp = logp[index].float()
+            written = torch.as_tensor([ids[q] for q in line], dtype=torch.long)
+            tok = lp.gather(-1, written[:, None])[:, 0] if line else lp.new_zeros(0)
+            top = lp.max(-1) if line else None
+            best = top.values.clamp(min=_FLOOR) if line else lp.new_zeros(0)
+            misses = float((top.indices != written).sum()) if line else 0.0
+            tok = tok.clamp(min=_FLOOR)
+            count = len(line)
+            total = float(tok.sum())
+            mn = min(0.0, float(tok.min())) if count else 0.0
+            margin = min(0.0, float((tok - best).min())) if count else 0.0
+            prefix = min(prefix, mn)
+            row = [mn / 5, total / max(count, 1) / 5, total / 20, misses, margin / 5,
+                   prefix / 5, count / 10]
+            row = torch.tensor(row, dtype=torch.float32)
+            if self.hidden:
+                h = hidden[index].float()
+                mean = h.sum(0) / max(count, 1)
+                low = h[int(tok.argmin())] if count else h.new_zeros(self.hidden)
+                row = torch.cat([row, mean, low])
+            rows.append(row)
+        if not rows:
+            return torch.zeros(0, self.n_raw)
+        return torch.stack(rows)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **_: Any):
         f = self.step_features(input_ids, attention_mask)
@@ -215,9 +306,10 @@ def check_convention():
 
 
 def build_check_prm(lms: Sequence[str] = ("target",), *, width: int = 16,
-                    weights_dir: str | Path | None = None, seed: int = 0):
+                    weights_dir: str | Path | None = None, seed: int = 0, hidden: bool = False):
     """A fresh (untrained head) :class:`StepCheckPRM` on the shipped toy LMs ``lms`` and the toy
-    tokenizer."""
+    tokenizer; ``hidden`` adds the LM's last-layer states to the features (one LM only): their
+    mean over the step's line and the state at its least likely token."""
     from .models import load_toy_model
 
     models, tok = {}, None
@@ -225,8 +317,10 @@ def build_check_prm(lms: Sequence[str] = ("target",), *, width: int = 16,
         models[name], tok = load_toy_model(name, weights_dir=weights_dir)
     vocab = tok.get_vocab()
     torch.manual_seed(seed)
+    n_hidden = int(next(iter(models.values())).config.hidden_size) if hidden else 0
     feats = LogProbFeatures(models, tag_id=vocab["k"], space_id=vocab[" "],
-                            newline_id=vocab["\n"], width=width)
+                            newline_id=vocab["\n"], width=width, hidden=n_hidden,
+                            special_ids=tok.all_special_ids)
     return StepCheckPRM(feats), tok
 
 
@@ -243,6 +337,8 @@ def save_check_prm(model: StepCheckPRM, folder: str | Path, recipe: dict[str, An
     save_file(state, str(folder / "head.safetensors"))
     config = {"kind": "toy-step-check", "lms": list(model.features.lms.keys()),
               "width": model.features.width, "features": list(FEATURES)}
+    if model.features.hidden:
+        config["hidden"] = ["mean", "at_min"]
     (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     if recipe is not None:
         (folder / "recipe.json").write_text(json.dumps(recipe, indent=1) + "\n")
@@ -261,7 +357,8 @@ def load_check_prm(folder: str | Path, *, weights_dir: str | Path | None = None,
     config = json.loads((folder / "config.json").read_text())
     if config.get("kind") != "toy-step-check":
         raise ValueError(f"load_check_prm: {folder}/config.json is not a toy step-check PRM")
-    model, tok = build_check_prm(config["lms"], width=config["width"], weights_dir=weights_dir)
+    model, tok = build_check_prm(config["lms"], width=config["width"], weights_dir=weights_dir,
+                                 hidden=bool(config.get("hidden")))
     state = {k: v.float() for k, v in load_file(str(folder / "head.safetensors")).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("features.lms.") for k in missing):
@@ -279,6 +376,46 @@ class CheckPRM(ProcessRewardModel):
     def head_and_bias(self):
         lin = self.model.head
         return lin.weight.reshape(-1), lin.bias.reshape(())
+
+    # -- scoring from the draft's own pass (ponder.decoding.DraftPassScorer) -----------------
+
+    @property
+    def pass_model(self):
+        """The LM whose passes :meth:`score_draft_pass` reads (None with several LMs): RSD
+        carries its KV cache across steps (``rsd_generate(prm_cache=True)``)."""
+        lms = self.model.features.lms
+        return next(iter(lms.values())) if len(lms) == 1 else None
+
+    @torch.inference_mode()
+    def score_draft_pass(self, passes) -> list[float]:
+        """The last step's score of each ``ponder.decoding.DraftPass``, from the pass's
+        log-probs (and hidden states) instead of re-reading the text: the same score as
+        :meth:`score` when the pass is the same LM's over the same tokens (it must be: a PRM
+        on the target given the draft's pass would judge with the wrong features)."""
+        feats = self.model.features
+        rows = []
+        for p in passes:
+            f = feats.pass_features(p.ids, p.logp, p.hidden if feats.hidden else None, p.spans)
+            if not len(f):
+                raise ValueError("score_draft_pass: a pass has no step to score")
+            rows.append(f[-1])
+        if not rows:
+            return []
+        f = torch.stack(rows)
+        h = torch.cat([f, torch.tanh(feats.mlp(f))], -1)
+        return torch.sigmoid(self.model.head(h))[:, 0].tolist()
+
+    def draft_pass_flops(self, tokens: int, steps: int) -> float:
+        """FLOPs of :meth:`score_draft_pass` over ``steps`` steps of ``tokens`` tokens: per
+        token a log-softmax over the vocabulary (~3 V, generous: the draft computed the logits
+        anyway) and the pooling (~2 per feature); per step the MLP and the head (2 x their
+        weights)."""
+        feats = self.model.features
+        vocab = int(next(iter(feats.lms.values())).config.vocab_size)
+        per_token = 3 * vocab + 2 * (len(FEATURES) + 2 * feats.hidden)
+        per_step = 2 * (feats.mlp.weight.numel() + feats.mlp.bias.numel()
+                        + self.model.head.weight.numel() + 1) + 2 * feats.width
+        return float(tokens * per_token + steps * per_step)
 
 
 def as_prm(model: StepCheckPRM, tok, *, batch_size: int = 64) -> CheckPRM:
