@@ -1,9 +1,9 @@
 // CPU launchers for ponder.ops.speculative: validate -> dispatch dtype -> OpenMP over batch rows ->
 // per row, the speculative-sampling test position by position, stopping at the first rejection.
-// A vocabulary row is read from memory once for its log-sum-exp (two passes, the second from
-// cache) and, at the final position only, once more for the exponential race; no probability
-// row is ever stored. The logits contract (no NaN, a finite largest logit / T) is checked in the
-// same max pass; rows the test does not reach are checked afterwards, and a bad row is reported
+// A vocabulary row is read from memory once for its log-sum-exp (one online pass, block by block)
+// and, at the final position only, once more for the exponential race; no probability row is
+// ever stored. The logits contract (no NaN, a finite largest logit / T) is checked in the same
+// pass; rows the test does not reach are checked afterwards, and a bad row is reported
 // through a negative count (see ops.inc).
 #include <algorithm>
 #include <cmath>
@@ -20,6 +20,47 @@ namespace {
 // Vocabulary entries per inner block (a multiple of 4: one Philox block draws 4 uniforms).
 constexpr int64_t kBlock = 1024;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// a * b + c, fused where the build has FMA (AVX2, AVX-512): one instruction, one rounding. The
+// baseline x86-64 build has no FMA instruction, and std::fma there is a scalar libm call that
+// would stop the loops from vectorising, so it multiplies and adds (rounding twice).
+inline float fma_f32(float a, float b, float c) {
+#ifdef __FMA__
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// exp(x) for the log-sum-exp's sum only (x = l / T - m <= 0, or NaN/-inf for masked entries):
+// the same reduction and degree-6 Taylor polynomial as speculative::exp_nonpos_f32 (relative
+// error < 3e-7 against float64 on [-87, 0], tests/ops/test_speculative.py), at about half its
+// instructions:
+// - n = round(x / ln2) by the 1.5 * 2^23 shifter (one FMA, its integer in the low mantissa bits)
+//   instead of a float -> int -> float round trip;
+// - the reduction and the polynomial as FMAs where the build has them;
+// - x is clamped at -87 so that 2^n stays a normal float (n >= -126), with no in-range mask and
+//   no subnormal scaling. Below -87 it returns about exp(-87) = 1.6e-38 instead of exp(x) (and for
+//   -inf and NaN, 0 in exp_nonpos_f32): in a sum whose largest term is exp(0) = 1 the V <= 2^31
+//   such terms add at most 3.5e-29 relative, far below float's or double's rounding.
+// Not for probabilities or race weights, where a weight of 1e-38 instead of 0 can win a race
+// (those use exp_nonpos_f32).
+inline float exp_sum_f32(float x) {
+  x = x > -87.0f ? x : -87.0f;  // NaN -> -87 too
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: t's last mantissa bits hold round(x / ln2)
+  const float t = fma_f32(x, 1.44269504088896341f, shifter);
+  const float n = t - shifter;
+  float r = fma_f32(n, -0.693145751953125f, x);  // ln2's leading bits: n * hi is exact
+  r = fma_f32(n, -1.42860682030941723e-06f, r);
+  float p = fma_f32(r, 1.0f / 720, 1.0f / 120);
+  p = fma_f32(p, r, 1.0f / 24);
+  p = fma_f32(p, r, 1.0f / 6);
+  p = fma_f32(p, r, 0.5f);
+  p = fma_f32(p, r, 1.0f);
+  p = fma_f32(p, r, 1.0f);
+  // 2^n: t's bits are 0x4B400000 + n (|n| < 2^22), so n + 127 into the exponent field.
+  return p * random::bits_float((random::float_bits(t) - 0x4B400000u + 127u) << 23);
+}
 
 // One vocabulary row seen through temperature and a keep-threshold: s_v = l_v / T, kept when
 // l_v >= thr and l_v > -inf (a 0/1 float weight, so that loops multiply instead of branching).
@@ -62,9 +103,14 @@ struct Row {
     return contract_ok(top, nans);
   }
 
-  // The log-sum-exp of the kept scaled logits (max pass, then a sum pass from cache). The max
-  // pass also checks the contract on the raw logits at no extra read: `ok` says whether it holds
-  // (when it does not, `value` is meaningless and the caller stops).
+  // The log-sum-exp of the kept scaled logits in one read of the row: per block of kBlock
+  // logits (4 KiB in fp32, so it stays in L1), the block's maximum, then its sum of exponentials
+  // against the running maximum m, the earlier blocks' total rescaled by exp(m_old - m_new)
+  // whenever m grows (an online log-sum-exp, as the CUDA kernel does per thread). So the memory
+  // read of the next blocks overlaps the exponentials of this one, where a max pass over the
+  // whole row then a sum pass (from L2) ran them one after the other. The same pass checks the
+  // contract on the raw logits at no extra read: `ok` says whether it holds (when it does not,
+  // `value` is meaningless and the caller stops).
   struct Lse {
     float value;
     bool ok;
@@ -74,8 +120,10 @@ struct Row {
     // is not inlined. The arithmetic is s(v) and keep(v)'s, which prob() and race() repeat.
     const T* lg = logits;
     const float it = inv_t, th = thr;
+    const bool filt = filtered();
     float m = kNegInf, top = kNegInf;
     int nans = 0;
+    double total = 0.0;
     for (int64_t b = 0; b < vocab; b += kBlock) {
       const int64_t n = std::min(kBlock, vocab - b);
       float bm = kNegInf, bt = kNegInf;
@@ -87,30 +135,31 @@ struct Row {
         bt = std::max(bt, l);
         bn += l != l;
       }
-      m = std::max(m, bm);
       top = std::max(top, bt);
       nans += bn;
-    }
-    if (!contract_ok(top, nans)) return {m, false};
-    double total = 0.0;
-    for (int64_t b = 0; b < vocab; b += kBlock) {
-      const int64_t n = std::min(kBlock, vocab - b);
+      // A block of only -inf or filtered-out logits adds nothing (and would form -inf - -inf).
+      if (!(bm > kNegInf)) continue;
+      if (bm > m) {
+        // exp(m_old - m_new) in the exact exp (it is one value per block); m_old = -inf: total 0.
+        if (m > kNegInf) total *= speculative::exp_nonpos_f32(m - bm);
+        m = bm;
+      }
+      const float mm = m;
       float sum = 0.0f;
-      if (filtered()) {
+      if (filt) {
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < n; ++i) {
           const float l = load(lg[b + i]);
           const float keep = static_cast<float>(l >= th) * static_cast<float>(l > kNegInf);
-          sum += speculative::exp_nonpos_f32(l * it - m) * keep;
+          sum += exp_sum_f32(l * it - mm) * keep;
         }
       } else {  // the common case, kept branch-free so that it vectorises
 #pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < n; ++i) {
-          sum += speculative::exp_nonpos_f32(load(lg[b + i]) * it - m);
-        }
+        for (int64_t i = 0; i < n; ++i) sum += exp_sum_f32(load(lg[b + i]) * it - mm);
       }
       total += sum;
     }
+    if (!contract_ok(top, nans)) return {m, false};
     return {m + static_cast<float>(std::log(total)), true};
   }
 
