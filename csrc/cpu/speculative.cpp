@@ -32,7 +32,7 @@ inline float fma_f32(float a, float b, float c) {
 #endif
 }
 
-// exp(x) for the log-sum-exp's sum only (x = l / T - m <= 0, or NaN/-inf for masked entries):
+// exp(x) for the log-sum-exp's sum only (x = l / T - m <= 0, or -inf for masked entries):
 // the same reduction and degree-6 Taylor polynomial as speculative::exp_nonpos_f32 (relative
 // error < 3e-7 against float64 on [-87, 0], tests/ops/test_speculative.py), at about half its
 // instructions:
@@ -40,13 +40,15 @@ inline float fma_f32(float a, float b, float c) {
 //   instead of a float -> int -> float round trip;
 // - the reduction and the polynomial as FMAs where the build has them;
 // - x is clamped at -87 so that 2^n stays a normal float (n >= -126), with no in-range mask and
-//   no subnormal scaling. Below -87 it returns about exp(-87) = 1.6e-38 instead of exp(x) (and for
-//   -inf and NaN, 0 in exp_nonpos_f32): in a sum whose largest term is exp(0) = 1 the V <= 2^31
+//   no subnormal scaling. Below -87 it returns about exp(-87) = 1.6e-38 instead of exp(x) (for -inf
+//   too, where exp_nonpos_f32 gives 0): in a sum whose largest term is exp(0) = 1 the V <= 2^31
 //   such terms add at most 3.5e-29 relative, far below float's or double's rounding.
 // Not for probabilities or race weights, where a weight of 1e-38 instead of 0 can win a race
 // (those use exp_nonpos_f32).
 inline float exp_sum_f32(float x) {
-  x = x > -87.0f ? x : -87.0f;  // NaN -> -87 too
+  // std::max(x, c) is (x < c ? c : x), which is one vmaxps (x > c ? x : c compiled to a compare
+  // and a blend); a NaN x stays NaN, which only a row that breaks the logits contract forms.
+  x = std::max(x, -87.0f);
   const float shifter = 12582912.0f;  // 1.5 * 2^23: t's last mantissa bits hold round(x / ln2)
   const float t = fma_f32(x, 1.44269504088896341f, shifter);
   const float n = t - shifter;
@@ -103,14 +105,19 @@ struct Row {
     return contract_ok(top, nans);
   }
 
-  // The log-sum-exp of the kept scaled logits in one read of the row: per block of kBlock
-  // logits (4 KiB in fp32, so it stays in L1), the block's maximum, then its sum of exponentials
-  // against the running maximum m, the earlier blocks' total rescaled by exp(m_old - m_new)
-  // whenever m grows (an online log-sum-exp, as the CUDA kernel does per thread). So the memory
-  // read of the next blocks overlaps the exponentials of this one, where a max pass over the
-  // whole row then a sum pass (from L2) ran them one after the other. The same pass checks the
-  // contract on the raw logits at no extra read: `ok` says whether it holds (when it does not,
-  // `value` is meaningless and the caller stops).
+  // The log-sum-exp of the kept scaled logits in one read of the row, an online log-sum-exp
+  // block by block (kBlock logits, 4 KiB in fp32, so a block stays in L1): once a running
+  // maximum m exists, one loop per block takes the block's maximum and its sum of exp(s - m)
+  // together, which is the block's contribution whenever the block does not raise m (after the
+  // first blocks, almost always: the k-th block holds a new maximum of a shuffled row with
+  // probability 1 / k). A block that does raise m is summed again from L1 against the new m and
+  // the earlier total is rescaled by exp(m_old - m_new) (as the CUDA kernel does per thread).
+  // So the memory read of each row overlaps its exponentials, where a max pass over the whole
+  // row then a sum pass (from L2) ran them one after the other; a row sorted ascending (every
+  // block a new maximum) costs one sum pass more than that. Every term is exp(s - m) against
+  // the final m of its block, as before. The same pass checks the contract on the raw logits
+  // at no extra read: `ok` says whether it holds (when it does not, `value` is meaningless and
+  // the caller stops).
   struct Lse {
     float value;
     bool ok;
@@ -124,27 +131,8 @@ struct Row {
     float m = kNegInf, top = kNegInf;
     int nans = 0;
     double total = 0.0;
-    for (int64_t b = 0; b < vocab; b += kBlock) {
-      const int64_t n = std::min(kBlock, vocab - b);
-      float bm = kNegInf, bt = kNegInf;
-      int bn = 0;
-#pragma omp simd reduction(max : bm, bt) reduction(+ : bn)
-      for (int64_t i = 0; i < n; ++i) {
-        const float l = load(lg[b + i]);
-        bm = std::max(bm, l >= th ? l * it : kNegInf);
-        bt = std::max(bt, l);
-        bn += l != l;
-      }
-      top = std::max(top, bt);
-      nans += bn;
-      // A block of only -inf or filtered-out logits adds nothing (and would form -inf - -inf).
-      if (!(bm > kNegInf)) continue;
-      if (bm > m) {
-        // exp(m_old - m_new) in the exact exp (it is one value per block); m_old = -inf: total 0.
-        if (m > kNegInf) total *= speculative::exp_nonpos_f32(m - bm);
-        m = bm;
-      }
-      const float mm = m;
+    // sum over the block of exp(s - mm) for the kept tokens (mm >= every kept s of the block).
+    auto block_sum = [&](int64_t b, int64_t n, float mm) {
       float sum = 0.0f;
       if (filt) {
 #pragma omp simd reduction(+ : sum)
@@ -157,7 +145,57 @@ struct Row {
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < n; ++i) sum += exp_sum_f32(load(lg[b + i]) * it - mm);
       }
-      total += sum;
+      return sum;
+    };
+    for (int64_t b = 0; b < vocab; b += kBlock) {
+      const int64_t n = std::min(kBlock, vocab - b);
+      const float mm = m;
+      float bm = kNegInf, bt = kNegInf, sum = 0.0f;
+      int bn = 0;
+      if (mm > kNegInf) {
+        // Max and sum in one loop. Where the block raises m, some s - mm > 0 and the sum (then
+        // possibly inf or NaN) is discarded below. Excluded tokens have s <= mm: they are below
+        // the threshold, and a kept token (at least th / T) set mm.
+        if (filt) {
+#pragma omp simd reduction(max : bm, bt) reduction(+ : bn, sum)
+          for (int64_t i = 0; i < n; ++i) {
+            const float l = load(lg[b + i]);
+            const float keep = static_cast<float>(l >= th) * static_cast<float>(l > kNegInf);
+            bm = std::max(bm, l >= th ? l * it : kNegInf);
+            bt = std::max(bt, l);
+            bn += l != l;
+            sum += exp_sum_f32(l * it - mm) * keep;
+          }
+        } else {  // every token kept: std::max(bm, NaN) is bm, so no threshold test (one vmaxps)
+#pragma omp simd reduction(max : bm, bt) reduction(+ : bn, sum)
+          for (int64_t i = 0; i < n; ++i) {
+            const float l = load(lg[b + i]);
+            bm = std::max(bm, l * it);
+            bt = std::max(bt, l);
+            bn += l != l;
+            sum += exp_sum_f32(l * it - mm);
+          }
+        }
+      } else {  // no kept token yet: the block's maximum first
+#pragma omp simd reduction(max : bm, bt) reduction(+ : bn)
+        for (int64_t i = 0; i < n; ++i) {
+          const float l = load(lg[b + i]);
+          bm = std::max(bm, l >= th ? l * it : kNegInf);
+          bt = std::max(bt, l);
+          bn += l != l;
+        }
+      }
+      top = std::max(top, bt);
+      nans += bn;
+      if (!(bm > mm)) {  // m stands (a block of only -inf or excluded logits adds 0 here)
+        total += sum;
+        continue;
+      }
+      // A new maximum: exp(m_old - m_new) in the exact exp (one value per block); m_old = -inf
+      // leaves the total 0.
+      if (mm > kNegInf) total *= speculative::exp_nonpos_f32(mm - bm);
+      m = bm;
+      total += block_sum(b, n, bm);
     }
     if (!contract_ok(top, nans)) return {m, false};
     return {m + static_cast<float>(std::log(total)), true};
