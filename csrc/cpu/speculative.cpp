@@ -44,7 +44,7 @@ inline float fma_f32(float a, float b, float c) {
 //   too, where exp_nonpos_f32 gives 0): in a sum whose largest term is exp(0) = 1 the V <= 2^31
 //   such terms add at most 3.5e-29 relative, far below float's or double's rounding.
 // Not for probabilities or race weights, where a weight of 1e-38 instead of 0 can win a race
-// (those use exp_nonpos_f32).
+// (those use exp_race_f32 below).
 inline float exp_sum_f32(float x) {
   // std::max(x, c) is (x < c ? c : x), which is one vmaxps (x > c ? x : c compiled to a compare
   // and a blend); a NaN x stays NaN, which only a row that breaks the logits contract forms.
@@ -62,6 +62,30 @@ inline float exp_sum_f32(float x) {
   p = fma_f32(p, r, 1.0f);
   // 2^n: t's bits are 0x4B400000 + n (|n| < 2^22), so n + 127 into the exponent field.
   return p * random::bits_float((random::float_bits(t) - 0x4B400000u + 127u) << 23);
+}
+
+// exp(x) for the race's weights (x = l / T - lse, at most a rounding above 0): exp_sum_f32's
+// shifter rounding and FMAs with exp_nonpos_f32's range handling, so that its results are those
+// of exp_nonpos_f32 up to the FMAs' rounding (a few ulps): inputs below -104 (and -inf) give
+// exactly 0, results below exp(-87) are subnormal (2^(n + 64), exact, then 2^-64, rounding once).
+// A weight of exp(-1e30) must be 0, not 1e-38: it would win races whose other weights are 0.
+inline float exp_race_f32(float x) {
+  const float in_range = static_cast<float>(x >= -104.0f);
+  x = x > -104.0f ? x : -104.0f;
+  const float shifter = 12582912.0f;
+  const float t = fma_f32(x, 1.44269504088896341f, shifter);
+  const float n = t - shifter;
+  float r = fma_f32(n, -0.693145751953125f, x);
+  r = fma_f32(n, -1.42860682030941723e-06f, r);
+  float p = fma_f32(r, 1.0f / 720, 1.0f / 120);
+  p = fma_f32(p, r, 1.0f / 24);
+  p = fma_f32(p, r, 1.0f / 6);
+  p = fma_f32(p, r, 0.5f);
+  p = fma_f32(p, r, 1.0f);
+  p = fma_f32(p, r, 1.0f);
+  // n >= -151 here, so n + 127 + 64 > 0.
+  const float two_n64 = random::bits_float((random::float_bits(t) - 0x4B400000u + 191u) << 23);
+  return in_range * (p * two_n64) * 5.42101086242752217e-20f;  // 2^-64
 }
 
 // One vocabulary row seen through temperature and a keep-threshold: s_v = l_v / T, kept when
@@ -83,7 +107,7 @@ struct Row {
   }
   float scaled(int64_t v) const { return keep(v) != 0.0f ? s(v) : kNegInf; }
   // Without top-k / top-p every token is kept: the unfiltered loops (branch-free) weigh a -inf
-  // logit exp_nonpos_f32(-inf) = 0.
+  // logit exp_race_f32(-inf) = 0.
   bool filtered() const { return thr > kNegInf; }
 
   // The logits contract (ponder.ops.speculative): no NaN, and the largest logit (as float32)
@@ -225,6 +249,29 @@ struct Row {
   }
 };
 
+// key_i = w_i / e_i where w_i > 0, else +0 (in place over key = w), and their maximum.
+// A positive weight over E = +0 is +inf (a certain winner); a zero weight stays 0, never 0/0.
+// The quotient is formed for every lane and masked to +0 where w <= 0 (discarding a 0/0):
+// written as a conditional division or a select, GCC turned it back into a branch and the AVX2
+// build kept this loop scalar (a branch and a vdivss per token). Its own function, not inlined:
+// inlined into race(), GCC duplicated the loop behind each of race()'s branches and vectorised
+// only one copy, so the common paths ran the scalar copy (a vdivss per token; 25% of the race's
+// samples in perf).
+// (The maximum is taken of the local value: reading key[i] back, GCC again kept it scalar.)
+__attribute__((noinline)) float race_keys(float* __restrict key, const float* __restrict e,
+                                          int64_t n) {
+  float bm = 0.0f;
+#pragma omp simd reduction(max : bm)
+  for (int64_t i = 0; i < n; ++i) {
+    const float w = key[i], ratio = w / e[i];
+    const uint32_t keep = 0u - static_cast<uint32_t>(w > 0.0f);
+    const float k = random::bits_float(random::float_bits(ratio) & keep);
+    key[i] = k;
+    bm = std::max(bm, k);
+  }
+  return bm;
+}
+
 // Sample v with probability proportional to w_v = max(0, p_v - q_v) by an exponential race:
 // argmax_v w_v / E_v with E_v ~ Exp(1) independent. No normalisation of w is needed. q is the draft
 // row (draft != nullptr), a point mass on `point` (point >= 0), or zero (bonus token: w = p).
@@ -258,14 +305,14 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
     if (target.filtered()) {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        key[i] = speculative::exp_nonpos_f32(target.s(b + i) - lse_t) * target.keep(b + i);
+        key[i] = exp_race_f32(target.s(b + i) - lse_t) * target.keep(b + i);
       }
     } else {
       const T* lt = target.logits + b;
       const float it = target.inv_t;
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        key[i] = speculative::exp_nonpos_f32(static_cast<float>(load(lt[i])) * it - lse_t);
+        key[i] = exp_race_f32(static_cast<float>(load(lt[i])) * it - lse_t);
       }
     }
     if (draft != nullptr) {
@@ -273,7 +320,7 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) {
           const float q =
-              speculative::exp_nonpos_f32(draft->s(b + i) - lse_d) * draft->keep(b + i);
+              exp_race_f32(draft->s(b + i) - lse_d) * draft->keep(b + i);
           key[i] = std::max(key[i] - q, 0.0f);
         }
       } else {
@@ -282,25 +329,14 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) {
           const float q =
-              speculative::exp_nonpos_f32(static_cast<float>(load(ld[i])) * it - lse_d);
+              exp_race_f32(static_cast<float>(load(ld[i])) * it - lse_d);
           key[i] = std::max(key[i] - q, 0.0f);
         }
       }
     } else if (point >= b && point < b + n) {
       key[point - b] = 0.0f;  // max(0, p - 1)
     }
-    float bm = 0.0f;
-#pragma omp simd reduction(max : bm)
-    for (int64_t i = 0; i < n; ++i) {
-      // A positive weight over E = +0 is +inf (a certain winner); a zero weight stays 0, never 0/0.
-      // The quotient is formed for every lane and masked to +0 where w <= 0 (discarding a 0/0):
-      // written as a conditional division or a select, GCC turned it back into a branch and
-      // the AVX2 build kept this loop scalar (a branch and a vdivss per token).
-      const float w = key[i], ratio = w / e[i];
-      const uint32_t keep = 0u - static_cast<uint32_t>(w > 0.0f);
-      key[i] = random::bits_float(random::float_bits(ratio) & keep);
-      bm = std::max(bm, key[i]);
-    }
+    const float bm = race_keys(key, e, n);
     if (bm > best_key) {
       for (int64_t i = 0; i < n; ++i) {
         if (key[i] == bm) {
