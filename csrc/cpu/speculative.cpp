@@ -32,24 +32,18 @@ inline float fma_f32(float a, float b, float c) {
 #endif
 }
 
-// exp(x) for the log-sum-exp's sum only (x = l / T - m <= 0, or -inf for masked entries):
-// the same reduction and degree-6 Taylor polynomial as speculative::exp_nonpos_f32 (relative
-// error < 3e-7 against float64 on [-87, 0], tests/ops/test_speculative.py), at about half its
-// instructions:
-// - n = round(x / ln2) by the 1.5 * 2^23 shifter (one FMA, its integer in the low mantissa bits)
-//   instead of a float -> int -> float round trip;
-// - the reduction and the polynomial as FMAs where the build has them;
-// - x is clamped at -87 so that 2^n stays a normal float (n >= -126), with no in-range mask and
-//   no subnormal scaling. Below -87 it returns about exp(-87) = 1.6e-38 instead of exp(x) (for -inf
-//   too, where exp_nonpos_f32 gives 0): in a sum whose largest term is exp(0) = 1 the V <= 2^31
-//   such terms add at most 3.5e-29 relative, far below float's or double's rounding.
-// Not for probabilities or race weights, where a weight of 1e-38 instead of 0 can win a race
-// (those use exp_race_f32 below).
-inline float exp_sum_f32(float x) {
-  // std::max(x, c) is (x < c ? c : x), which is one vmaxps (x > c ? x : c compiled to a compare
-  // and a blend); a NaN x stays NaN, which only a row that breaks the logits contract forms.
-  x = std::max(x, -87.0f);
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: t's last mantissa bits hold round(x / ln2)
+// exp(x) = p(r) * 2^n with n = round(x / ln2), r = x - n ln2 (|r| <= ln2 / 2), p the degree-6
+// Taylor polynomial of speculative::exp_nonpos_f32 (relative error < 3e-7: the remainder is
+// 1.2e-7 at |r| = ln2 / 2, the rest float rounding), for x in [-104, 0] (and a rounding above).
+// Cheaper than exp_nonpos_f32's: n by the 1.5 * 2^23 shifter (one FMA; t's last mantissa bits
+// hold n, |n| < 2^22) instead of a float -> int -> float round trip, and the reduction and the
+// polynomial as FMAs where the build has them. Returns p and t's bits (0x4B400000 + n).
+struct ExpParts {
+  float p;
+  uint32_t t_bits;
+};
+inline ExpParts exp_parts(float x) {
+  const float shifter = 12582912.0f;  // 1.5 * 2^23
   const float t = fma_f32(x, 1.44269504088896341f, shifter);
   const float n = t - shifter;
   float r = fma_f32(n, -0.693145751953125f, x);  // ln2's leading bits: n * hi is exact
@@ -60,32 +54,35 @@ inline float exp_sum_f32(float x) {
   p = fma_f32(p, r, 0.5f);
   p = fma_f32(p, r, 1.0f);
   p = fma_f32(p, r, 1.0f);
-  // 2^n: t's bits are 0x4B400000 + n (|n| < 2^22), so n + 127 into the exponent field.
-  return p * random::bits_float((random::float_bits(t) - 0x4B400000u + 127u) << 23);
+  return {p, random::float_bits(t)};
 }
 
-// exp(x) for the race's weights (x = l / T - lse, at most a rounding above 0): exp_sum_f32's
-// shifter rounding and FMAs with exp_nonpos_f32's range handling, so that its results are those
-// of exp_nonpos_f32 up to the FMAs' rounding (a few ulps): inputs below -104 (and -inf) give
-// exactly 0, results below exp(-87) are subnormal (2^(n + 64), exact, then 2^-64, rounding once).
-// A weight of exp(-1e30) must be 0, not 1e-38: it would win races whose other weights are 0.
+// exp(x) for the log-sum-exp's sum only (x = l / T - m <= 0, or -inf for masked entries), about
+// half exp_nonpos_f32's instructions: exp_parts, with x clamped at -87 so that 2^n stays a normal
+// float (n >= -126): no in-range mask, no subnormal scaling. Below -87 it returns about
+// exp(-87) = 1.6e-38 instead of exp(x) (for -inf too, where exp_nonpos_f32 gives 0): in a sum
+// whose largest term is exp(0) = 1 the V <= 2^31 such terms add at most 3.5e-29 relative, far
+// below float's or double's rounding. tests/ops/test_speculative.py checks the resulting
+// acceptance probabilities against float64. Not for probabilities or race weights, where a
+// weight of 1e-38 instead of 0 can win a race (those use exp_race_f32).
+inline float exp_sum_f32(float x) {
+  // std::max(x, c) is (x < c ? c : x), which is one vmaxps (x > c ? x : c compiled to a compare
+  // and a blend); a NaN x stays NaN, which only a row that breaks the logits contract forms.
+  const ExpParts e = exp_parts(std::max(x, -87.0f));
+  return e.p * random::bits_float((e.t_bits - 0x4B400000u + 127u) << 23);  // p * 2^n
+}
+
+// exp(x) for the race's weights (x = l / T - lse, at most a rounding above 0): exp_parts with
+// exp_nonpos_f32's range handling, so that its results are those of exp_nonpos_f32 up to the
+// FMAs' rounding (a few ulps): inputs below -104 (and -inf) give exactly 0, results below
+// exp(-87) are subnormal (2^(n + 64), exact, then 2^-64, rounding once). A weight of
+// exp(-1e30) must be 0, not 1e-38: it would win races whose other weights are 0.
 inline float exp_race_f32(float x) {
   const float in_range = static_cast<float>(x >= -104.0f);
-  x = x > -104.0f ? x : -104.0f;
-  const float shifter = 12582912.0f;
-  const float t = fma_f32(x, 1.44269504088896341f, shifter);
-  const float n = t - shifter;
-  float r = fma_f32(n, -0.693145751953125f, x);
-  r = fma_f32(n, -1.42860682030941723e-06f, r);
-  float p = fma_f32(r, 1.0f / 720, 1.0f / 120);
-  p = fma_f32(p, r, 1.0f / 24);
-  p = fma_f32(p, r, 1.0f / 6);
-  p = fma_f32(p, r, 0.5f);
-  p = fma_f32(p, r, 1.0f);
-  p = fma_f32(p, r, 1.0f);
+  const ExpParts e = exp_parts(x > -104.0f ? x : -104.0f);
   // n >= -151 here, so n + 127 + 64 > 0.
-  const float two_n64 = random::bits_float((random::float_bits(t) - 0x4B400000u + 191u) << 23);
-  return in_range * (p * two_n64) * 5.42101086242752217e-20f;  // 2^-64
+  const float two_n64 = random::bits_float((e.t_bits - 0x4B400000u + 191u) << 23);
+  return in_range * (e.p * two_n64) * 5.42101086242752217e-20f;  // 2^-64
 }
 
 // One vocabulary row seen through temperature and a keep-threshold: s_v = l_v / T, kept when
