@@ -36,6 +36,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_isa() -> str:
+    """The instruction set of ponder's CPU kernels in this process: the build the dispatcher
+    picked (``_C.active_isa()``: default, avx2, avx512, avx512bf16) and whether PONDER_CPU_ISA
+    capped it, e.g. "avx2 (PONDER_CPU_ISA=avx2)" or "avx512bf16 (the widest this CPU runs)"."""
+    try:
+        isa = ponder._backend.cpu_module().active_isa()
+    except ponder.BackendUnavailableError:  # no _C built: the tables say so, the suite runs on
+        return "unavailable (ponder._C not built)"
+    cap = os.environ.get("PONDER_CPU_ISA")
+    return f"{isa} (PONDER_CPU_ISA={cap})" if cap else f"{isa} (the widest this CPU runs)"
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -135,6 +147,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["loadavg_start"] = load_start
     machine_info["loadavg_end"] = _loadavg()
     machine_info["cpu_model"] = cpu_model()
+    machine_info["cpu_isa"] = cpu_isa()
     machine_info["cores"] = usable_cores()
     machine_info["caches"] = cache_sizes()
     machine_info["torch_threads"] = torch.get_num_threads()

@@ -181,6 +181,7 @@ def run_facts(data: dict, json_name: str, benchmarks: list[dict]) -> list[str]:
         "",
         "".join([f"- Machine: {mi.get('cpu_model')}, {mi.get('cores')} cores ",
                  f"({mi.get('caches')}), torch threads {mi.get('torch_threads')}; ",
+                 f"ponder CPU kernels: {mi.get('cpu_isa', 'ISA not recorded')} build; ",
                  f"torch {mi.get('torch_version')}, ponder {mi.get('ponder_version')}",
                  f", {peer}." if peer else "."]),
         f"- CPU copy bandwidth: {copy_text}.",

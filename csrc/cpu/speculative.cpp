@@ -1,9 +1,9 @@
 // CPU launchers for ponder.ops.speculative: validate -> dispatch dtype -> OpenMP over batch rows ->
 // per row, the speculative-sampling test position by position, stopping at the first rejection.
-// A vocabulary row is read from memory once for its log-sum-exp (two passes, the second from
-// cache) and, at the final position only, once more for the exponential race; no probability
-// row is ever stored. The logits contract (no NaN, a finite largest logit / T) is checked in the
-// same max pass; rows the test does not reach are checked afterwards, and a bad row is reported
+// A vocabulary row is read from memory once for its log-sum-exp (one online pass, block by block)
+// and, at the final position only, once more for the exponential race; no probability row is
+// ever stored. The logits contract (no NaN, a finite largest logit / T) is checked in the same
+// pass; rows the test does not reach are checked afterwards, and a bad row is reported
 // through a negative count (see ops.inc).
 #include <algorithm>
 #include <cmath>
@@ -20,6 +20,70 @@ namespace {
 // Vocabulary entries per inner block (a multiple of 4: one Philox block draws 4 uniforms).
 constexpr int64_t kBlock = 1024;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// a * b + c, fused where the build has FMA (AVX2, AVX-512): one instruction, one rounding. The
+// baseline x86-64 build has no FMA instruction, and std::fma there is a scalar libm call that
+// would stop the loops from vectorising, so it multiplies and adds (rounding twice).
+inline float fma_f32(float a, float b, float c) {
+#ifdef __FMA__
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
+// exp(x) = p(r) * 2^n with n = round(x / ln2), r = x - n ln2 (|r| <= ln2 / 2), p the degree-6
+// Taylor polynomial of speculative::exp_nonpos_f32 (relative error < 3e-7: the remainder is
+// 1.2e-7 at |r| = ln2 / 2, the rest float rounding), for x in [-104, 0] (and a rounding above).
+// Cheaper than exp_nonpos_f32's: n by the 1.5 * 2^23 shifter (one FMA; t's last mantissa bits
+// hold n, |n| < 2^22) instead of a float -> int -> float round trip, and the reduction and the
+// polynomial as FMAs where the build has them. Returns p and t's bits (0x4B400000 + n).
+struct ExpParts {
+  float p;
+  uint32_t t_bits;
+};
+inline ExpParts exp_parts(float x) {
+  const float shifter = 12582912.0f;  // 1.5 * 2^23
+  const float t = fma_f32(x, 1.44269504088896341f, shifter);
+  const float n = t - shifter;
+  float r = fma_f32(n, -0.693145751953125f, x);  // ln2's leading bits: n * hi is exact
+  r = fma_f32(n, -1.42860682030941723e-06f, r);
+  float p = fma_f32(r, 1.0f / 720, 1.0f / 120);
+  p = fma_f32(p, r, 1.0f / 24);
+  p = fma_f32(p, r, 1.0f / 6);
+  p = fma_f32(p, r, 0.5f);
+  p = fma_f32(p, r, 1.0f);
+  p = fma_f32(p, r, 1.0f);
+  return {p, random::float_bits(t)};
+}
+
+// exp(x) for the log-sum-exp's sum only (x = l / T - m <= 0, or -inf for masked entries), about
+// half exp_nonpos_f32's instructions: exp_parts, with x clamped at -87 so that 2^n stays a normal
+// float (n >= -126): no in-range mask, no subnormal scaling. Below -87 it returns about
+// exp(-87) = 1.6e-38 instead of exp(x) (for -inf too, where exp_nonpos_f32 gives 0): in a sum
+// whose largest term is exp(0) = 1 the V <= 2^31 such terms add at most 3.5e-29 relative, far
+// below float's or double's rounding. tests/ops/test_speculative.py checks the resulting
+// acceptance probabilities against float64. Not for probabilities or race weights, where a
+// weight of 1e-38 instead of 0 can win a race (those use exp_race_f32).
+inline float exp_sum_f32(float x) {
+  // std::max(x, c) is (x < c ? c : x), which is one vmaxps (x > c ? x : c compiled to a compare
+  // and a blend); a NaN x stays NaN, which only a row that breaks the logits contract forms.
+  const ExpParts e = exp_parts(std::max(x, -87.0f));
+  return e.p * random::bits_float((e.t_bits - 0x4B400000u + 127u) << 23);  // p * 2^n
+}
+
+// exp(x) for the race's weights (x = l / T - lse, at most a rounding above 0): exp_parts with
+// exp_nonpos_f32's range handling, so that its results are those of exp_nonpos_f32 up to the
+// FMAs' rounding (a few ulps): inputs below -104 (and -inf) give exactly 0, results below
+// exp(-87) are subnormal (2^(n + 64), exact, then 2^-64, rounding once). A weight of
+// exp(-1e30) must be 0, not 1e-38: it would win races whose other weights are 0.
+inline float exp_race_f32(float x) {
+  const float in_range = static_cast<float>(x >= -104.0f);
+  const ExpParts e = exp_parts(x > -104.0f ? x : -104.0f);
+  // n >= -151 here, so n + 127 + 64 > 0.
+  const float two_n64 = random::bits_float((e.t_bits - 0x4B400000u + 191u) << 23);
+  return in_range * (e.p * two_n64) * 5.42101086242752217e-20f;  // 2^-64
+}
 
 // One vocabulary row seen through temperature and a keep-threshold: s_v = l_v / T, kept when
 // l_v >= thr and l_v > -inf (a 0/1 float weight, so that loops multiply instead of branching).
@@ -40,7 +104,7 @@ struct Row {
   }
   float scaled(int64_t v) const { return keep(v) != 0.0f ? s(v) : kNegInf; }
   // Without top-k / top-p every token is kept: the unfiltered loops (branch-free) weigh a -inf
-  // logit exp_nonpos_f32(-inf) = 0.
+  // logit exp_race_f32(-inf) = 0.
   bool filtered() const { return thr > kNegInf; }
 
   // The logits contract (ponder.ops.speculative): no NaN, and the largest logit (as float32)
@@ -62,9 +126,19 @@ struct Row {
     return contract_ok(top, nans);
   }
 
-  // The log-sum-exp of the kept scaled logits (max pass, then a sum pass from cache). The max
-  // pass also checks the contract on the raw logits at no extra read: `ok` says whether it holds
-  // (when it does not, `value` is meaningless and the caller stops).
+  // The log-sum-exp of the kept scaled logits in one read of the row, an online log-sum-exp
+  // block by block (kBlock logits, 4 KiB in fp32, so a block stays in L1): once a running
+  // maximum m exists, one loop per block takes the block's maximum and its sum of exp(s - m)
+  // together, which is the block's contribution whenever the block does not raise m (after the
+  // first blocks, almost always: the k-th block holds a new maximum of a shuffled row with
+  // probability 1 / k). A block that does raise m is summed again from L1 against the new m and
+  // the earlier total is rescaled by exp(m_old - m_new) (as the CUDA kernel does per thread).
+  // So the memory read of each row overlaps its exponentials, where a max pass over the whole
+  // row then a sum pass (from L2) ran them one after the other; a row sorted ascending (every
+  // block a new maximum) costs one sum pass more than that. Every term is exp(s - m) against
+  // the final m of its block, as before. The same pass checks the contract on the raw logits
+  // at no extra read: `ok` says whether it holds (when it does not, `value` is meaningless and
+  // the caller stops).
   struct Lse {
     float value;
     bool ok;
@@ -74,43 +148,77 @@ struct Row {
     // is not inlined. The arithmetic is s(v) and keep(v)'s, which prob() and race() repeat.
     const T* lg = logits;
     const float it = inv_t, th = thr;
+    const bool filt = filtered();
     float m = kNegInf, top = kNegInf;
     int nans = 0;
-    for (int64_t b = 0; b < vocab; b += kBlock) {
-      const int64_t n = std::min(kBlock, vocab - b);
-      float bm = kNegInf, bt = kNegInf;
-      int bn = 0;
-#pragma omp simd reduction(max : bm, bt) reduction(+ : bn)
-      for (int64_t i = 0; i < n; ++i) {
-        const float l = load(lg[b + i]);
-        bm = std::max(bm, l >= th ? l * it : kNegInf);
-        bt = std::max(bt, l);
-        bn += l != l;
-      }
-      m = std::max(m, bm);
-      top = std::max(top, bt);
-      nans += bn;
-    }
-    if (!contract_ok(top, nans)) return {m, false};
     double total = 0.0;
-    for (int64_t b = 0; b < vocab; b += kBlock) {
-      const int64_t n = std::min(kBlock, vocab - b);
+    // sum over the block of exp(s - mm) for the kept tokens (mm >= every kept s of the block).
+    auto block_sum = [&](int64_t b, int64_t n, float mm) {
       float sum = 0.0f;
-      if (filtered()) {
+      if (filt) {
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < n; ++i) {
           const float l = load(lg[b + i]);
           const float keep = static_cast<float>(l >= th) * static_cast<float>(l > kNegInf);
-          sum += speculative::exp_nonpos_f32(l * it - m) * keep;
+          sum += exp_sum_f32(l * it - mm) * keep;
         }
       } else {  // the common case, kept branch-free so that it vectorises
 #pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < n; ++i) sum += exp_sum_f32(load(lg[b + i]) * it - mm);
+      }
+      return sum;
+    };
+    for (int64_t b = 0; b < vocab; b += kBlock) {
+      const int64_t n = std::min(kBlock, vocab - b);
+      const float mm = m;
+      float bm = kNegInf, bt = kNegInf, sum = 0.0f;
+      int bn = 0;
+      if (mm > kNegInf) {
+        // Max and sum in one loop. Where the block raises m, some s - mm > 0 and the sum (then
+        // possibly inf or NaN) is discarded below. Excluded tokens have s <= mm: they are below
+        // the threshold, and a kept token (at least th / T) set mm.
+        if (filt) {
+#pragma omp simd reduction(max : bm, bt) reduction(+ : bn, sum)
+          for (int64_t i = 0; i < n; ++i) {
+            const float l = load(lg[b + i]);
+            const float keep = static_cast<float>(l >= th) * static_cast<float>(l > kNegInf);
+            bm = std::max(bm, l >= th ? l * it : kNegInf);
+            bt = std::max(bt, l);
+            bn += l != l;
+            sum += exp_sum_f32(l * it - mm) * keep;
+          }
+        } else {  // every token kept: std::max(bm, NaN) is bm, so no threshold test (one vmaxps)
+#pragma omp simd reduction(max : bm, bt) reduction(+ : bn, sum)
+          for (int64_t i = 0; i < n; ++i) {
+            const float l = load(lg[b + i]);
+            bm = std::max(bm, l * it);
+            bt = std::max(bt, l);
+            bn += l != l;
+            sum += exp_sum_f32(l * it - mm);
+          }
+        }
+      } else {  // no kept token yet: the block's maximum first
+#pragma omp simd reduction(max : bm, bt) reduction(+ : bn)
         for (int64_t i = 0; i < n; ++i) {
-          sum += speculative::exp_nonpos_f32(load(lg[b + i]) * it - m);
+          const float l = load(lg[b + i]);
+          bm = std::max(bm, l >= th ? l * it : kNegInf);
+          bt = std::max(bt, l);
+          bn += l != l;
         }
       }
-      total += sum;
+      top = std::max(top, bt);
+      nans += bn;
+      if (!(bm > mm)) {  // m stands (a block of only -inf or excluded logits adds 0 here)
+        total += sum;
+        continue;
+      }
+      // A new maximum: exp(m_old - m_new) in the exact exp (one value per block); m_old = -inf
+      // leaves the total 0.
+      if (mm > kNegInf) total *= speculative::exp_nonpos_f32(mm - bm);
+      m = bm;
+      total += block_sum(b, n, bm);
     }
+    if (!contract_ok(top, nans)) return {m, false};
     return {m + static_cast<float>(std::log(total)), true};
   }
 
@@ -137,6 +245,29 @@ struct Row {
     return best;
   }
 };
+
+// key_i = w_i / e_i where w_i > 0, else +0 (in place over key = w), and their maximum.
+// A positive weight over E = +0 is +inf (a certain winner); a zero weight stays 0, never 0/0.
+// The quotient is formed for every lane and masked to +0 where w <= 0 (discarding a 0/0):
+// written as a conditional division or a select, GCC turned it back into a branch and the AVX2
+// build kept this loop scalar (a branch and a vdivss per token). Its own function, not inlined:
+// inlined into race(), GCC duplicated the loop behind each of race()'s branches and vectorised
+// only one copy, so the common paths ran the scalar copy (a vdivss per token; 25% of the race's
+// samples in perf).
+// (The maximum is taken of the local value: reading key[i] back, GCC again kept it scalar.)
+__attribute__((noinline)) float race_keys(float* __restrict key, const float* __restrict e,
+                                          int64_t n) {
+  float bm = 0.0f;
+#pragma omp simd reduction(max : bm)
+  for (int64_t i = 0; i < n; ++i) {
+    const float w = key[i], ratio = w / e[i];
+    const uint32_t keep = 0u - static_cast<uint32_t>(w > 0.0f);
+    const float k = random::bits_float(random::float_bits(ratio) & keep);
+    key[i] = k;
+    bm = std::max(bm, k);
+  }
+  return bm;
+}
 
 // Sample v with probability proportional to w_v = max(0, p_v - q_v) by an exponential race:
 // argmax_v w_v / E_v with E_v ~ Exp(1) independent. No normalisation of w is needed. q is the draft
@@ -171,14 +302,14 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
     if (target.filtered()) {
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        key[i] = speculative::exp_nonpos_f32(target.s(b + i) - lse_t) * target.keep(b + i);
+        key[i] = exp_race_f32(target.s(b + i) - lse_t) * target.keep(b + i);
       }
     } else {
       const T* lt = target.logits + b;
       const float it = target.inv_t;
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        key[i] = speculative::exp_nonpos_f32(static_cast<float>(load(lt[i])) * it - lse_t);
+        key[i] = exp_race_f32(static_cast<float>(load(lt[i])) * it - lse_t);
       }
     }
     if (draft != nullptr) {
@@ -186,7 +317,7 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) {
           const float q =
-              speculative::exp_nonpos_f32(draft->s(b + i) - lse_d) * draft->keep(b + i);
+              exp_race_f32(draft->s(b + i) - lse_d) * draft->keep(b + i);
           key[i] = std::max(key[i] - q, 0.0f);
         }
       } else {
@@ -195,25 +326,14 @@ int64_t race(const Row<T>& target, float lse_t, const Row<T>* draft, float lse_d
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) {
           const float q =
-              speculative::exp_nonpos_f32(static_cast<float>(load(ld[i])) * it - lse_d);
+              exp_race_f32(static_cast<float>(load(ld[i])) * it - lse_d);
           key[i] = std::max(key[i] - q, 0.0f);
         }
       }
     } else if (point >= b && point < b + n) {
       key[point - b] = 0.0f;  // max(0, p - 1)
     }
-    float bm = 0.0f;
-#pragma omp simd reduction(max : bm)
-    for (int64_t i = 0; i < n; ++i) {
-      // A positive weight over E = +0 is +inf (a certain winner); a zero weight stays 0, never 0/0.
-      // The quotient is formed for every lane and masked to +0 where w <= 0 (discarding a 0/0):
-      // written as a conditional division or a select, GCC turned it back into a branch and
-      // the AVX2 build kept this loop scalar (a branch and a vdivss per token).
-      const float w = key[i], ratio = w / e[i];
-      const uint32_t keep = 0u - static_cast<uint32_t>(w > 0.0f);
-      key[i] = random::bits_float(random::float_bits(ratio) & keep);
-      bm = std::max(bm, key[i]);
-    }
+    const float bm = race_keys(key, e, n);
     if (bm > best_key) {
       for (int64_t i = 0; i < n; ++i) {
         if (key[i] == bm) {

@@ -73,6 +73,42 @@ def test_accept_tokens_dtypes(dtype, cpu_backend):
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
 
 
+# With a point-mass draft (q = 1 at the draft token x) the test accepts iff u < p(x), so explicit
+# uniforms just below and just above the float64 probability read the backend's p(x) to a
+# relative precision: the kernel's log-sum-exp (online, block by block, with its own cheaper
+# exponential in the sum) must agree with float64 to a few float32 ulps. The logits rise across
+# the row so that the running maximum grows from block to block (each growth rescales the sum).
+PROB_RTOL = 4e-6  # observed <= 1.3e-6 (float32 rounding of lse and of l / T - lse)
+
+
+@pytest.mark.parametrize("top_k", [None, 50], ids=["all", "top50"])
+def test_accept_probability_matches_float64(top_k, cpu_backend):
+    if cpu_backend == "triton":
+        pytest.skip("the Triton interpreter is slow here; the GPU tests cover Triton")
+    gen = torch.Generator().manual_seed(5)
+    v = 3000  # two full 1024-wide blocks and a partial one
+    temperature = 0.7
+    rows = []
+    for _ in range(3):
+        logits = 3.0 * torch.randn(v, generator=gen) + torch.linspace(0.0, 6.0, v)
+        s = (logits * torch.tensor(1.0 / temperature)).double()  # l / T as the kernel rounds it
+        if top_k is not None:
+            s = s.masked_fill(s < torch.topk(s, top_k).values[-1], float("-inf"))
+        p = torch.exp(s - torch.logsumexp(s, 0))
+        for x in torch.topk(p, 6).indices.tolist():  # p(x) >= 1e-4 here: no tiny-u resolution limit
+            rows.append((logits, x, float(p[x])))
+    b = 2 * len(rows)
+    target = torch.stack([r[0] for r in rows for _ in (0, 1)])[:, None].expand(b, 2, v)
+    tokens = torch.tensor([[r[1]] for r in rows for _ in (0, 1)])
+    au = torch.tensor([[r[2] * f] for r in rows for f in (1 - PROB_RTOL, 1 + PROB_RTOL)],
+                      dtype=torch.float64)
+    assert float(au.max()) < 1.0
+    ru = torch.full((b, v), 0.5, dtype=torch.float64)
+    _, n = S.accept_tokens(tokens, target.contiguous(), None, temperature, top_k,
+                           uniforms=(au, ru), backend=cpu_backend)
+    assert n.tolist() == [1, 0] * len(rows)  # accepted just below p(x), rejected just above
+
+
 def test_inputs_are_discriminating():
     """The shared inputs exercise early rejections, full acceptance and the bonus token."""
     counts = []
