@@ -238,6 +238,20 @@ class _CarriedCache:
             layers.append((k, v))
         self.layers = layers
 
+    def _block(self, rows: Sequence[int], missing: Sequence[Sequence[int]]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, mask columns and positions ``[n, width]`` of each row's ``missing``
+        tokens right-aligned in one block (left-padded), positions continuing from ``fed``."""
+        n, width = len(rows), max(len(m) for m in missing)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
+        block = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        pos = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        for j, (i, m) in enumerate(zip(rows, missing)):
+            ids[j, width - len(m):] = torch.as_tensor(m, dtype=torch.long)
+            block[j, width - len(m):] = 1
+            pos[j, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
+        return ids, block, pos
+
     @torch.inference_mode()
     def generate(self, tokenizer, rows: Sequence[int], prefixes: Sequence[Sequence[int]], *,
                  delimiter: str, max_tokens: Sequence[int], temperature: float,
@@ -254,14 +268,9 @@ class _CarriedCache:
         mask = self.mask[index]
         # catch up: each row's tokens not in the cache yet, right-aligned in one block
         missing = [list(p[self.fed[i]:]) for i, p in zip(rows, prefixes)]
-        width = max(len(m) for m in missing)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
-        block = torch.zeros((n, width), dtype=torch.long, device=self.device)
-        pos = torch.zeros((n, width), dtype=torch.long, device=self.device)
-        for j, (i, m) in enumerate(zip(rows, missing)):
-            ids[j, width - len(m):] = torch.as_tensor(m, dtype=torch.long)
-            block[j, width - len(m):] = 1
-            pos[j, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
+        ids, block, pos = self._block(rows, missing)
+        width = ids.shape[1]
+        for i, m in zip(rows, missing):
             self.fed[i] += len(m)
         mask = torch.cat([mask, block], 1)
         hidden = None
@@ -319,24 +328,17 @@ class _CarriedCache:
         ``step_lengths[j]`` tokens at the end) from where the cache stops, writing the
         predictions to ``trace``; the step's columns wait for :meth:`commit` (kept: they count
         as prefix; discarded: masked out), the prefix's count as read."""
-        n = len(rows)
         index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
         cache = self._take(index)
         mask = self.mask[index]
         missing = [list(t[self.fed[i]:]) for i, t in zip(rows, texts)]
-        width = max(len(m) for m in missing)
         if min(len(m) - k for m, k in zip(missing, step_lengths)) < 0 or min(step_lengths) < 1:
             raise RuntimeError("_CarriedCache.read: a step is empty or already read")
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
-        block = torch.zeros((n, width), dtype=torch.long, device=self.device)
-        pos = torch.zeros((n, width), dtype=torch.long, device=self.device)
+        ids, block, pos = self._block(rows, missing)
+        width = ids.shape[1]
         col0 = mask.shape[1]
-        self.step_cols = {}
-        for j, (i, m) in enumerate(zip(rows, missing)):
-            ids[j, width - len(m):] = torch.as_tensor(m, dtype=torch.long)
-            block[j, width - len(m):] = 1
-            pos[j, width - len(m):] = torch.arange(self.fed[i], self.fed[i] + len(m))
-            self.step_cols[i] = list(range(col0 + width - step_lengths[j], col0 + width))
+        self.step_cols = {i: list(range(col0 + width - k, col0 + width))
+                          for i, k in zip(rows, step_lengths)}
         mask = torch.cat([mask, block], 1)
         logits, cache, hidden = forward_cached(self.model, ids, mask, pos, cache, width,
                                                with_hidden=True)
