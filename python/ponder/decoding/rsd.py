@@ -65,6 +65,37 @@ class RSDResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+class _NewSteps:
+    """The steps being written, one per batch row: ``tokens[j]`` so far, whether the step ended
+    with EOS (``ended_eos[j]``) and whether it goes on (``active[j]``: not ended by EOS, the
+    delimiter or ``max_tokens[j]``)."""
+
+    def __init__(self, tokenizer, delimiter: str, max_tokens: Sequence[int]):
+        self.tokenizer, self.delimiter, self.max_tokens = tokenizer, delimiter, max_tokens
+        self.tokens: list[list[int]] = [[] for _ in max_tokens]
+        self.ended_eos = [False] * len(max_tokens)
+        self.active = [m > 0 for m in max_tokens]
+
+    def take(self, tok: Tensor, trace: _DraftTrace | None, rows: Sequence[int] | None,
+             prefixes: Sequence[Sequence[int]], logits: Tensor, hidden: Tensor | None) -> None:
+        """Append the sampled ``tok [n]`` to the active rows' steps; with ``trace``, record the
+        predictions ``logits [n, 1, V]`` / ``hidden [n, 1, H]`` that drew them (row ``j`` is
+        problem ``rows[j]``)."""
+        eos = self.tokenizer.eos_token_id
+        for j, t in enumerate(tok.tolist()):
+            if not self.active[j]:
+                continue
+            new = self.tokens[j]
+            if trace is not None:
+                trace.put(rows[j], len(prefixes[j]) + len(new), logits[j, -1:], hidden[j, -1:])
+            new.append(t)
+            if t == eos:
+                self.ended_eos[j], self.active[j] = True, False
+            elif (len(new) >= self.max_tokens[j]
+                  or self.tokenizer.decode(new).endswith(self.delimiter)):
+                self.active[j] = False
+
+
 @torch.inference_mode()
 def _generate_steps(
     model,
@@ -84,7 +115,6 @@ def _generate_steps(
     and whether the step ended with EOS. With ``trace``, the model's predictions for every
     position of row ``rows[i]``'s prefix and new tokens are written to it."""
     device = model_device(model)
-    eos = tokenizer.eos_token_id
     ids, mask = left_pad(prefixes, tokenizer.pad_token_id, device)
     hidden = None
     if trace is None:
@@ -98,22 +128,11 @@ def _generate_steps(
             trace.put(i, 1, logits[j, width - len(p):], hidden[j, width - len(p):])
         logits, hidden = logits[:, -1:], hidden[:, -1:]
     n = len(prefixes)
-    new: list[list[int]] = [[] for _ in range(n)]
-    ended_eos = [False] * n
-    active = [max_tokens[i] > 0 for i in range(n)]
+    steps = _NewSteps(tokenizer, delimiter, max_tokens)
+    new, ended_eos, active = steps.tokens, steps.ended_eos, steps.active
     while any(active):
         tok = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)
-        for i in range(n):
-            if not active[i]:
-                continue
-            t = int(tok[i])
-            if trace is not None:
-                trace.put(rows[i], len(prefixes[i]) + len(new[i]), logits[i, -1:], hidden[i, -1:])
-            new[i].append(t)
-            if t == eos:
-                ended_eos[i], active[i] = True, False
-            elif len(new[i]) >= max_tokens[i] or tokenizer.decode(new[i]).endswith(delimiter):
-                active[i] = False
+        steps.take(tok, trace, rows, prefixes, logits, hidden)
         if not any(active):
             break
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], 1)
@@ -126,34 +145,53 @@ def _generate_steps(
 
 class _DraftTrace:
     """The draft's predictions at every position of each problem's text, kept from its own
-    generation passes (nothing is recomputed for them): ``logp[i][q]`` is the log-softmax of
-    the logits that predicted problem ``i``'s token at position ``q`` and ``hidden[i][q]`` the
-    last-layer hidden state that produced them (the state at position ``q - 1``); position 0
-    (nothing predicts it) holds zeros."""
+    generation passes (nothing is recomputed for them): row ``i``'s ``logp[q]`` is the
+    log-softmax of the logits that predicted problem ``i``'s token at position ``q`` and
+    ``hidden[q]`` the last-layer hidden state that produced them (the state at position
+    ``q - 1``); position 0 (nothing predicts it) holds zeros."""
 
     def __init__(self, rows: int):
-        self.logp: list[Tensor | None] = [None] * rows
-        self.hidden: list[Tensor | None] = [None] * rows
+        # per row: buffers with room to grow (doubling: one token's put copies nothing) and
+        # how many positions of them are held
+        self._logp: list[Tensor | None] = [None] * rows
+        self._hidden: list[Tensor | None] = [None] * rows
+        self._held = [0] * rows
+
+    def view(self, i: int, n: int) -> tuple[Tensor, Tensor]:
+        """Row ``i``'s ``logp [n, V]`` and ``hidden [n, H]`` for positions ``0 .. n - 1``
+        (views: a later put overwrites them)."""
+        if self._held[i] < n:
+            raise RuntimeError(f"rsd_generate: the draft's trace of problem {i} covers "
+                               f"{self._held[i]} of {n} positions")
+        return self._logp[i][:n], self._hidden[i][:n]
 
     def put(self, i: int, start: int, logits: Tensor, hidden: Tensor) -> None:
         """Predictions ``logits [T, V]`` / ``hidden [T, H]`` for positions ``start ..
         start + T - 1``; anything held at or after ``start`` is replaced."""
         lp = logits.float().log_softmax(-1)
         hd = hidden.float()
-        if self.logp[i] is None:
-            self.logp[i] = lp.new_zeros((1, lp.shape[-1]))
-            self.hidden[i] = hd.new_zeros((1, hd.shape[-1]))
-        if start > self.logp[i].shape[0]:  # the caches' bookkeeping guarantees this
+        if self._logp[i] is None:
+            self._logp[i] = lp.new_zeros((1, lp.shape[-1]))
+            self._hidden[i] = hd.new_zeros((1, hd.shape[-1]))
+            self._held[i] = 1
+        if start > self._held[i]:  # the caches' bookkeeping guarantees this
             raise RuntimeError(f"_DraftTrace.put: no prediction for positions "
-                               f"{self.logp[i].shape[0]}..{start - 1} of row {i}")
-        self.logp[i] = torch.cat([self.logp[i][:start], lp], 0)
-        self.hidden[i] = torch.cat([self.hidden[i][:start], hd], 0)
+                               f"{self._held[i]}..{start - 1} of row {i}")
+        end = start + lp.shape[0]
+        room = self._logp[i].shape[0]
+        if end > room:
+            grown = max(end, 2 * room)
+            self._logp[i] = torch.cat([self._logp[i][:start],
+                                       lp.new_zeros((grown - start, lp.shape[-1]))], 0)
+            self._hidden[i] = torch.cat([self._hidden[i][:start],
+                                         hd.new_zeros((grown - start, hd.shape[-1]))], 0)
+        self._logp[i][start:end] = lp
+        self._hidden[i][start:end] = hd
+        self._held[i] = end
 
     def truncate(self, i: int, length: int) -> None:
         """Forget the predictions for positions ``>= length`` (a discarded step's)."""
-        if self.logp[i] is not None:
-            self.logp[i] = self.logp[i][:length]
-            self.hidden[i] = self.hidden[i][:length]
+        self._held[i] = min(self._held[i], length)
 
 
 @dataclass
@@ -163,7 +201,8 @@ class DraftPass:
     ``logp [T, V]`` the log-softmax of the draft's logits that predicted each position (row 0
     zeros), ``hidden [T, H]`` the draft's last-layer hidden state that produced them, and
     ``spans`` each step's ``(start, end)`` positions in ``ids`` (its delimiter or EOS
-    included); the last span is the step to score."""
+    included); the last span is the step to score. ``logp`` and ``hidden`` are views of
+    buffers that ``rsd_generate`` overwrites at its next step: copy them to keep them."""
 
     ids: Tensor
     logp: Tensor
@@ -261,8 +300,6 @@ class _CarriedCache:
         reading and extending the carried cache; the same draws at the same seed. With
         ``trace``, the predictions for the positions read and written are written to it (the
         catch-up block then keeps the logits of all its positions, not only the last)."""
-        eos = tokenizer.eos_token_id
-        n = len(rows)
         index = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
         cache = self._take(index)
         mask = self.mask[index]
@@ -284,24 +321,12 @@ class _CarriedCache:
                 trace.put(i, self.fed[i] - len(m) + 1, logits[j, width - len(m):],
                           hidden[j, width - len(m):])
             logits, hidden = logits[:, -1:], hidden[:, -1:]
-        new: list[list[int]] = [[] for _ in range(n)]
-        ended_eos = [False] * n
-        active = [max_tokens[j] > 0 for j in range(n)]
+        steps = _NewSteps(tokenizer, delimiter, max_tokens)
+        new, ended_eos, active = steps.tokens, steps.ended_eos, steps.active
         self.step_cols = {i: [] for i in rows}
         while any(active):
             tok = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)
-            for j in range(n):
-                if not active[j]:
-                    continue
-                t = int(tok[j])
-                if trace is not None:
-                    trace.put(rows[j], len(prefixes[j]) + len(new[j]), logits[j, -1:],
-                              hidden[j, -1:])
-                new[j].append(t)
-                if t == eos:
-                    ended_eos[j], active[j] = True, False
-                elif len(new[j]) >= max_tokens[j] or tokenizer.decode(new[j]).endswith(delimiter):
-                    active[j] = False
+            steps.take(tok, trace, rows, prefixes, logits, hidden)
             if not any(active):
                 break
             # feed the new token of the rows that go on (a finished row's last token is fed
@@ -610,17 +635,12 @@ def _draft_pass(trace: _DraftTrace, i: int, ids: Sequence[int], prompt_len: int,
                 step_lengths: Sequence[int]) -> DraftPass:
     """Problem ``i``'s :class:`DraftPass` for the text ``ids`` (prompt, then steps of
     ``step_lengths`` tokens, the last one being scored)."""
-    n = len(ids)
-    if trace.logp[i] is None or trace.logp[i].shape[0] < n:
-        raise RuntimeError(f"rsd_generate: the draft's trace of problem {i} covers "
-                           f"{0 if trace.logp[i] is None else trace.logp[i].shape[0]} of {n} "
-                           "positions")
+    logp, hidden = trace.view(i, len(ids))
     spans, start = [], prompt_len
     for length in step_lengths:
         spans.append((start, start + length))
         start += length
-    return DraftPass(torch.as_tensor(list(ids), dtype=torch.long), trace.logp[i][:n],
-                     trace.hidden[i][:n], spans)
+    return DraftPass(torch.as_tensor(list(ids), dtype=torch.long), logp, hidden, spans)
 
 
 def _clean(tokenizer, ids: Sequence[int], delimiter: str) -> str:
